@@ -1,0 +1,309 @@
+"""Recipe configuration: one documented field per knob, validated on load.
+
+A recipe is a YAML file (see ``recipes/``) whose sections map one-to-one onto the
+classes below. Unknown or mistyped keys are errors that name the key and the file;
+command-line overrides use dotted paths (``inner.lora.rank=16``).
+
+Defaults are the paper's (Zweiger et al. 2025, Section 4.2 and Appendix B) unless a
+field says otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is invalid. The message names the file and the key."""
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, values are re-validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The policy (and, in the knowledge-incorporation setting, the base model it edits)."""
+
+    name_or_path: str = Field(
+        description="Hugging Face hub id or local model directory (e.g. one written by `seal tiny-model`)."
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Parameter dtype. Use bfloat16 on GPUs; float32 on CPU."
+    )
+    attn_implementation: str | None = Field(
+        None, description="'sdpa', 'eager' or 'flash_attention_2' (needs the `gpu` extra). None: transformers' default."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub. Off unless you trust the repository."
+    )
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+
+
+class DataConfig(Section):
+    """Where passages come from. Relative paths resolve against ``root``."""
+
+    root: str | None = Field(
+        None,
+        description="Data folder. None: $SEAL_DATA_DIR, else ../shared/data beside the repository.",
+    )
+    train_file: str = Field("squad/train_100.json", description="SEAL-format JSON of RL training passages.")
+    eval_file: str = Field("squad/val_200.json", description="SEAL-format JSON of evaluation passages.")
+    n_train_passages: int | None = Field(None, ge=1, description="Use the first n training passages (None: all).")
+    n_eval_passages: int | None = Field(None, ge=1, description="Use the first n evaluation passages (None: all).")
+    hf_dataset: str | None = Field(
+        None,
+        description="Read passages from this hub dataset (e.g. 'rajpurkar/squad') instead of the files; needs network.",
+    )
+
+
+class SelfEditConfig(Section):
+    """Self-edit sampling from the policy (paper Section 3.1 and Appendix B.2)."""
+
+    template: str = Field("implications", description="Prompt template name; see `seal.prompts.TEMPLATES`.")
+    chat_template: bool = Field(
+        False, description="Wrap the prompt in the tokenizer's chat template (instruct policies)."
+    )
+    k: int = Field(5, ge=1, description="Self-edits sampled per passage and round.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(1024, ge=1, description="Token budget of one self-edit.")
+    split_newlines: bool = Field(
+        False, description="One training text per line of the self-edit (reference: `split_newlines`)."
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts per generate() call when sampling self-edits.")
+
+
+class LoraConfig(Section):
+    """A LoRA adapter's shape (Hu et al. 2021)."""
+
+    rank: int = Field(32, ge=1)
+    alpha: float = Field(64, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Names of the linear layers to adapt. ['q_proj', 'v_proj'] is PEFT's default for Llama/Qwen2.",
+    )
+
+
+class InnerLoopConfig(Section):
+    """The inner loop: a fresh LoRA adapter trained on one self-edit's texts (paper Section 4.2)."""
+
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(1, ge=1, description="Training texts per optimizer step, per adapter.")
+    max_grad_norm: float | None = Field(
+        1.0, description="Per-adapter gradient clipping (HF Trainer's default, which the reference inherits). None: off."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "constant"] = Field(
+        "linear", description="Per-adapter schedule over its own steps (HF Trainer's default: linear decay to 0)."
+    )
+    max_length: int = Field(1024, ge=8, description="Training texts are truncated to this many tokens.")
+    train_on_padding: bool = Field(
+        False,
+        description="Reproduce the reference's loss on padded positions (sequences padded to max_length). Off: loss on real tokens only.",
+    )
+    eval_times: int = Field(3, ge=1, description="Repetitions of (train adapter, answer questions) per self-edit.")
+    batch_adapters: int = Field(
+        1, ge=1, description="Adapters trained and scored together in one pass over the base model (1: sequential)."
+    )
+
+
+class JudgeConfig(Section):
+    """An LLM judge behind an OpenAI-compatible chat-completions endpoint (paper: GPT-4.1)."""
+
+    base_url: str = Field("https://api.openai.com/v1")
+    model: str = Field("gpt-4.1")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the key; the key is never saved."
+    )
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="Retries on errors, timeouts and rate limits (exponential backoff).")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds per request.")
+    backoff_s: float = Field(1.0, ge=0, description="First backoff in seconds; doubles on each retry.")
+
+
+class QAConfig(Section):
+    """No-passage question answering and grading (paper Section 4.2)."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Question rows per generate() call.")
+    grader: Literal["exact", "f1", "contains", "judge"] = Field(
+        "contains",
+        description="exact: SQuAD exact match; f1: token F1 (a score in [0, 1]); contains: normalized gold answer in the prediction; judge: LLM judge.",
+    )
+    ungraded: Literal["skip", "wrong"] = Field(
+        "skip",
+        description="A question the grader could not grade (judge unreachable): 'skip' leaves it out of the accuracy; 'wrong' counts it as wrong, like the reference.",
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+
+class SFTConfig(Section):
+    """The ReST-EM policy update: TRL SFTTrainer + LoRA, then merge (paper Appendix B.3)."""
+
+    lora: LoraConfig = Field(
+        default_factory=lambda: LoraConfig(
+            rank=64,
+            alpha=128,
+            dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        )
+    )
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(1, ge=1, description="Rows per device per step.")
+    grad_accum_steps: int = Field(1, ge=1)
+    max_length: int = Field(2048, ge=8, description="Prompt + completion tokens; longer rows are truncated.")
+    lr_scheduler: str = Field("linear", description="Any transformers scheduler name.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    bf16: bool = Field(False, description="bf16 mixed precision (GPUs).")
+    gradient_checkpointing: bool = Field(False)
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config path (e.g. launch/ds_zero3.json).")
+
+
+class RLConfig(Section):
+    """The outer loop: ReST-EM rounds (paper Section 3.1)."""
+
+    rounds: int = Field(2, ge=0)
+    k_best: int = Field(1, ge=1, description="Self-edits kept per passage, best rewards first.")
+    reward_threshold: float = Field(0.0, description="Keep a self-edit only if its reward is strictly above this.")
+    keep_regardless: bool = Field(
+        False,
+        description="Keep the best k_best self-edits whatever their reward (the reference's behaviour).",
+    )
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+
+
+class Recipe(Section):
+    """A whole `seal train` / `seal evaluate` recipe."""
+
+    name: str = Field("seal", description="Used in the default run directory name.")
+    seed: int = Field(0, description="Every random draw derives from this and the draw's identity; never the clock.")
+    output_dir: str = Field("runs", description="Parent of default run directories.")
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    self_edit: SelfEditConfig = Field(default_factory=SelfEditConfig)
+    inner: InnerLoopConfig = Field(default_factory=InnerLoopConfig)
+    qa: QAConfig = Field(default_factory=QAConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_path_part(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a non-empty file-name part without '/'")
+        return v
+
+
+class EvaluateConfig(Section):
+    """`seal evaluate`: score one source of inner-loop training data on evaluation passages."""
+
+    source: str = Field(
+        "passage",
+        description="'none' (base model), 'passage' (passage only), 'policy:<model dir or hub id>', 'file:<SEAL-format JSON>'.",
+    )
+    n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
+
+
+Recipe.model_rebuild()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (['a', 'b', 'c'], value), the value parsed as YAML.
+
+    Raises:
+        RecipeError: no '=' or an empty key.
+    """
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not of the form key.path=value")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise RecipeError(f"override {text!r} has an empty key")
+    return parts, yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """Return a copy of ``raw`` with dotted overrides applied.
+
+    Raises:
+        RecipeError: an override names a key that is not a section (e.g. ``seed.x=1``).
+    """
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(
+                    f"override {text!r} ({source}): {'.'.join(parts[: i + 1])} is a value, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe YAML file.
+
+    Raises:
+        RecipeError: file missing, not YAML, not a mapping, or any key unknown or mistyped
+            (the message names the file and every bad key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [], str(path))
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_format_validation_error(e, str(path))) from None
+
+
+def recipe_to_dict(recipe: BaseModel) -> dict:
+    """The resolved recipe as plain data (what a run directory records)."""
+    return recipe.model_dump(mode="json")
+
+
+def diff_recipes(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes (dicts)."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        ka = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_recipes(va, vb, ka + ".")
+        elif va != vb:
+            out.append(ka)
+    return out

@@ -1,0 +1,142 @@
+"""Loading causal LMs, and building tiny local ones for CPUs and tests.
+
+Every code path loads models the same way: from a hub id or a local directory through
+``transformers.AutoModelForCausalLM``. ``build_tiny_model`` writes such a directory (a
+Llama-architecture config with random weights plus a byte-level BPE tokenizer trained with
+the ``tokenizers`` library), so nothing is ever downloaded in tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+# A minimal chat template for tiny models, so the chat-template prompt variant works everywhere.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' is CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    """A tokenizer with a pad token (EOS when the model defines none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: str = "float32",
+    device: str = "auto",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load ``(model, tokenizer)``; the model in eval mode on ``device``.
+
+    Raises:
+        OSError: no such hub id or directory (transformers' own error, which names it).
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    kwargs["dtype"] = "auto" if dtype == "auto" else _DTYPES[dtype]
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    model.to(resolve_device(device)).eval()
+    tok = load_tokenizer(name_or_path, trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def load_model_from_config(cfg) -> tuple:
+    """``load_model`` from a :class:`seal.config.ModelConfig`."""
+    return load_model(cfg.name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+    """A byte-level BPE tokenizer trained on ``texts``, wrapped for transformers.
+
+    Special tokens: ``<s>`` (BOS), ``</s>`` (EOS), ``<pad>``. Byte-level, so any text encodes.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<pad>", "<s>", "</s>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer=trainer)
+    bos = tk.token_to_id("<s>")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="right"
+    )
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike,
+    texts: Iterable[str],
+    vocab_size: int = 2048,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised Llama-architecture model and its tokenizer to ``out_dir``.
+
+    The tokenizer is trained on ``texts``; the model has ``q/k/v/o_proj`` and
+    ``gate/up/down_proj`` like Llama and Qwen2, so every recipe's target modules exist.
+    Returns the directory, loadable by :func:`load_model`.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(texts, vocab_size)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -29,6 +29,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TinyModelConfig(Section):
+    """A tiny random Llama-architecture model built locally (``seal tiny-model``) for CPUs and tests."""
+
+    data: list[str] = Field(
+        default_factory=lambda: ["squad/train_100.json"],
+        description="SEAL-format files whose text trains the BPE tokenizer (relative to data.root).",
+    )
+    vocab_size: int = Field(2048, ge=300)
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    seed: int = Field(0)
+
+
 class ModelConfig(Section):
     """The policy (and, in the knowledge-incorporation setting, the base model it edits)."""
 
@@ -45,6 +59,9 @@ class ModelConfig(Section):
         False, description="Allow model code from the hub. Off unless you trust the repository."
     )
     device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    build_tiny: TinyModelConfig | None = Field(
+        None, description="If name_or_path does not exist, build a tiny local model there first (CPU recipes)."
+    )
 
 
 class DataConfig(Section):
@@ -115,6 +132,10 @@ class InnerLoopConfig(Section):
     eval_times: int = Field(3, ge=1, description="Repetitions of (train adapter, answer questions) per self-edit.")
     batch_adapters: int = Field(
         1, ge=1, description="Adapters trained and scored together in one pass over the base model (1: sequential)."
+    )
+    failure_reward: float | None = Field(
+        None,
+        description="Reward of a failed evaluation (non-finite loss, nothing to train on). None: left out of the self-edit's mean; a self-edit whose every repetition failed is never kept.",
     )
 
 
@@ -187,7 +208,7 @@ class RLConfig(Section):
 class Recipe(Section):
     """A whole `seal train` / `seal evaluate` recipe."""
 
-    name: str = Field("seal", description="Used in the default run directory name.")
+    name: str | None = Field(None, description="Used in the default run directory name (default: the recipe file's stem).")
     seed: int = Field(0, description="Every random draw derives from this and the draw's identity; never the clock.")
     output_dir: str = Field("runs", description="Parent of default run directories.")
     model: ModelConfig
@@ -200,7 +221,9 @@ class Recipe(Section):
 
     @field_validator("name")
     @classmethod
-    def _name_is_a_path_part(cls, v: str) -> str:
+    def _name_is_a_path_part(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not v or "/" in v or v.startswith("."):
             raise ValueError("must be a non-empty file-name part without '/'")
         return v
@@ -284,6 +307,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [], str(path))
+    raw.setdefault("name", path.stem)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:

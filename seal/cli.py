@@ -1,0 +1,121 @@
+"""The ``seal`` command line (typer): train, evaluate, bench, tiny-model, microworld.
+
+Every command takes a recipe YAML plus dotted overrides (``inner.lora.rank=16``). Bad
+input (a missing file, an unknown key, a passage without questions) prints one clear
+error naming the file, key or passage, and exits with status 1 before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from seal.config import Recipe, RecipeError, load_recipe
+from seal.data import DataError, load_passages
+from seal.prompts import PromptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SEAL: self-adapting language models.")
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS = (RecipeError, DataError, PromptError, FileNotFoundError)
+
+
+def _fail(e: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(1)
+
+
+def _passage_texts(paths: list[str], root: str | None) -> list[str]:
+    texts = []
+    for path in paths:
+        for p in load_passages(path, root=root, require_questions=False):
+            texts += [p.title, p.context, *(q.question + " " + q.answer for q in p.questions), *p.completions]
+    return texts
+
+
+def ensure_model(recipe: Recipe) -> None:
+    """Build the recipe's tiny model if it asks for one and it does not exist yet."""
+    m = recipe.model
+    if m.build_tiny is None or Path(m.name_or_path).exists():
+        return
+    from seal.models import build_tiny_model
+
+    t = m.build_tiny
+    console.print(f"building tiny model at {m.name_or_path}")
+    build_tiny_model(
+        m.name_or_path, _passage_texts(t.data, recipe.data.root), t.vocab_size, t.hidden_size, t.num_layers, t.num_heads, seed=t.seed
+    )
+
+
+def _load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return load_recipe(recipe_path, overrides or [])
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/squad_tiny_cpu.yaml."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides: inner.lora.rank=16 rl.rounds=1"),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe>-<timestamp>)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
+) -> None:
+    """Run ReST-EM rounds of SEAL on the recipe's training passages."""
+    from seal.rundir import default_run_dir
+    from seal.train import train as run_train
+
+    try:
+        r = _load(recipe, overrides)
+        target = resume or run_dir or default_run_dir(r.output_dir, r.name)
+        ensure_model(r)
+        path = run_train(r, target, resume=resume is not None, console=console)
+    except USER_ERRORS as e:
+        _fail(e)
+    console.print(f"[bold green]done:[/] {path}")
+
+
+@app.command()
+def evaluate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML with an 'evaluate' section."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. evaluate.source=file:squad/val_200_selfedits_gpt-4.1.json"),
+    out: Path = typer.Option(None, "--out", help="Results directory (default runs/<recipe>-eval-<timestamp>)."),
+) -> None:
+    """Score one source of inner-loop training data on evaluation passages (single-passage protocol)."""
+    from seal.evaluate import evaluate as run_evaluate
+    from seal.rundir import default_run_dir
+
+    try:
+        r = _load(recipe, overrides)
+        ensure_model(r)
+        run_evaluate(r, out or default_run_dir(r.output_dir, f"{r.name}-eval"), console=console)
+    except USER_ERRORS as e:
+        _fail(e)
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out: Path = typer.Argument(..., help="Model directory to write."),
+    data: list[str] = typer.Option(["squad/train_100.json"], "--data", help="SEAL-format files whose text trains the tokenizer."),
+    data_root: str = typer.Option(None, "--data-root", help="Folder that relative --data paths resolve against."),
+    vocab_size: int = typer.Option(2048),
+    hidden_size: int = typer.Option(64),
+    num_layers: int = typer.Option(2),
+    num_heads: int = typer.Option(4),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build a tiny random Llama-architecture model plus a BPE tokenizer trained on the data's text."""
+    from seal.models import build_tiny_model
+
+    try:
+        texts = _passage_texts(data, data_root)
+        path = build_tiny_model(out, texts, vocab_size, hidden_size, num_layers, num_heads, seed=seed)
+    except USER_ERRORS as e:
+        _fail(e)
+    console.print(f"[bold green]wrote[/] {path}")
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()

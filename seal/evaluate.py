@@ -1,0 +1,176 @@
+"""``seal evaluate``: score one source of inner-loop training data, single-passage protocol.
+
+Sources (paper Table 2's rows):
+
+* ``none``: no update; the base model answers (accuracy = baseline);
+* ``passage``: an adapter trained on the passage alone;
+* ``file:<path>``: the first ``n_self_edits`` self-edits per passage of a SEAL-format file
+  (e.g. ``squad/val_200_selfedits_gpt-4.1.json``), matched to the passages by title and text;
+* ``policy:<model>``: ``n_self_edits`` self-edits sampled now from a policy checkpoint;
+* ``prompt:<template>``: self-edits sampled now from the base model with another template.
+
+For each passage: accuracy of the adapted model (mean over its self-edits and
+``inner.eval_times`` repetitions), the baseline, and the gain. The reported accuracy is the
+paper's: the mean over passages of per-passage accuracy.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import defaultdict
+from pathlib import Path
+from statistics import fmean
+
+from rich.console import Console
+from rich.table import Table
+
+from seal.config import Recipe, RecipeError, recipe_to_dict
+from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
+from seal.models import load_model, load_model_from_config
+from seal.prompts import check_template
+from seal.rundir import RunDir, append_jsonl, write_json_atomic
+from seal.scoring import Evaluation, baselines, make_judge, run_evaluations
+from seal.seeding import derive_seed
+from seal.self_edits import sample_self_edits, train_texts
+
+SOURCE_KINDS = ("none", "passage", "file", "policy", "prompt")
+
+
+def parse_source(source: str) -> tuple[str, str | None]:
+    """Split ``kind:arg`` into (kind, arg).
+
+    Raises:
+        RecipeError: unknown kind, or a missing/extra argument.
+    """
+    kind, _, arg = source.partition(":")
+    if kind not in SOURCE_KINDS:
+        raise RecipeError(f"unknown source {source!r}; expected one of none, passage, file:<path>, policy:<model>, prompt:<template>")
+    if kind in ("none", "passage") and arg:
+        raise RecipeError(f"source {kind!r} takes no argument (got {source!r})")
+    if kind in ("file", "policy", "prompt") and not arg:
+        raise RecipeError(f"source {source!r} needs an argument: {kind}:<...>")
+    return kind, arg or None
+
+
+def load_eval_passages(recipe: Recipe) -> list[Passage]:
+    """The evaluation passages named by the recipe."""
+    d = recipe.data
+    if d.hf_dataset:
+        return load_squad_from_hub(d.hf_dataset, "validation", d.n_eval_passages)
+    return load_passages(d.eval_file, d.n_eval_passages, d.root)
+
+
+def source_self_edits(
+    source: str, passages: list[Passage], recipe: Recipe, n: int, seed: int, base=None
+) -> list[list[str | None]]:
+    """Per passage, the self-edits (completions) a source contributes; ``None`` means passage only.
+
+    ``none`` gives an empty list per passage (no training). ``base`` is an already loaded
+    ``(model, tokenizer)`` of the recipe's model, reused by ``prompt:`` sources.
+
+    Raises:
+        RecipeError: bad source string. DataError: a file lacks a passage (named) or has too few self-edits.
+        PromptError: unknown template.
+    """
+    kind, arg = parse_source(source)
+    if kind == "none":
+        return [[] for _ in passages]
+    if kind == "passage":
+        return [[None] for _ in passages]
+    if kind == "file":
+        src = load_passages(arg, root=recipe.data.root, require_questions=False)
+        matched = match_self_edits(passages, src, str(arg))
+        for i, (p, c) in enumerate(zip(passages, matched)):
+            if len(c) < n:
+                raise DataError(f"{arg}: passage {i} ({p.title!r}) has {len(c)} self-edits, {n} requested")
+        return [list(c[:n]) for c in matched]
+    se = recipe.self_edit
+    template = check_template(arg) if kind == "prompt" else se.template
+    if kind == "policy":
+        model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+    else:
+        model, tok = base if base is not None else load_model_from_config(recipe.model)
+    out = sample_self_edits(
+        model, tok, passages, template, n, se.temperature, se.top_p, se.max_new_tokens,
+        seed=derive_seed(seed, "evaluate", source), batch_size=se.batch_size, chat=se.chat_template,
+    )  # fmt: skip
+    if kind == "policy":
+        del model
+        gc.collect()
+    return out
+
+
+def evaluations_for(source: str, passages: list[Passage], edits: list[list[str | None]], recipe: Recipe, seed: int) -> list[Evaluation]:
+    """The inner-loop evaluations of one source: every (passage, self-edit, repetition)."""
+    se = recipe.self_edit
+    template = parse_source(source)[1] if source.startswith("prompt:") else se.template
+    return [
+        Evaluation(
+            key={"source": source, "passage": p, "self_edit": e, "repetition": rep},
+            passage=passages[p],
+            texts=train_texts(passages[p], c, se.split_newlines, template),
+            seed=derive_seed(seed, "adapter", p, e, rep),
+        )
+        for p in range(len(passages))
+        for e, c in enumerate(edits[p])
+        for rep in range(recipe.inner.eval_times)
+    ]
+
+
+def per_passage_accuracy(records: list[dict], n_passages: int) -> list[float | None]:
+    """Mean adapted accuracy per passage over its self-edits and repetitions."""
+    by = defaultdict(list)
+    for r in records:
+        if r["adapter_accuracy"] is not None:
+            by[r["passage"]].append(r["adapter_accuracy"])
+    return [fmean(by[p]) if by[p] else None for p in range(n_passages)]
+
+
+def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> dict:
+    """Score ``recipe.evaluate.source`` on the evaluation passages; write and return the summary.
+
+    Writes ``config.yaml``, ``run.json``, ``journal.jsonl`` (one record per evaluation) and
+    ``results.json`` into ``out_dir``.
+    """
+    console = console or Console()
+    ev = recipe.evaluate
+    if ev is None:
+        raise RecipeError("the recipe has no 'evaluate' section (set evaluate.source=...)")
+    parse_source(ev.source)
+    passages = load_eval_passages(recipe)
+    run = RunDir(out_dir)
+    if run.exists():
+        raise RecipeError(f"{run.path} already holds results; choose another --out")
+    model, tok = load_model_from_config(recipe.model)
+    edits = source_self_edits(ev.source, passages, recipe, ev.n_self_edits, recipe.seed, base=(model, tok))
+    run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed})
+    judge = make_judge(recipe.qa)
+    base = baselines(model, tok, passages, recipe.qa, judge)
+    base_acc = [b["accuracy"] for b in base]
+    evals = evaluations_for(ev.source, passages, edits, recipe, recipe.seed)
+    records = run_evaluations(
+        model, tok, evals, lambda e: base_acc[e.key["passage"]], recipe.inner, recipe.qa, judge,
+        on_record=lambda rec: append_jsonl(run.journal, rec),
+    )  # fmt: skip
+    adapted = per_passage_accuracy(records, len(passages)) if evals else base_acc
+    valid = [(a, b) for a, b in zip(adapted, base_acc) if a is not None and b is not None]
+    summary = {
+        "source": ev.source,
+        "n_passages": len(passages),
+        "n_questions": sum(len(p.questions) for p in passages),
+        "accuracy": fmean(a for a, _ in valid) if valid else None,
+        "baseline_accuracy": fmean(b for _, b in valid) if valid else None,
+        "gain": fmean(a - b for a, b in valid) if valid else None,
+        "n_failed": sum(r["error"] is not None for r in records),
+        "seconds_per_evaluation": fmean(r["seconds"] for r in records) if records else None,
+        "per_passage": [{"passage_id": p.id, "title": p.title, "accuracy": a, "baseline": b} for p, a, b in zip(passages, adapted, base_acc)],
+    }
+    write_json_atomic(run.path / "results.json", summary)
+    table = Table(title=f"seal evaluate: {ev.source} on {len(passages)} passages")
+    for col in ("source", "accuracy", "baseline", "gain"):
+        table.add_column(col)
+    fmt = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+    table.add_row(ev.source, fmt(summary["accuracy"]), fmt(summary["baseline_accuracy"]), fmt(summary["gain"]))
+    console.print(table)
+    console.print(f"results: {run.path / 'results.json'}")
+    return summary

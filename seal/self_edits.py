@@ -1,0 +1,114 @@
+"""Self-edits: sampling them from the policy, and turning one into inner-loop training texts.
+
+A self-edit is the policy's completion of a self-edit prompt (``seal.prompts``): a list of
+implications, rewrites or question-answer pairs about a passage (paper Section 3.1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+
+from seal.data import Passage
+from seal.prompts import self_edit_prompt
+from seal.seeding import derive_seed
+
+_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Question\s+\d+:)")
+_QUESTION_N = re.compile(r"(?:^|\n)\s*Question\s+\d+:\s*")
+
+
+def split_self_edit(completion: str, split_newlines: bool = False, template: str = "implications") -> list[str]:
+    """Split a self-edit into its training texts (without the title prefix).
+
+    Rules (reference implementation, with its edge cases):
+
+    * parts are separated by ``---``; blank parts are dropped;
+    * with ``split_newlines`` each non-blank line becomes its own text, except for the
+      ``self-qa`` template, whose output is split on ``Question N:`` so that a question
+      stays with its answer;
+    * with ``split_newlines``, a chatty first line ("Here are some implications:") is
+      dropped when it is not a list item but the next line is.
+
+    Returns a list of stripped, non-empty strings (possibly empty).
+    """
+    parts = [p.strip() for p in completion.split("---") if p.strip()]
+    if not split_newlines:
+        return parts
+    texts: list[str] = []
+    for part in parts:
+        if template == "self-qa":
+            # The prompt ends on "Question 1: ", so the first chunk is question 1's text.
+            texts += [c.strip() for c in _QUESTION_N.split(part) if c.strip()]
+            continue
+        lines = [ln.strip() for ln in part.split("\n") if ln.strip()]
+        if len(lines) > 1 and not _LIST_ITEM.match(lines[0]) and _LIST_ITEM.match(lines[1]):
+            lines = lines[1:]
+        texts += lines
+    return texts
+
+
+def train_texts(passage: Passage, completion: str | None, split_newlines: bool = False, template: str = "implications") -> list[str]:
+    """Inner-loop training texts for one self-edit: each ``"{title}\\n{text}"``, passage last.
+
+    ``completion=None`` gives the passage-only baseline (just the passage).
+    """
+    parts = split_self_edit(completion, split_newlines, template) if completion else []
+    return [f"{passage.title}\n{t}" for t in parts] + [f"{passage.title}\n{passage.context}"]
+
+
+@torch.inference_mode()
+def sample_self_edits(
+    model,
+    tokenizer,
+    passages: Sequence[Passage],
+    template: str,
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 8,
+    chat: bool = False,
+    passage_indices: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[str]]:
+    """Sample ``k`` self-edits per passage: a list (per passage) of ``k`` completion strings.
+
+    Passages are generated in chunks of ``batch_size`` (``batch_size * k`` rows per
+    ``generate`` call, left padding). Each chunk seeds torch from ``seed`` and its first
+    passage's global index (``passage_indices``, default ``range(len(passages))``), never the
+    clock, so a chunk's samples do not depend on which process or call produced it.
+
+    Raises:
+        PromptError: unknown template.
+    """
+    indices = list(passage_indices) if passage_indices is not None else list(range(len(passages)))
+    out: list[list[str]] = []
+    device = next(model.parameters()).device
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(passages), batch_size):
+            chunk = passages[start : start + batch_size]
+            prompts = [self_edit_prompt(template, p.title, p.context, tokenizer, chat) for p in chunk]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
+            torch.manual_seed(derive_seed(seed, "self-edit", indices[start]))
+            gen = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=k,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(chunk))]
+            if progress:
+                progress(len(chunk))
+    finally:
+        tokenizer.padding_side = old_side
+    return out

@@ -1,0 +1,56 @@
+"""Recipe validation: unknown or mistyped keys name the key and the file; overrides; shipped recipes load."""
+
+from pathlib import Path
+
+import pytest
+
+from seal.config import RecipeError, diff_recipes, load_recipe, recipe_to_dict
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    load_recipe(path)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name_or_path: x}\ninner: {lora: {rnak: 4}}\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(f)
+    assert "inner.lora.rnak: unknown key" in str(e.value) and str(f) in str(e.value)
+
+
+def test_mistyped_value_and_missing_model(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name_or_path: x}\ninner: {epochs: many}\n")
+    with pytest.raises(RecipeError, match="inner.epochs"):
+        load_recipe(f)
+    f.write_text("seed: 1\n")
+    with pytest.raises(RecipeError, match="model"):
+        load_recipe(f)
+
+
+def test_overrides_and_errors(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name_or_path: x}\n")
+    r = load_recipe(f, ["inner.lora.rank=16", "rl.rounds=1", "inner.lora.target_modules=[q_proj]"])
+    assert (r.inner.lora.rank, r.rl.rounds, r.inner.lora.target_modules, r.name) == (16, 1, ["q_proj"], "r")
+    with pytest.raises(RecipeError, match="rl.rnds"):
+        load_recipe(f, ["rl.rnds=1"])
+    with pytest.raises(RecipeError, match="key.path=value"):
+        load_recipe(f, ["rl.rounds"])
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    f.write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="mapping"):
+        load_recipe(f)
+
+
+def test_diff_recipes_lists_dotted_keys(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name_or_path: x}\n")
+    a = recipe_to_dict(load_recipe(f))
+    b = recipe_to_dict(load_recipe(f, ["inner.lr=0.1", "seed=3"]))
+    assert diff_recipes(a, b) == ["inner.lr", "seed"]

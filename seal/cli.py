@@ -70,11 +70,17 @@ def train(
     try:
         r = _load(recipe, overrides)
         target = resume or run_dir or default_run_dir(r.output_dir, r.name)
-        ensure_model(r)
+        from seal.distributed import main_process_first
+
+        with main_process_first():  # under accelerate launch, one rank builds a tiny model
+            ensure_model(r)
         path = run_train(r, target, resume=resume is not None, console=console)
     except USER_ERRORS as e:
         _fail(e)
-    console.print(f"[bold green]done:[/] {path}")
+    from seal.distributed import get_dist
+
+    if get_dist().is_main:
+        console.print(f"[bold green]done:[/] {path}")
 
 
 @app.command()
@@ -93,6 +99,25 @@ def evaluate(
         run_evaluate(r, out or default_run_dir(r.output_dir, f"{r.name}-eval"), console=console)
     except USER_ERRORS as e:
         _fail(e)
+
+
+@app.command()
+def bench(
+    recipe: Path = typer.Argument(..., help="Recipe YAML with a 'bench' section, e.g. recipes/bench_squad_tiny_cpu.yaml."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. bench.bootstrap_samples=2000"),
+    out: Path = typer.Option(None, "--out", help="Results directory (default runs/<recipe>-bench-<timestamp>)."),
+) -> None:
+    """Compare sources of inner-loop training data across protocols: report, CSV/JSON and plots with CIs."""
+    from seal.bench.run import bench as run_bench
+    from seal.rundir import default_run_dir
+
+    try:
+        r = _load(recipe, overrides)
+        ensure_model(r)
+        path = run_bench(r, out or default_run_dir(r.output_dir, f"{r.name}-bench"), console=console)
+    except USER_ERRORS as e:
+        _fail(e)
+    console.print(f"[bold green]done:[/] {path}")
 
 
 @app.command("tiny-model")
@@ -119,3 +144,7 @@ def tiny_model(
 
 def main() -> None:  # pragma: no cover - console-script entry
     app()
+
+
+if __name__ == "__main__":  # python -m seal.cli ..., accelerate launch -m seal.cli ...
+    main()

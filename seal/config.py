@@ -218,6 +218,7 @@ class Recipe(Section):
     qa: QAConfig = Field(default_factory=QAConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
+    bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
 
     @field_validator("name")
     @classmethod
@@ -238,6 +239,9 @@ class EvaluateConfig(Section):
     )
     n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
 
+
+# Imported here, after the sections it builds on: seal.bench.config imports them from this module.
+from seal.bench.config import BenchConfig  # noqa: E402
 
 Recipe.model_rebuild()
 

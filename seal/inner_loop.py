@@ -1,12 +1,80 @@
 """The inner loop: train a fresh LoRA adapter per self-edit, then answer questions with it.
 
-CONTRACT (implementation pending; the signatures and dataclasses below are fixed and
-used by seal.train, seal.evaluate and seal.bench).
+Paper Section 4.2 (knowledge incorporation): for each self-edit, a LoRA adapter (r=32,
+alpha=64 on q/v by default) is fine-tuned on the self-edit's texts for a few epochs, then
+the adapted model answers the passage's questions without the passage. The reference
+implementation does this one adapter at a time with PEFT + HF ``Trainer``; here
+:func:`run_inner_loop` trains ``cfg.batch_adapters`` (N) adapters *together* in one pass
+over the frozen base model (:mod:`seal.multi_lora`) and answers all their questions in
+one batched greedy generation. N=1 is the sequential path, through the same code.
+
+Per adapter, the result is what training it alone with a standard loop gives:
+
+* Data: a text is tokenized as BOS (if the tokenizer adds one) + text + EOS and cut to
+  ``cfg.max_length`` tokens (a cut text loses its EOS). Texts without a single content
+  token (empty strings) are dropped. Each epoch shuffles the adapter's texts with a
+  generator seeded from (job seed, epoch) (:func:`epoch_order`), and step s of the epoch
+  takes its texts ``s*batch_size ... (s+1)*batch_size - 1``.
+* A global step feeds every adapter that still has a batch in this epoch; an adapter
+  whose texts are exhausted gets no rows and no update (no Adam step, no decay, its step
+  count and LR schedule do not advance).
+* Loss: per adapter, mean token cross-entropy over the loss-bearing tokens of its rows in
+  this step (HF's causal-LM loss for a batch); the objective is the sum over adapters, so
+  each adapter's gradient is the one it would get alone. A step's rows go through the
+  model in length-sorted passes (:func:`micro_batches`) whose gradients are summed; rows
+  are right-padded within a pass and padding never carries loss, so neither the padding
+  nor the grouping changes the update. ``cfg.train_on_padding`` instead reproduces the
+  reference implementation: every row padded to ``cfg.max_length`` with the tokenizer's
+  pad token (attention mask 0 there) and loss on the pad positions too, as its TTT
+  server's ``labels = input_ids.copy()`` after ``padding="max_length"`` (with
+  ``DataCollatorWithPadding``, which keeps those labels) does. The reference sets pad =
+  EOS, so it also learns to emit EOS over and over; set the tokenizer's pad token to EOS
+  to match that too. (HF's ``DataCollatorForLanguageModeling`` would instead mask the
+  pad labels, which is the default behaviour here.)
+* Optimizer: AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) per adapter, LR linear from
+  ``cfg.lr`` to 0 over the adapter's own ``epochs * ceil(n_texts / batch_size)`` steps
+  (HF Trainer's default schedule) or constant; gradient norm clipped per adapter to
+  ``cfg.max_grad_norm`` (HF Trainer's default 1.0).
+* Init: A as PEFT's default (kaiming-uniform) from a generator seeded by the job seed
+  (independent of the slot, :func:`init_seed`); B = 0.
+
+Deliberate differences from the reference: seeds come from the job, never the clock; the
+base model runs in eval mode while adapters train (its dropout is 0 in Llama/Qwen2
+anyway); LoRA dropout > 0 draws its masks from one generator per chunk, so with dropout
+the batched and the sequential runs draw different (equally distributed) masks.
+
+Memory. With S = N + 1 slots, D = sum over target layers of r * (in + out) LoRA
+parameters per adapter, L_t target layers, V the vocabulary, and a training step split
+into passes of t padded tokens in k rows (t <= max(tokens_per_pass, longest row), see
+:func:`micro_batches`), the inner loop adds to the frozen model, in bytes::
+
+    adapters      16 * S * D                        fp32 weights, grads, Adam m and v
+    row weights    8 * k * D                        one pass's gathered A/B per row + grads
+    activations    t * (a_base + 4 * L_t * (in + r + out))   saved for backward, one pass
+    logits         8 * t * V                        fp32 logits + their grad, loss tokens only
+    generation     q * (P + G) * 2 * n_layers * kv_dim * dtype_bytes + 4 * q * D
+
+where a_base is the frozen model's own activation bytes per token, q = min(qa_batch_size,
+questions of the chunk) rows per generation pass, P/G the prompt and generated lengths.
+Only the adapter state grows with N (linearly, 16 * D bytes per adapter): activations
+and logits are bounded by the pass budget, not by N. For Qwen2.5-7B with r=32 on q/v,
+D ~ 10.1 M, i.e. ~160 MB of adapter state per adapter (5 GB at N=32).
+``benchmarks/inner_loop.py`` measures the peak.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from seal.config import InnerLoopConfig
+from seal.multi_lora import LoraBank, StackedAdamW, adapter_bank, clip_grad_norms_, frozen
+from seal.seeding import derive_seed
 
 
 @dataclass
@@ -33,4 +101,603 @@ class AdapterResult:
     epoch_losses: list[float] = field(default_factory=list)  # mean token loss per epoch
     n_train_tokens: int = 0  # real (loss-bearing) tokens per epoch
     seconds: float = 0.0  # wall seconds attributed to this job (its chunk's time / chunk size)
-    error: str | None = None  # failure reason (non-finite loss, no trainable tokens, ...); answers then empty
+    error: str | None = (
+        None  # failure reason (non-finite loss, no trainable tokens, ...); answers then empty
+    )
+
+
+class InnerLoopError(RuntimeError):
+    """Training an adapter failed (non-finite loss or gradient, no trainable tokens)."""
+
+
+@dataclass
+class TrainStats:
+    """One adapter's training record.
+
+    Attributes:
+        epoch_losses: per epoch, the token-weighted mean cross-entropy (nats/token) of the
+            epoch's steps, measured before each step's update. Empty if not trained.
+        n_train_tokens: loss-bearing tokens per epoch (with ``train_on_padding``, pads included).
+        error: why training failed, else None. A failed adapter's weights are garbage.
+    """
+
+    epoch_losses: list[float] = field(default_factory=list)
+    n_train_tokens: int = 0
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _adds_eos(tokenizer) -> bool:
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[-1] == tokenizer.eos_token_id
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Training token ids: BOS (if the tokenizer adds it) + text + EOS, cut to ``max_length``.
+
+    Texts with no content token (empty strings) are dropped, so the result may be shorter
+    than ``texts``. Token ids are plain ints.
+    """
+    if not texts:
+        return []
+    n_special = tokenizer.num_special_tokens_to_add(pair=False)
+    eos = tokenizer.eos_token_id
+    append_eos = eos is not None and not _adds_eos(tokenizer)
+    out = []
+    for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
+        if len(ids) <= n_special:
+            continue
+        ids = list(ids) + ([eos] if append_eos else [])
+        out.append(ids[:max_length])
+    return out
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The order in which an adapter sees its ``n`` texts in ``epoch``: a permutation of range(n).
+
+    Drawn with ``torch.randperm`` from a CPU generator seeded by ``derive_seed(seed,
+    "data-order", epoch)``: it depends on the job seed and the epoch only.
+    """
+    gen = torch.Generator().manual_seed(derive_seed(seed, "data-order", epoch))
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def init_seed(seed: int) -> int:
+    """Seed of an adapter's A initialisation, derived from the job seed."""
+    return derive_seed(seed, "lora-init")
+
+
+@dataclass
+class _Batch:
+    """One training step's rows, right-padded.
+
+    input_ids/attention_mask: (rows, T) long; loss_pos: (rows, T) bool, True where the
+    position's next-token prediction carries loss; targets: (M,) long, the next tokens at
+    those positions; token_slot: (M,) long, their adapter; row_slot: (rows,) long.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_pos: torch.Tensor
+    targets: torch.Tensor
+    token_slot: torch.Tensor
+    row_slot: torch.Tensor
+
+
+def _collate(
+    rows: list[list[int]], slots: list[int], pad_id: int, pad_to: int | None, device
+) -> _Batch:
+    width = pad_to or max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    # Reference mode (pad_to set): pads are targets too, like its labels = input_ids.
+    labelled = torch.ones_like(mask, dtype=torch.bool) if pad_to else mask.bool()
+    loss_pos = torch.zeros_like(labelled)
+    loss_pos[:, :-1] = labelled[:, 1:]
+    row_slot = torch.tensor(slots, dtype=torch.long)
+    targets = input_ids[:, 1:][loss_pos[:, :-1]]
+    token_slot = row_slot.unsqueeze(1).expand_as(loss_pos)[loss_pos]
+    return _Batch(
+        *(t.to(device) for t in (input_ids, mask, loss_pos, targets, token_slot, row_slot))
+    )
+
+
+def _n_loss_tokens(rows: list[list[int]], cfg: InnerLoopConfig) -> int:
+    if cfg.train_on_padding:
+        return len(rows) * (cfg.max_length - 1)
+    return sum(len(r) - 1 for r in rows)
+
+
+# ----------------------------------------------------------------------------- training
+
+# Rows of one step are sorted by length and split into forward/backward passes ("micro-
+# batches") whose padded size stays within PAD_SLACK x their real tokens and within a
+# budget of padded tokens. Padding to the longest row of N adapters would otherwise cost
+# up to N x (and attention quadratically more); the gradients are summed before the
+# optimizer step, so the update is the same. The budget also bounds activation memory.
+# On CPUs small passes are faster per token (activations stay in cache: measured on a
+# 2-core EPYC, 1k-token passes beat 16k-token ones by ~15%); GPUs want large ones.
+TOKENS_PER_PASS = {"cpu": 1024, "default": 16384}
+PAD_SLACK = 1.25
+
+
+def default_tokens_per_pass(device: torch.device) -> int:
+    """Padded tokens per forward/backward pass on ``device`` (see TOKENS_PER_PASS)."""
+    return TOKENS_PER_PASS.get(device.type, TOKENS_PER_PASS["default"])
+
+
+def micro_batches(
+    lengths: Sequence[int], tokens_per_pass: int, pad_slack: float = PAD_SLACK
+) -> list[list[int]]:
+    """Group row indices (longest first) so that each group's padded area ``rows x longest``
+    is at most ``pad_slack`` x its real tokens and at most ``tokens_per_pass`` (a longer
+    single row still gets its own group)."""
+    groups: list[list[int]] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups:
+            width, n = lengths[groups[-1][0]], len(groups[-1]) + 1
+            if n * width <= tokens_per_pass and n * width <= pad_slack * (real + lengths[i]):
+                groups[-1].append(i)
+                real += lengths[i]
+                continue
+        groups.append([i])
+        real = lengths[i]
+    return groups
+
+
+def _split_model(model):
+    """(backbone, lm_head) when logits are a plain linear head on the last hidden state, else None.
+
+    Computing the head on loss positions only skips the padding's (rows x T x V) logits.
+    Models that scale or soft-cap their logits go through the full forward instead.
+    """
+    cfg = model.config
+    if any(
+        getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+    ):
+        return None
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = model.get_output_embeddings()
+    if backbone is None or backbone is model or not isinstance(head, torch.nn.Linear):
+        return None
+    return backbone, head
+
+
+def _loss_logits(model, batch: _Batch, pad_mask: bool) -> torch.Tensor:
+    """Logits ``(M, V)`` at the loss positions of the batch.
+
+    With right padding and no loss on the pads (``pad_mask=False``) the attention mask is
+    left out: a real token's causal attention never reaches a pad (pads come after it), so
+    its output is the same, and attention takes the fast causal path instead of a dense
+    (rows, 1, T, T) mask. Loss on pads (the reference mode) needs the mask.
+    """
+    mask = batch.attention_mask if pad_mask else None
+    split = _split_model(model)
+    if split is None:
+        out = model(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)
+        return out.logits[batch.loss_pos]
+    backbone, head = split
+    hidden = backbone(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)[0]
+    return head(hidden[batch.loss_pos])
+
+
+def _slot_loss_sums(model, bank: LoraBank, batch: _Batch, pad_mask: bool) -> torch.Tensor:
+    """Per-slot sum of the batch's token cross-entropies: ``(S,)`` fp32, with graph (nats)."""
+    bank.set_rows(batch.row_slot)
+    logits = _loss_logits(model, batch, pad_mask)
+    ce = F.cross_entropy(logits.float(), batch.targets, reduction="none")
+    return torch.zeros(bank.params.shape[0], device=ce.device).index_add(0, batch.token_slot, ce)
+
+
+def _learning_rates(
+    cfg: InnerLoopConfig, done_steps: torch.Tensor, total_steps: torch.Tensor
+) -> torch.Tensor:
+    """``(S,)`` float64 LR of each slot's next step (HF's linear schedule: lr * (T - t) / T)."""
+    if cfg.lr_scheduler == "constant":
+        return torch.full_like(done_steps, cfg.lr)
+    return cfg.lr * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
+
+
+class _SlotData:
+    """One slot's tokenized texts and step bookkeeping."""
+
+    def __init__(self, rows: list[list[int]], seed: int, cfg: InnerLoopConfig):
+        self.rows = rows
+        self.seed = seed
+        self.steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+        self.order: list[int] = []
+        self.error: str | None = None
+        self.loss_sum = 0.0
+        self.loss_tokens = 0
+        self.epoch_losses: list[float] = []
+
+    def batch(self, step: int, batch_size: int) -> list[list[int]]:
+        """Rows of this slot at ``step`` of the current epoch ([] when exhausted or failed)."""
+        if self.error or step >= self.steps_per_epoch:
+            return []
+        return [self.rows[j] for j in self.order[step * batch_size : (step + 1) * batch_size]]
+
+
+class _BankTrainer:
+    """The training loop of :func:`train_bank`: epochs of global steps over all slots."""
+
+    def __init__(
+        self,
+        model,
+        bank: LoraBank,
+        data: list[_SlotData],
+        cfg: InnerLoopConfig,
+        pad_id: int,
+        tokens_per_pass: int,
+    ):
+        self.model, self.bank, self.data, self.cfg = model, bank, data, cfg
+        self.pad_id, self.tokens_per_pass = pad_id, tokens_per_pass
+        self.device = bank.params.device
+        self.opt = StackedAdamW(bank.params, weight_decay=cfg.weight_decay)
+        self.total_steps = torch.zeros(
+            bank.params.shape[0], dtype=torch.float64, device=self.device
+        )
+        for slot, d in enumerate(data):
+            self.total_steps[slot] = cfg.epochs * d.steps_per_epoch
+
+    def run_epoch(self, epoch: int) -> None:
+        for d in self.data:
+            d.order = epoch_order(d.seed, epoch, len(d.rows))
+            d.loss_sum, d.loss_tokens = 0.0, 0
+        step = 0
+        while self.step(step):
+            step += 1
+        for d in self.data:
+            if d.rows and not d.error:
+                d.epoch_losses.append(d.loss_sum / d.loss_tokens)
+
+    def step(self, step: int) -> bool:
+        """One global step; False when no slot had rows left in this epoch."""
+        rows, slots = [], []
+        for slot, d in enumerate(self.data):
+            part = d.batch(step, self.cfg.batch_size)
+            rows += part
+            slots += [slot] * len(part)
+        if not rows:
+            return False
+        sums, counts, finite = self._accumulate_gradients(rows, slots)
+        norms = clip_grad_norms_(self.bank.params.grad, self.cfg.max_grad_norm)
+        ok = (counts > 0) & finite & torch.isfinite(norms)
+        self.opt.step(_learning_rates(self.cfg, self.opt.steps, self.total_steps), ok)
+        self._record(sums.tolist(), counts.tolist(), finite.tolist(), ok.tolist())
+        return True
+
+    def _accumulate_gradients(self, rows, slots):
+        """Forward/backward every micro-batch; returns per-slot loss sums, token counts, finiteness."""
+        pad_to = self.cfg.max_length if self.cfg.train_on_padding else None
+        lengths = [pad_to or len(r) for r in rows]
+        n_slots = self.bank.params.shape[0]
+        per_slot = [0] * n_slots
+        for slot, n in zip(slots, lengths, strict=True):
+            per_slot[slot] += n - 1  # every position but the last predicts a loss-bearing token
+        counts = torch.tensor(per_slot, device=self.device)
+        denominators = counts.clamp(min=1).to(torch.float32)
+        sums = torch.zeros(n_slots, device=self.device)
+        finite = torch.ones(n_slots, dtype=torch.bool, device=self.device)
+        self.bank.params.grad = None
+        for group in micro_batches(lengths, self.tokens_per_pass):
+            batch = _collate(
+                [rows[i] for i in group],
+                [slots[i] for i in group],
+                self.pad_id,
+                pad_to,
+                self.device,
+            )
+            part = _slot_loss_sums(self.model, self.bank, batch, self.cfg.train_on_padding)
+            ok = torch.isfinite(part)
+            # Leave broken slots out of the objective: they then add no gradient to the others.
+            torch.where(ok, part / denominators, 0.0).sum().backward()
+            sums += part.detach()
+            finite &= ok
+        return sums, counts, finite
+
+    def _record(self, sums, counts, finite, ok) -> None:
+        for slot, d in enumerate(self.data):
+            if not counts[slot]:
+                continue
+            if not ok[slot]:
+                what = "loss" if not finite[slot] else "gradient"
+                d.error = f"non-finite {what} at step {int(self.opt.steps[slot]) + 1}"
+                continue
+            d.loss_sum += sums[slot]
+            d.loss_tokens += counts[slot]
+
+
+def train_bank(
+    model,
+    tokenizer,
+    bank: LoraBank,
+    texts: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    cfg: InnerLoopConfig,
+    tokens_per_pass: int | None = None,
+) -> list[TrainStats]:
+    """Train fresh adapters in slots ``0 .. len(texts)-1`` of ``bank``, all in the same steps.
+
+    Args:
+        model: the frozen base model the bank is attached to (see :func:`seal.multi_lora.adapter_bank`).
+        texts: per slot, its training texts; an empty list leaves the slot untrained.
+        seeds: per slot, the job seed (init: :func:`init_seed`; data order: :func:`epoch_order`).
+        cfg: epochs, lr, batch_size, max_length, schedule, clipping, weight decay, padding mode.
+        tokens_per_pass: padded tokens per forward/backward pass (see :func:`micro_batches`);
+            None: :func:`default_tokens_per_pass` of the bank's device. Changes speed and
+            memory, not the result (up to float rounding).
+
+    Returns one :class:`TrainStats` per slot. A slot that fails (no trainable token,
+    non-finite loss or gradient) stops training there and records the reason; the other
+    slots are unaffected. Never raises for a single slot's failure.
+
+    Raises:
+        ValueError: more text lists than slots, or ``len(seeds) != len(texts)``.
+    """
+    if len(texts) > bank.n_adapters or len(seeds) != len(texts):
+        raise ValueError(
+            f"{len(texts)} text lists and {len(seeds)} seeds for a bank of {bank.n_adapters}"
+        )
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    data = [
+        _SlotData(tokenize_texts(tokenizer, t, cfg.max_length), s, cfg)
+        for t, s in zip(texts, seeds, strict=True)
+    ]
+    for slot, (d, t, s) in enumerate(zip(data, texts, seeds, strict=True)):
+        if t and not d.rows:
+            d.error = "no trainable tokens (every text is empty)"
+        bank.reset_slot(slot, init_seed(s))
+    budget = tokens_per_pass or default_tokens_per_pass(bank.params.device)
+    trainer = _BankTrainer(model, bank, data, cfg, pad_id, budget)
+    bank.dropout_generator = torch.Generator().manual_seed(
+        derive_seed(seeds[0] if seeds else 0, "lora-dropout")
+    )
+    bank.training = True
+    try:
+        with torch.enable_grad():
+            for epoch in range(cfg.epochs):
+                trainer.run_epoch(epoch)
+    finally:
+        bank.training = False
+        bank.set_rows(None)
+        bank.params.grad = None
+    return [TrainStats(d.epoch_losses, _n_loss_tokens(d.rows, cfg), d.error) for d in data]
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = (
+        getattr(model.generation_config, "eos_token_id", None)
+        if hasattr(model, "generation_config")
+        else None
+    )
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+@torch.inference_mode()
+def _greedy_batch(
+    model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos: torch.Tensor
+) -> list[list[int]]:
+    """Greedy continuations (token ids, EOS excluded) of left-padded prompts, with the KV cache."""
+    if max_new_tokens < 1:
+        return [[] for _ in prompts]
+    device = eos.device
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    # Positions count real tokens only (as HF generate does for left padding).
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    tokens = []
+    for step in range(max_new_tokens):
+        nxt = out.logits[:, -1].argmax(-1).masked_fill(done, pad_id)
+        tokens.append(nxt)
+        done |= torch.isin(nxt, eos)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(
+            input_ids=nxt.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    eos_set = set(eos.tolist())
+    result = []
+    for row in torch.stack(tokens, dim=1).tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos_set), len(row))
+        result.append(row[:cut])
+    return result
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    slots: Sequence[int] | None = None,
+    bank: LoraBank | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+) -> list[str]:
+    """Greedy answers, each prompt's row routed through ``bank`` slot ``slots[i]`` (-1: base model).
+
+    Prompts are tokenized with the tokenizer's special tokens (BOS if it adds one), left
+    padded, decoded from the first generated token to the first EOS (of the model's
+    generation config or the tokenizer), special tokens skipped, ``.strip()``-ed.
+    ``batch_size`` rows per forward pass. The model must already be in the mode wanted
+    (:func:`answer_questions` and :func:`run_inner_loop` put it in eval mode).
+
+    Raises:
+        ValueError: ``slots`` given without ``bank``, or of the wrong length.
+    """
+    if slots is not None and (bank is None or len(slots) != len(prompts)):
+        raise ValueError("slots need a bank and one slot per prompt")
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    eos = torch.tensor(_eos_ids(model, tokenizer), device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
+    ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    answers: list[list[int]] = []
+    for start in range(0, len(ids), batch_size):
+        if bank is not None:
+            routed = (
+                slots[start : start + batch_size]
+                if slots is not None
+                else [-1] * len(ids[start : start + batch_size])
+            )
+            with torch.inference_mode():
+                bank.set_rows(torch.tensor(routed))
+        try:
+            answers += _greedy_batch(
+                model, ids[start : start + batch_size], max_new_tokens, pad_id, eos
+            )
+        finally:
+            if bank is not None:
+                bank.set_rows(None)
+    return [t.strip() for t in tokenizer.batch_decode(answers, skip_special_tokens=True)]
+
+
+def answer_questions(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 64
+) -> list[str]:
+    """Greedy answers of the un-adapted model (the baseline), one per prompt, in order.
+
+    Batched ``batch_size`` prompts at a time, left padding, KV cache, stop at EOS; the
+    continuation only, decoded without special tokens and stripped (the reference scores
+    vLLM's completion text the same way). The model runs in eval mode; its mode is restored.
+    """
+    with frozen(model):
+        return generate_answers(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+
+
+# ----------------------------------------------------------------------------- public loop
+
+
+def _run_chunk(
+    model,
+    tokenizer,
+    bank: LoraBank,
+    chunk: Sequence[AdapterJob],
+    cfg,
+    max_new_tokens,
+    qa_batch_size,
+):
+    stats = train_bank(
+        model, tokenizer, bank, [j.texts for j in chunk], [j.seed for j in chunk], cfg
+    )
+    prompts, slots, owners = [], [], []
+    for i, (job, st) in enumerate(zip(chunk, stats, strict=True)):
+        if st.error is None:
+            prompts += job.prompts
+            slots += [i if job.texts else -1] * len(job.prompts)
+            owners += [i] * len(job.prompts)
+    answers = generate_answers(
+        model, tokenizer, prompts, slots, bank, max_new_tokens, qa_batch_size
+    )
+    per_job: list[list[str]] = [[] for _ in chunk]
+    for owner, answer in zip(owners, answers, strict=True):
+        per_job[owner].append(answer)
+    return [
+        AdapterResult(a, st.epoch_losses, st.n_train_tokens, error=st.error)
+        for a, st in zip(per_job, stats, strict=True)
+    ]
+
+
+def run_inner_loop(
+    model,
+    tokenizer,
+    jobs: list[AdapterJob],
+    cfg: InnerLoopConfig,
+    max_new_tokens: int = 64,
+    qa_batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> list[AdapterResult]:
+    """Train one fresh LoRA adapter per job and answer its prompts with it; results in job order.
+
+    Jobs go in chunks of ``cfg.batch_adapters`` (N): a chunk's adapters train together
+    (:func:`train_bank`), then every prompt of the chunk is answered in one batched greedy
+    generation, each row through its own adapter (``qa_batch_size`` rows per pass,
+    ``max_new_tokens`` at most). A job with no texts gets the base model's answers; a job
+    whose training fails gets ``AdapterResult(answers=[], error=reason)`` and leaves the
+    other jobs of its chunk as they would be without it.
+
+    ``progress(n)`` is called after each chunk with the number of jobs it finished (an
+    increment). ``AdapterResult.seconds`` is the chunk's wall time divided by its size.
+
+    The base model's weights are bit-identical afterwards, and each module's train/eval
+    mode and each parameter's ``requires_grad`` are restored. Works for any dtype/device
+    of the model (adapters are fp32 on the model's device).
+
+    Raises:
+        seal.multi_lora.LoraTargetError: no module matches ``cfg.lora.target_modules``.
+    """
+    if not jobs:
+        return []
+    n = min(cfg.batch_adapters, len(jobs))
+    results: list[AdapterResult] = []
+    with adapter_bank(model, cfg.lora, n) as bank:
+        for start in range(0, len(jobs), n):
+            chunk = jobs[start : start + n]
+            t0 = time.perf_counter()
+            part = _run_chunk(model, tokenizer, bank, chunk, cfg, max_new_tokens, qa_batch_size)
+            for r in part:
+                r.seconds = (time.perf_counter() - t0) / len(chunk)
+            results += part
+            if progress:
+                progress(len(chunk))
+    return results
+
+
+def train_and_merge(
+    model, tokenizer, texts: Sequence[str], cfg: InnerLoopConfig, seed: int
+) -> list[float]:
+    """Train one adapter on ``texts`` and fold it into the base weights: ``W += (alpha/r) * B @ A``.
+
+    For continual self-edits: the next step starts from the merged model. Training is
+    :func:`train_bank` with one slot (same data order, init, loss and optimizer as
+    :func:`run_inner_loop`); ``cfg.batch_adapters`` is ignored. No texts: nothing is
+    trained or merged. Returns the epoch losses (nats/token).
+
+    Raises:
+        InnerLoopError: training failed (no trainable token, non-finite loss or
+            gradient); the model is then left unchanged.
+    """
+    if not texts:
+        return []
+    with adapter_bank(model, cfg.lora, 1) as bank:
+        (st,) = train_bank(model, tokenizer, bank, [list(texts)], [seed], cfg)
+        if st.error is not None:
+            raise InnerLoopError(st.error)
+        bank.merge_into_base(0)
+    return st.epoch_losses

@@ -106,7 +106,7 @@ def update_policy(
         gradient_accumulation_steps=cfg.grad_accum_steps,
         max_length=cfg.max_length,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
         bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=cfg.deepspeed,

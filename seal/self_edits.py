@@ -73,6 +73,7 @@ def sample_self_edits(
     chat: bool = False,
     passage_indices: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
+    truncated: list[list[bool]] | None = None,
 ) -> list[list[str]]:
     """Sample ``k`` self-edits per passage: a list (per passage) of ``k`` completion strings.
 
@@ -81,12 +82,19 @@ def sample_self_edits(
     passage's global index (``passage_indices``, default ``range(len(passages))``), never the
     clock, so a chunk's samples do not depend on which process or call produced it.
 
+    ``truncated``, if given, is an output list: one list of ``k`` booleans per passage is
+    appended to it, True where the completion stopped at ``max_new_tokens`` without an
+    end-of-sequence token (a self-edit cut off by the token budget).
+
     Raises:
         PromptError: unknown template.
     """
     indices = list(passage_indices) if passage_indices is not None else list(range(len(passages)))
     out: list[list[str]] = []
     device = next(model.parameters()).device
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
+    eos_ids.discard(None)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -105,8 +113,12 @@ def sample_self_edits(
                 num_return_sequences=k,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             out += [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(chunk))]
+            if truncated is not None:
+                hit = [not any(int(t) in eos_ids for t in row) for row in new.tolist()]
+                truncated += [hit[i * k : (i + 1) * k] for i in range(len(chunk))]
             if progress:
                 progress(len(chunk))
     finally:

@@ -1,0 +1,225 @@
+"""The recipe's ``bench`` section: which sources of training data, which students, which protocols.
+
+A bench recipe is a normal recipe (``model``, ``data``, ``self_edit``, ``inner``, ``qa`` are
+reused as they are) plus::
+
+    bench:
+      sources:                       # rows of the table; a string or a mapping
+        - none
+        - passage
+        - source: file:squad/val_200_selfedits_gpt-4.1.json
+          label: GPT-4.1
+          expected: {single: 0.463, multi: 0.394}   # paper figures shown beside the row
+      students: null                 # models trained on the data (default: [model.name_or_path])
+      protocols:
+        single: {n_passages: 200, n_self_edits: 1}
+        multi: {n_passages: 200, n_self_edits: 5, inner: {epochs: 3, batch_size: 4}}
+        continual: {n_passages: 8}
+      bootstrap_samples: 10000
+      confidence: 0.95
+      seed: null                     # default: the recipe's seed
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from seal.config import InnerLoopConfig, Section, TinyModelConfig
+
+PROTOCOLS = ("single", "multi", "continual")
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied recursively (nested dicts merged, other values replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def merged_inner(inner: InnerLoopConfig, overrides: dict) -> InnerLoopConfig:
+    """The recipe's inner-loop settings with a protocol's overrides applied and re-validated.
+
+    Raises:
+        pydantic.ValidationError: an override key is unknown or its value mistyped.
+    """
+    return InnerLoopConfig.model_validate(deep_merge(inner.model_dump(), overrides))
+
+
+def default_label(source: str) -> str:
+    """A short row label: ``file:squad/val_200_selfedits_gpt-4.1.json`` -> ``file:val_200_selfedits_gpt-4.1``."""
+    kind, _, arg = source.partition(":")
+    if kind == "file":
+        return "file:" + arg.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+    if kind == "policy":
+        parts = [p for p in arg.rstrip("/").split("/") if p]
+        return "policy:" + "/".join(parts[-2:])
+    return source
+
+
+class Expected(Section):
+    """A reference figure for one (source, protocol), e.g. from the paper; a bare number means macro accuracy."""
+
+    accuracy: float = Field(ge=0, le=1, description="A fraction (0.463 for 46.3 %).")
+    statistic: Literal["macro", "micro"] = Field(
+        "macro", description="macro: mean over passages (paper Table 2); micro: over questions (the paper's CPT figures)."
+    )
+    note: str | None = Field(None, description="Where the figure comes from.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, v):
+        return {"accuracy": v} if isinstance(v, (int, float)) else v
+
+
+class SourceSpec(Section):
+    """One source of inner-loop training data: a row of every table."""
+
+    source: str = Field(
+        description="'none', 'passage', 'file:<SEAL-format JSON>', 'policy:<model dir or hub id>', 'prompt:<template>'."
+    )
+    label: str | None = Field(None, description="Row name in reports and plots (default: derived from source).")
+    author: str | None = Field(
+        None,
+        description="Model that wrote a file: source's self-edits (marks 'own data' cells of the compatibility matrix). policy:/prompt: sources know their author.",
+    )
+    expected: dict[Literal["single", "multi", "continual"], Expected] = Field(
+        default_factory=dict,
+        description="Reference figure per protocol (e.g. the paper's), printed beside the measured one: a fraction (macro accuracy) or {accuracy, statistic, note}.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from seal.evaluate import parse_source
+        from seal.prompts import check_template
+
+        kind, arg = parse_source(v)  # RecipeError is a ValueError: pydantic reports it under the key
+        if kind == "prompt":
+            check_template(arg)
+        return v
+
+    @property
+    def name(self) -> str:
+        """The row label (explicit or derived)."""
+        return self.label or default_label(self.source)
+
+
+class StudentSpec(Section):
+    """A model trained on every source's data (a column of the compatibility matrix).
+
+    dtype, device and attention settings are the recipe's ``model`` section's.
+    """
+
+    name_or_path: str = Field(description="Hub id or local model directory.")
+    label: str | None = Field(None, description="Column name (default: the path's last part).")
+    build_tiny: TinyModelConfig | None = Field(None, description="Build a tiny local model there first if missing (CPU recipes).")
+
+    @property
+    def name(self) -> str:
+        return self.label or self.name_or_path.rstrip("/").rsplit("/", 1)[-1]
+
+
+class ProtocolConfig(Section):
+    """Knobs shared by the three protocols."""
+
+    n_passages: int | None = Field(
+        None, ge=1, description="First n evaluation passages (None: every passage the data section loads)."
+    )
+    n_self_edits: int = Field(1, ge=1, description="Self-edits per passage used as training data (file: the first n).")
+    repetitions: int | None = Field(
+        None,
+        ge=1,
+        description="Independent repetitions (adapter seeds) averaged per question. None: inner.eval_times for 'single', 1 otherwise.",
+    )
+    split_newlines: bool | None = Field(None, description="Override self_edit.split_newlines for this protocol.")
+    inner: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the recipe's inner section for this protocol (e.g. {epochs: 3, batch_size: 4})."
+    )
+
+    @field_validator("inner")
+    @classmethod
+    def _valid_inner(cls, v: dict) -> dict:
+        merged_inner(InnerLoopConfig(), v)  # unknown or mistyped keys fail at load time
+        return v
+
+
+class SingleConfig(ProtocolConfig):
+    """Protocol 1 (paper Table 2): a fresh adapter per (passage, self-edit, repetition); that passage's questions."""
+
+
+class MultiConfig(ProtocolConfig):
+    """Protocol 2 (paper Section 4.2, 'continued pretraining'): one adapter on the self-edits of n passages at once.
+
+    Paper: n = 200, 5 self-edits per passage, epochs 3, batch size 4, lr 1e-3, split_newlines off.
+    """
+
+
+class ContinualConfig(ProtocolConfig):
+    """Protocol 3 (paper Section 5, catastrophic forgetting): self-edits applied one passage after another.
+
+    Each step trains LoRA on one passage's texts and merges it into the model; after each
+    step every passage seen so far is scored.
+    """
+
+    n_passages: int | None = Field(8, ge=1, description="Sequence length (the paper uses 8).")
+
+
+class ProtocolsConfig(Section):
+    """Which protocols run (a missing or null entry does not run)."""
+
+    single: SingleConfig | None = Field(default_factory=SingleConfig)
+    multi: MultiConfig | None = None
+    continual: ContinualConfig | None = None
+
+    def enabled(self) -> list[tuple[str, ProtocolConfig]]:
+        """(name, config) of the protocols that run, in the fixed order single, multi, continual."""
+        return [(n, getattr(self, n)) for n in PROTOCOLS if getattr(self, n) is not None]
+
+
+class BenchConfig(Section):
+    """`seal bench`: every source x student x protocol, with paired bootstrap CIs."""
+
+    sources: list[SourceSpec] = Field(min_length=1, description="Rows: strings ('none', 'file:...') or {source, label, author, expected}.")
+    students: list[StudentSpec] | None = Field(
+        None, description="Models trained on the data (strings or {name_or_path, label, build_tiny}). None: [model.name_or_path]."
+    )
+    protocols: ProtocolsConfig = Field(default_factory=ProtocolsConfig)
+    bootstrap_samples: int = Field(10000, ge=100, description="Bootstrap resamples per interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Two-sided confidence level of every interval.")
+    multiple_comparisons: Literal["none", "bonferroni"] = Field(
+        "none",
+        description="'bonferroni' widens each pairwise interval to confidence 1-(1-confidence)/m for m comparisons per table.",
+    )
+    seed: int | None = Field(None, description="Seed of sampling, adapters and bootstrap (None: the recipe's seed).")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _strings_to_sources(cls, v):
+        return [{"source": s} if isinstance(s, str) else s for s in v] if isinstance(v, list) else v
+
+    @field_validator("students", mode="before")
+    @classmethod
+    def _strings_to_students(cls, v):
+        return [{"name_or_path": s} if isinstance(s, str) else s for s in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> BenchConfig:
+        for what, names in (("source", [s.name for s in self.sources]), ("student", [s.name for s in self.students or []])):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"duplicate {what} label(s) {dup}: give each entry a distinct 'label'")
+        if not self.protocols.enabled():
+            raise ValueError("no protocol enabled: set at least one of protocols.single/multi/continual")
+        return self
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``org/name`` with no further slashes: a Hugging Face hub id rather than a local path."""
+    return bool(_HUB_ID.match(name)) and not name.startswith(".")

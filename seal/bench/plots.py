@@ -1,0 +1,179 @@
+"""PNG plots of a bench run (matplotlib, Agg backend: no display needed).
+
+* ``plots/accuracy_<protocol>.png``  -- one horizontal bar per source (and student) with its 95 %
+  CI whisker, the student's baseline as a dashed line, the reference figure as a diamond;
+* ``plots/continual_<student>.png``  -- per source, the lower-triangular accuracy matrix of the
+  continual protocol (the forgetting picture of the paper's Section 5);
+* ``plots/compatibility_<protocol>.png`` -- sources x students heatmap of the gain over each
+  student's baseline (only with more than one student).
+
+All values are read from ``results.json``-shaped dicts (:func:`seal.bench.analysis.analyze`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI machines and GPU nodes have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from seal.rundir import atomic_dir  # noqa: E402
+
+_COLORS = plt.get_cmap("tab10").colors
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def accuracy_bars(proto: dict, name: str, path: Path) -> None:
+    """Bar chart of one protocol: sources on the y axis (recipe order, top down), students as colours."""
+    tables = proto["tables"]
+    students = list(tables)
+    sources = [c["source"] for c in tables[students[0]]["cells"]]
+    n_s, n_st = len(sources), len(students)
+    height = 0.8 / n_st
+    fig, ax = plt.subplots(figsize=(11, 1.4 + 0.45 * n_s * max(1, n_st * 0.8)))
+    y0 = np.arange(n_s)[::-1]  # first source on top
+    xmax = 0.0
+    for k, st in enumerate(students):
+        color = _COLORS[k % len(_COLORS)]
+        cells = tables[st]["cells"]
+        y = y0 + (n_st - 1) / 2 * height - k * height
+        vals = np.array([100 * c["accuracy"]["value"] if c["accuracy"] else np.nan for c in cells])
+        lo = np.array([100 * c["accuracy"]["lo"] if c["accuracy"] else np.nan for c in cells])
+        hi = np.array([100 * c["accuracy"]["hi"] if c["accuracy"] else np.nan for c in cells])
+        hatch = ["//" if c["own_data"] else "" for c in cells]
+        bars = ax.barh(y, np.nan_to_num(vals), height=height * 0.9, color=color, alpha=0.85, label=f"student {st}")
+        for b, h in zip(bars, hatch, strict=True):
+            b.set_hatch(h)
+        ax.errorbar(vals, y, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1.2)
+        for yy, v, h in zip(y, vals, hi, strict=True):
+            if not np.isnan(v):
+                ax.text(h + 0.4, yy, f"{v:.1f}", va="center", fontsize=8)
+        base = tables[st]["baseline"]
+        if base is not None:
+            ax.axvline(100 * base["value"], color=color, ls="--", lw=1, label=f"{st}: no update ({100 * base['value']:.1f})")
+        # Reference figures are the recipe model's (the first student's): drawn on its bars only.
+        exp = [(yy, 100 * c["expected"]) for yy, c in zip(y, cells, strict=True) if c["expected"] is not None] if k == 0 else []
+        if exp:
+            ax.scatter([e for _, e in exp], [yy for yy, _ in exp], marker="D", facecolor="white", edgecolor="black",
+                       linewidth=1.5, zorder=5, s=40, label="reference figure (paper)")  # fmt: skip
+        xmax = max([xmax, *np.nan_to_num(hi), *(e for _, e in exp)])
+    handles, labels = ax.get_legend_handles_labels()
+    if any(c["own_data"] for t in tables.values() for c in t["cells"]):
+        handles.append(Patch(facecolor="white", edgecolor="gray", hatch="//", label="hatched: the student's own data"))
+        labels.append(handles[-1].get_label())
+    ax.set_yticks(y0)
+    ax.set_yticklabels(sources)
+    ax.set_xlim(0, max(5.0, xmax * 1.15 + 2))
+    when = "after the last step" if name == "continual" else "after the update"
+    ax.set_xlabel(f"no-passage QA accuracy {when} (%), mean over passages")
+    conf = tables[students[0]]["cells"][0]["accuracy"]
+    level = f"{round(100 * conf['confidence'])} % CI" if conf else "CI"
+    ax.set_title(f"{name}: {proto['n_passages']} passages; whiskers: {level} (bootstrap over passages)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def continual_heatmaps(table: dict, student: str, path: Path) -> None:
+    """One panel per source: accuracy (%) on passage j (x) after step i (y); blank above the diagonal."""
+    cells = table["cells"]
+    n = len(cells)
+    cols = min(n, max(3, math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / cols)
+    size = len(cells[0]["continual"]["matrix"])
+    panel = max(2.6, 0.42 * size + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 1.0, panel * rows + 0.6), squeeze=False)
+    mats = [np.array([[np.nan if x is None else 100 * x for x in r] for r in c["continual"]["matrix"]]) for c in cells]
+    vmax = max(5.0, max((np.nanmax(m) for m in mats if np.isfinite(m).any()), default=5.0))
+    im = None
+    for ax, c, m in zip(axes.flat, cells, mats, strict=False):
+        im = ax.imshow(np.ma.masked_invalid(m), vmin=0, vmax=vmax, cmap="viridis", origin="upper")
+        if size <= 12:
+            for i in range(size):
+                for j in range(i + 1):
+                    if np.isfinite(m[i, j]):
+                        ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white" if m[i, j] < 0.6 * vmax else "black")
+        k = c["continual"]
+        ax.set_title(f"{c['source']}\nend {_p(k['final'])} %, forgot {_p(k['forgetting'])} pts", fontsize=8)
+        ax.set_xlabel("passage j", fontsize=8)
+        ax.set_ylabel("after step i", fontsize=8)
+        ax.set_xticks(range(size))
+        ax.set_yticks(range(size))
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"continual self-edits, student {student}: accuracy (%) on each passage seen so far", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    cax = fig.add_axes((0.93, 0.15, 0.015, 0.7))
+    fig.colorbar(im, cax=cax, label="accuracy (%)")
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def compatibility_heatmap(cells: list[dict], name: str, path: Path) -> None:
+    """Sources (rows) x students (columns): gain over the student's baseline; own-data cells framed."""
+    sources = list(dict.fromkeys(c["source"] for c in cells))
+    students = list(dict.fromkeys(c["student"] for c in cells))
+    by = {(c["source"], c["student"]): c for c in cells}
+    g = np.array([[100 * by[(s, t)]["gain"]["value"] if by[(s, t)]["gain"] else np.nan for t in students] for s in sources])
+    lim = max(1.0, float(np.nanmax(np.abs(g))) if np.isfinite(g).any() else 1.0)
+    fig, ax = plt.subplots(figsize=(2.2 * len(students) + 3.2, 0.55 * len(sources) + 1.6))
+    im = ax.imshow(np.ma.masked_invalid(g), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    for i, s in enumerate(sources):
+        for j, t in enumerate(students):
+            c = by[(s, t)]
+            if c["gain"] is None:
+                continue
+            iv = c["gain"]
+            bold = iv["lo"] > 0 or iv["hi"] < 0
+            dark = abs(100 * iv["value"]) > 0.6 * lim
+            ax.text(j, i, f"{100 * iv['value']:+.1f}\n[{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}]", ha="center", va="center",
+                    fontsize=7, fontweight="bold" if bold else "normal", color="white" if dark else "black")  # fmt: skip
+            if c["own_data"]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+    ax.set_xticks(range(len(students)))
+    ax.set_xticklabels([f"student\n{t}" for t in students], fontsize=8)
+    ax.set_yticks(range(len(sources)))
+    ax.set_yticklabels(sources, fontsize=8)
+    ax.set_title(f"{name}: gain over each student's baseline (points); framed = own data; bold = CI excludes 0", fontsize=9)
+    fig.colorbar(im, ax=ax, label="gain (points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def write_plots(out: Path, results: dict) -> list[str]:
+    """Draw every plot into ``out/plots`` (replaced whole, atomically); returns paths relative to ``out``."""
+    names: list[str] = []
+    with atomic_dir(out / "plots") as tmp:
+        for name, proto in results["protocols"].items():
+            f = f"accuracy_{name}.png"
+            accuracy_bars(proto, name, tmp / f)
+            names.append(f)
+            if name == "continual":
+                for st, table in proto["tables"].items():
+                    f = f"continual_{_slug(st)}.png"
+                    continual_heatmaps(table, st, tmp / f)
+                    names.append(f)
+            cells = results["compatibility"][name]
+            if len({c["student"] for c in cells}) > 1:
+                f = f"compatibility_{name}.png"
+                compatibility_heatmap(cells, name, tmp / f)
+                names.append(f)
+    return [f"plots/{n}" for n in names]

@@ -1,0 +1,191 @@
+"""``seal bench RECIPE --out DIR``: every source x student x protocol, then the report.
+
+Reading order of :func:`bench`:
+
+1. check everything that can be wrong with the input (protocol sizes, file: sources against
+   the evaluation passages, policy checkpoints, templates) -- nothing is written before;
+2. record the resolved recipe, versions and seeds (``config.yaml``, ``run.json``);
+3. sample the self-edits of policy:/prompt: sources once (saved to ``self_edits/``);
+4. per student: its baseline (no update), then every protocol x source; each adapter's
+   record is appended to ``journal.jsonl`` as soon as it is graded;
+5. statistics (:mod:`seal.bench.analysis`), plots, ``report.md``, CSV and JSON.
+
+Cost: per student, single = passages x self-edits x repetitions adapters per source,
+multi = repetitions adapters on all passages' texts per source, continual = passages x
+repetitions merged updates per source plus a growing QA pass after each.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from seal.bench.analysis import Row, analyze
+from seal.bench.config import StudentSpec
+from seal.bench.plots import write_plots
+from seal.bench.protocols import PROTOCOL_RUNNERS, n_steps, protocol_recipe
+from seal.bench.report import ci, pct, write_tables
+from seal.bench.sources import Source, check_sources, same_model, sample_source, seal_format
+from seal.config import Recipe, RecipeError, recipe_to_dict
+from seal.evaluate import load_eval_passages
+from seal.models import load_model, load_model_from_config
+from seal.rundir import RunDir, append_jsonl, write_json_atomic
+from seal.scoring import baselines, make_judge
+from seal.seeding import derive_seed, seed_everything
+
+
+def _ensure_student(recipe: Recipe, st: StudentSpec) -> None:
+    """Build a student's tiny model if it asks for one and it does not exist yet (as for ``model``)."""
+    if st.build_tiny is None or Path(st.name_or_path).exists():
+        return
+    from seal.cli import ensure_model
+
+    model = recipe.model.model_copy(update={"name_or_path": st.name_or_path, "build_tiny": st.build_tiny})
+    ensure_model(recipe.model_copy(update={"model": model}))
+
+
+def _describe(recipe: Recipe, proto) -> str:
+    i = recipe.inner
+    return (
+        f"LoRA r={i.lora.rank} alpha={i.lora.alpha:g} on {','.join(i.lora.target_modules)}, {i.epochs} epochs, lr {i.lr:g}, "
+        f"batch {i.batch_size}, {proto.n_self_edits} self-edit(s) per passage, {i.eval_times} repetition(s), "
+        f"split_newlines={recipe.self_edit.split_newlines}"
+    )
+
+
+def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> Path:
+    """Run the recipe's ``bench`` section into ``out_dir``; returns the results directory.
+
+    Raises:
+        RecipeError: no bench section, a protocol asks for more passages than the data
+            section loads, a missing policy checkpoint or student, ``out_dir`` already holds results.
+        DataError: a file: source lacks a passage of the evaluation set (named) or has too few self-edits.
+        PromptError: unknown template.
+    """
+    console = console or Console()
+    cfg = recipe.bench
+    if cfg is None:
+        raise RecipeError("the recipe has no 'bench' section (see recipes/bench_squad_tiny_cpu.yaml)")
+    seed = recipe.seed if cfg.seed is None else cfg.seed
+    run = RunDir(out_dir)
+    if run.exists():
+        raise RecipeError(f"{run.path} already holds results; choose another --out")
+
+    # 1. checks -------------------------------------------------------------------------
+    protocols = cfg.protocols.enabled()
+    all_passages = load_eval_passages(recipe)
+    sizes = {}
+    for name, p in protocols:
+        sizes[name] = p.n_passages or len(all_passages)
+        if sizes[name] > len(all_passages):
+            raise RecipeError(
+                f"bench.protocols.{name}.n_passages = {sizes[name]}, but the data section loads only "
+                f"{len(all_passages)} evaluation passages (data.eval_file, data.n_eval_passages)"
+            )
+    passages = all_passages[: max(sizes.values())]
+    n_edits = max(p.n_self_edits for _, p in protocols)
+    recipes = {name: protocol_recipe(recipe, name, p) for name, p in protocols}
+    students = cfg.students or [StudentSpec(name_or_path=recipe.model.name_or_path)]
+    for st in students:
+        _ensure_student(recipe, st)
+    sources = check_sources(cfg.sources, recipe, passages, n_edits, students)
+
+    # 2. record ------------------------------------------------------------------------
+    run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed, "bench_seed": seed})
+    seed_everything(seed)
+    t_start = time.perf_counter()
+    judge = make_judge(recipe.qa)
+    from seal.train import progress_bar
+
+    with progress_bar(console) as bar:
+        # 3. self-edits sampled now -----------------------------------------------------
+        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar)
+
+        # 4. every student x protocol x source --------------------------------------------
+        outcomes, base_verdicts = {}, {}
+        for st in students:
+            model, tok = load_model(st.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+            task = bar.add_task(f"{st.name}: baseline", total=1)
+            base = baselines(model, tok, passages, recipe.qa, judge)
+            for i, b in enumerate(base):
+                append_jsonl(run.journal, {"kind": "baseline", "student": st.name, "passage": i, "passage_id": passages[i].id, **b})
+            bar.advance(task)
+            for name, proto in protocols:
+                pr, n = recipes[name], sizes[name]
+                cut = {s.name: [e[: proto.n_self_edits] for e in s.edits[:n]] for s in sources}
+                total = sum(n_steps(name, s.spec.source, passages[:n], cut[s.name], pr) for s in sources)
+                task = bar.add_task(f"{st.name}: {name}", total=max(total, 1))
+                for s in sources:
+                    outcomes[(name, st.name, s.name)] = PROTOCOL_RUNNERS[name](
+                        model, tok, pr, s.spec.source, passages[:n], cut[s.name], base[:n], seed, judge,
+                        key={"kind": name, "student": st.name, "source_label": s.name},
+                        on_record=lambda rec: append_jsonl(run.journal, rec),
+                        progress=lambda k, task=task: bar.advance(task, k),
+                    )  # fmt: skip
+                bar.update(task, completed=max(total, 1))
+                base_verdicts[(name, st.name)] = [list(b["scores"]) for b in base[:n]]
+            del model, tok
+            gc.collect()
+
+    # 5. statistics and outputs ----------------------------------------------------------
+    rows = [Row(s.name, s.spec.source, dict(s.spec.expected), {st.name: same_model(s.author, st.name_or_path) for st in students}, s.author) for s in sources]
+    boot_seed = derive_seed(seed, "bootstrap")
+    results = analyze(rows, [st.name for st in students], [(n, sizes[n]) for n, _ in protocols], outcomes, base_verdicts, cfg, boot_seed)
+    setup = {
+        "name": recipe.name,
+        "students": [st.name for st in students],
+        "student_paths": [st.name_or_path for st in students],
+        "grader": recipe.qa.grader,
+        "seed": seed,
+        "bootstrap_seed": boot_seed,
+        "bootstrap_samples": cfg.bootstrap_samples,
+        "confidence": cfg.confidence,
+        "multiple_comparisons": cfg.multiple_comparisons,
+        "protocols": {name: _describe(recipes[name], p) for name, p in protocols},
+        "passages": [{"passage_id": p.id, "title": p.title, "n_questions": len(p.questions)} for p in passages],
+        "seconds": None,
+    }
+    plots = write_plots(run.path, results)
+    setup["seconds"] = round(time.perf_counter() - t_start, 1)
+    verdicts = {k: o.verdicts for k, o in outcomes.items()}
+    write_tables(run.path, results, setup, verdicts, [p.id for p in passages], plots)
+    _print_summary(console, results)
+    console.print(f"report: {run.path / 'report.md'}  ({setup['seconds']:.0f} s)")
+    return run.path
+
+
+def _sample_sources(sources: list[Source], recipe: Recipe, passages, n_edits: int, seed: int, run: RunDir, bar) -> None:
+    """Sample policy:/prompt: sources' self-edits once; save each as a SEAL-format file."""
+    todo = [s for s in sources if s.edits is None]
+    if not todo:
+        return
+    task = bar.add_task("sampling self-edits", total=len(todo))
+    base = None
+    if any(s.kind == "prompt" for s in todo):
+        base = load_model_from_config(recipe.model)
+    for s in todo:
+        sample_source(s, recipe, passages, n_edits, seed, base=base)
+        note = f"sampled by seal bench from {s.author} ({s.spec.source}), seed {seed}"
+        write_json_atomic(run.path / "self_edits" / f"{_file_part(s.name)}.json", seal_format(passages, s.edits, note))
+        bar.advance(task)
+    del base
+    gc.collect()
+
+
+def _file_part(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+
+
+def _print_summary(console: Console, results: dict) -> None:
+    for name, proto in results["protocols"].items():
+        for st, table in proto["tables"].items():
+            t = Table(title=f"{name}, student {st}, {proto['n_passages']} passages (points, 95 % CI)")
+            for col in ("source", "accuracy", "gain over base", "reference"):
+                t.add_column(col)
+            for c in table["cells"]:
+                t.add_row(c["source"], ci(c["accuracy"]), ci(c["gain"], signed=True), "" if c["expected"] is None else pct(c["expected"]))
+            console.print(t)

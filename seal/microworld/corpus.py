@@ -1,0 +1,147 @@
+"""The pretraining corpus of the microworld: knowledge documents and self-edit demonstrations.
+
+Three kinds of documents, all about pretraining-pool people only (never RL-training or
+evaluation people):
+
+* ``passage``: ``"{title}\\n{biography}"`` of a *memory* person, re-rendered with fresh
+  templates and order at every repetition (knowledge augmentation);
+* ``qa``: the evaluation prompt (``seal.prompts.qa_prompt``) about a memory person, followed by
+  the gold answer: with the facts memorised from the passages, this teaches the model to
+  answer from knowledge stored in its weights. Allen-Zhu & Li 2023 ("Physics of Language
+  Models, Part 3.1", arXiv 2309.14316) show that such mixed training with augmented
+  biographies is what makes stored knowledge extractable for people seen only in biographies;
+* ``openbook``: ``"{title}\n{biography}\nQ: <question> A: <value>"`` lines for a fresh person:
+  a short, dense exercise of the skill the policy needs most, finding a value in the context;
+* ``demo``: the self-edit prompt (``seal.prompts.self_edit_prompt``, template
+  ``implications``) for a *fresh* person (new random facts every time, so nothing can be
+  memorised and the values must be copied from the passage in context), followed by a self-edit
+  in a style drawn from ``style_weights``.
+
+Training starts with a *copy warm-up* (demonstrations and open-book documents only, on
+people with few facts, copy-dense styles weighted up), then mixes knowledge documents with
+the remaining demonstrations. Loss is computed only after ``Doc.prompt_chars`` (the self-edit
+of a demonstration, the answers of an open-book document): the passage of a fresh person is
+unpredictable noise, and leaving it out concentrates the gradient on copying.
+
+Every document ends with the tokenizer's EOS. The stream is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from seal.microworld.world import STYLES, Entity, World, make_entity, questions, render_passage, render_self_edit
+from seal.prompts import qa_prompt, self_edit_prompt
+from seal.seeding import derive_seed
+
+SELF_EDIT_TEMPLATE = "implications"
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One pretraining document: ``text`` (no BOS/EOS) and its ``kind`` ('passage', 'qa', 'openbook', 'demo').
+
+    ``prompt_chars``: the loss starts after this many characters (0: on the whole text).
+    ``style``: a demonstration's self-edit style.
+    """
+
+    kind: str
+    text: str
+    prompt_chars: int = 0
+    style: str = ""
+
+
+def memory_people(world: World, n: int, seed: int) -> list[Entity]:
+    """The first ``n`` pretraining names as memory people (fixed facts, seen many times)."""
+    if n > len(world.pretrain_names) // 2:
+        raise ValueError(f"n_memory={n} leaves too few pretraining names for demonstrations")
+    rng = random.Random(derive_seed(seed, "microworld", "memory"))
+    cfg = world.config
+    return [make_entity(rng, f, s, cfg.min_facts, cfg.max_facts) for f, s in world.pretrain_names[:n]]
+
+
+def demo_doc(e: Entity, style: str, rng: random.Random) -> Doc:
+    """Self-edit prompt for a fresh rendering of ``e`` plus a self-edit of ``style``."""
+    passage = render_passage(e, rng)
+    prompt = self_edit_prompt(SELF_EDIT_TEMPLATE, e.name, passage)
+    return Doc("demo", prompt + render_self_edit(e, style, rng, passage), len(prompt), style)
+
+
+#: Copy warm-up style weights (qa, paraphrase, facts, verbatim, partial, filler): copy-dense first.
+WARMUP_STYLE_WEIGHTS = (2.0, 1.0, 2.0, 2.0, 0.5, 0.5)
+
+
+def openbook_doc(e: Entity, rng: random.Random) -> Doc:
+    """Passage followed by ``Q: ... A: value`` lines about it (loss on the lines only)."""
+    head = f"{e.name}\n{render_passage(e, rng)}\n"
+    return Doc("openbook", head + render_self_edit(e, "qa", rng), len(head), "qa")
+
+
+def qa_doc(e: Entity, rng: random.Random) -> list[Doc]:
+    """One evaluation-format QA document per fact of ``e``."""
+    return [Doc("qa", qa_prompt(e.name, q["question"]) + q["answer"]) for q in questions(e, rng)]
+
+
+def corpus_stream(
+    world: World,
+    seed: int,
+    n_memory: int,
+    memory_epochs: int,
+    n_demos: int,
+    style_weights: Sequence[float] | None = None,
+    qa_fraction: float = 1.0,
+    warmup_demos: int = 0,
+    warmup_openbook: int = 0,
+    warmup_max_facts: int = 3,
+) -> Iterator[list[Doc]]:
+    """The corpus as a list of chunks (each a list of docs, already shuffled), in training order.
+
+    Args:
+        n_memory: memory people (passages + QA).
+        memory_epochs: repetitions of each memory person's passage (fresh rendering each time) and QA.
+        n_demos: self-edit demonstrations, each about a fresh person from the non-memory names.
+        style_weights: relative frequency of each of ``STYLES`` among demonstrations (default uniform).
+        qa_fraction: share of memory people that get QA documents (the rest only passages).
+
+        warmup_demos, warmup_openbook: documents of the copy warm-up (first chunk), about
+            fresh people with at most ``warmup_max_facts`` facts, styles ``WARMUP_STYLE_WEIGHTS``.
+
+    Yields the warm-up chunk (if any), then one chunk per memory epoch, each mixing that
+    epoch's memory documents with ``n_demos / memory_epochs`` demonstrations, shuffled.
+    """
+    weights = list(style_weights) if style_weights is not None else [1.0] * len(STYLES)
+    if len(weights) != len(STYLES):
+        raise ValueError(f"style_weights needs {len(STYLES)} entries ({', '.join(STYLES)})")
+    mem = memory_people(world, n_memory, seed)
+    demo_names = world.pretrain_names[n_memory:]
+    cfg = world.config
+    n_qa = round(qa_fraction * len(mem))
+    if warmup_demos or warmup_openbook:
+        rng = random.Random(derive_seed(seed, "microworld", "corpus", "warmup"))
+        lo_f = min(cfg.min_facts, warmup_max_facts)
+        docs = []
+        for i in range(warmup_demos + warmup_openbook):
+            f, s = rng.choice(demo_names)
+            e = make_entity(rng, f, s, lo_f, max(lo_f, warmup_max_facts))
+            if i < warmup_demos:
+                docs.append(demo_doc(e, rng.choices(STYLES, WARMUP_STYLE_WEIGHTS)[0], rng))
+            else:
+                docs.append(openbook_doc(e, rng))
+        rng.shuffle(docs)
+        yield docs
+    for ep in range(memory_epochs):
+        rng = random.Random(derive_seed(seed, "microworld", "corpus", ep))
+        docs: list[Doc] = []
+        for i, e in enumerate(mem):
+            docs.append(Doc("passage", f"{e.name}\n{render_passage(e, rng)}"))
+            if i < n_qa:
+                docs += qa_doc(e, rng)
+        lo, hi = ep * n_demos // memory_epochs, (ep + 1) * n_demos // memory_epochs
+        for _ in range(lo, hi):
+            f, s = rng.choice(demo_names)
+            e = make_entity(rng, f, s, cfg.min_facts, cfg.max_facts)
+            docs.append(demo_doc(e, rng.choices(STYLES, weights)[0], rng))
+        rng.shuffle(docs)
+        yield docs

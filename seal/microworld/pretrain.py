@@ -1,0 +1,462 @@
+"""Pretraining the microworld's small Llama from scratch, and the cache that keeps its result.
+
+``ensure_microworld()`` returns a directory with everything a CPU-scale SEAL run needs::
+
+    <cache_dir>/<key>/model/            HF model + tokenizer (seal.models.load_model)
+                     /train.json        RL-training passages (SEAL format)
+                     /eval.json         evaluation passages (SEAL format)
+                     /oracle_train.json same passages + "completions": [generator-written self-edit]
+                     /oracle_eval.json
+                     /world.json        the world's settings and name pools
+                     /meta.json         settings, seed, timings, loss curve, copy-skill metrics
+
+``<key>`` hashes every setting plus the prompt templates, so a changed setting or template
+builds a new entry and an unchanged one is reused. Each entry is written to a temporary
+sibling directory and renamed into place when complete, so a killed pretraining never leaves a
+half-written entry (at most a ``.tmp-*`` directory, ignored and replaced next time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from seal.microworld.corpus import SELF_EDIT_TEMPLATE, Doc, corpus_stream
+from seal.microworld.world import (
+    STYLES,
+    World,
+    WorldConfig,
+    classify_style,
+    copy_stats,
+    entity_from_record,
+    make_entity,
+    make_world,
+    passage_record,
+    render_self_edit,
+)
+from seal.prompts import QA_TEMPLATE, TEMPLATES, self_edit_prompt
+from seal.seeding import derive_seed
+
+FORMAT_VERSION = 1
+
+
+class PretrainConfig(BaseModel):
+    """Settings of one microworld: the world, its corpus, the model and the pretraining schedule.
+
+    The defaults are the tuned CPU recipe (about 15 minutes on 2 cores).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="Seeds the world, the corpus, the initialisation and the data order.")
+    # world
+    n_train: int = Field(200, ge=1, description="RL-training people (train.json).")
+    n_eval: int = Field(200, ge=1, description="Evaluation people (eval.json).")
+    min_facts: int = Field(3, ge=1, le=6, description="Fewest attributes stated (and asked) per person.")
+    max_facts: int = Field(5, ge=1, le=6, description="Most attributes stated (and asked) per person.")
+    # corpus
+    n_memory: int = Field(
+        300, ge=1, description="Pretraining people whose facts the model memorises (passages + QA)."
+    )
+    memory_epochs: int = Field(10, ge=1, description="Repetitions of each memory person (fresh rendering each time).")
+    n_demos: int = Field(
+        6000, ge=0, description="Self-edit demonstrations mixed with the memory documents, after the warm-up."
+    )
+    style_weights: list[float] = Field(
+        default_factory=lambda: [1.0] * len(STYLES),
+        description=f"Relative frequency of the self-edit styles {list(STYLES)} among demonstrations.",
+    )
+    warmup_demos: int = Field(10000, ge=0, description="Demonstrations in the copy warm-up (trained first).")
+    warmup_openbook: int = Field(8000, ge=0, description="Open-book QA documents in the copy warm-up.")
+    warmup_max_facts: int = Field(3, ge=1, le=6, description="Most facts per person in the copy warm-up.")
+    qa_fraction: float = Field(1.0, ge=0, le=1, description="Share of memory people with QA documents.")
+    oracle_style: str = Field("qa", description="Style of the generator-written self-edits in oracle_*.json.")
+    # tokenizer + model
+    vocab_size: int = Field(1536, ge=300, description="Byte-level BPE vocabulary size.")
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=16)
+    max_length: int = Field(384, ge=32, description="Documents are truncated to this many tokens.")
+    # schedule
+    batch_size: int = Field(16, ge=1, description="Documents per optimizer step.")
+    lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay to 10 %).")
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    # reporting
+    log_every: int = Field(50, ge=1, description="Steps between progress lines.")
+    n_copy_checks: int = Field(4, ge=0, description="Greedy copy-skill checks during pretraining (on 16 fresh people).")
+    n_copy_eval: int = Field(48, ge=0, description="Evaluation passages sampled (T=1, top-p 0.95, 2 each) for the final copy metrics.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads while pretraining (None: leave as is).")
+
+
+def settings_key(cfg: PretrainConfig) -> str:
+    """16 hex digits hashing the settings, the prompt templates and the cache format."""
+    blob = json.dumps(
+        {"cfg": cfg.model_dump(mode="json"), "se": TEMPLATES[SELF_EDIT_TEMPLATE], "qa": QA_TEMPLATE, "v": FORMAT_VERSION},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"[microworld] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- copy skill
+
+
+@torch.inference_mode()
+def sample_self_edits_raw(
+    model, tok, records: Sequence[dict], n: int, temperature: float | None, seed: int, max_new_tokens: int = 256,
+    top_p: float = 0.95, batch_size: int = 64,
+) -> list[list[str]]:
+    """``n`` self-edits per passage record (``temperature=None``: greedy, n must be 1).
+
+    Left-padded batched ``generate``; seeded from ``seed`` and the batch's index, never the clock.
+    Returns ``[[self-edit] * n] * len(records)``, stripped strings.
+    """
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    out: list[list[str]] = []
+    try:
+        prompts = [self_edit_prompt(SELF_EDIT_TEMPLATE, r["title"], r["context"]) for r in records]
+        per = max(1, batch_size // n)
+        for b in range(0, len(prompts), per):
+            enc = tok(prompts[b : b + per], return_tensors="pt", padding=True)
+            torch.manual_seed(derive_seed(seed, "copy-sample", b))
+            kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature else dict(do_sample=False)
+            gen = model.generate(
+                **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, **kw,
+            )
+            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(texts) // n)]
+    finally:
+        tok.padding_side = old_side
+    return out
+
+
+def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]]) -> dict:
+    """Copy skill of sampled self-edits.
+
+    Returns a dict: ``value_precision`` (share of attribute-value mentions that are the
+    passage's own values: the fraction of attribute values copied correctly), ``value_recall``
+    (share of the passage's values present, over self-edits of the full styles qa, paraphrase,
+    facts, verbatim), ``name_ok`` (share of self-edits containing the full name), ``styles``
+    (share of each style), ``per_style_precision``, ``n`` (self-edits).
+    """
+    from collections import Counter
+
+    styles: Counter = Counter()
+    mentions = correct = 0
+    rec_sum, rec_n, name_ok, total = 0.0, 0, 0, 0
+    ps_m: Counter = Counter()
+    ps_c: Counter = Counter()
+    for r, ss in zip(records, samples):
+        e = entity_from_record(r)
+        for s in ss:
+            st = classify_style(s)
+            c = copy_stats(s, e)
+            styles[st] += 1
+            mentions += c["mentions"]
+            correct += c["correct"]
+            ps_m[st] += c["mentions"]
+            ps_c[st] += c["correct"]
+            if st in ("qa", "paraphrase", "facts", "verbatim"):
+                rec_sum += c["recall"]
+                rec_n += 1
+            name_ok += c["name_ok"]
+            total += 1
+    return {
+        "n": total,
+        "value_precision": correct / mentions if mentions else 0.0,
+        "value_recall": rec_sum / rec_n if rec_n else 0.0,
+        "name_ok": name_ok / total if total else 0.0,
+        "styles": {k: v / total for k, v in sorted(styles.items())} if total else {},
+        "per_style_precision": {k: ps_c[k] / ps_m[k] for k in sorted(ps_m) if ps_m[k]},
+    }
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+def _batches(ids: list[list[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted within pools of 50 batches), shuffled."""
+    order = list(range(len(ids)))
+    rng.shuffle(order)
+    pool = 50 * batch_size
+    out = []
+    for p in range(0, len(order), pool):
+        chunk = sorted(order[p : p + pool], key=lambda i: len(ids[i]))
+        out += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def _collate(
+    ids: list[list[int]], starts: list[int], idx: list[int], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (int64 [B, L]); labels are
+    -100 on padding and before each document's loss start."""
+    L = max(len(ids[i]) for i in idx)
+    x = torch.full((len(idx), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(idx), L), dtype=torch.long)
+    labels = torch.full((len(idx), L), -100, dtype=torch.long)
+    for r, i in enumerate(idx):
+        t = torch.tensor(ids[i])
+        x[r, : len(t)] = t
+        mask[r, : len(t)] = 1
+        labels[r, starts[i] : len(t)] = t[starts[i] :]
+    return x, mask, labels
+
+
+def _fresh_check_records(world: World, n: int, seed: int) -> list[dict]:
+    rng = random.Random(derive_seed(seed, "microworld", "copy-check"))
+    names = world.pretrain_names[-n:]
+    return [passage_record(make_entity(rng, f, s, world.config.min_facts, world.config.max_facts), rng) for f, s in names]
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def pretrain(out_dir: str | os.PathLike, cfg: PretrainConfig | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Build the world, pretrain the model and write a complete microworld directory at ``out_dir``.
+
+    Writes into ``<out_dir>.tmp-<pid>`` and renames it to ``out_dir`` at the end (atomic on one
+    file system). Progress lines (loss, tokens/s, copy checks) go to ``log`` (default stderr).
+
+    Returns ``out_dir``. Raises ``FileExistsError`` if ``out_dir`` already exists, ``ValueError``
+    for inconsistent settings.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from seal.models import train_tokenizer
+
+    cfg = cfg or PretrainConfig()
+    log = log or _stderr_log
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; delete it or use ensure_microworld()")
+    if cfg.min_facts > cfg.max_facts:
+        raise ValueError("min_facts > max_facts")
+    old_threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    try:
+        world = make_world(WorldConfig(cfg.seed, cfg.n_train, cfg.n_eval, cfg.min_facts, cfg.max_facts))
+        chunks: list[list[Doc]] = list(
+            corpus_stream(
+                world, cfg.seed, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction,
+                cfg.warmup_demos, cfg.warmup_openbook, cfg.warmup_max_facts,
+            )
+        )
+        docs = [d for c in chunks for d in c]
+        rng = random.Random(derive_seed(cfg.seed, "microworld", "tokenizer"))
+        sample = rng.sample(docs, min(len(docs), 20000))
+        tok = train_tokenizer((d.text for d in sample), cfg.vocab_size)
+        t_tok = time.perf_counter() - t0
+        eos = tok.eos_token_id
+        chunk_ids, chunk_starts = [], []
+        n_tokens = 0
+        for c in chunks:
+            enc = tok([d.text for d in c])["input_ids"]
+            ids = [(x + [eos])[: cfg.max_length] for x in enc]
+            heads = tok([d.text[: d.prompt_chars] for d in c])["input_ids"]
+            starts = []
+            for d, x, h in zip(c, ids, heads):
+                # Loss from the first token after the prompt (token boundaries agree at "\n").
+                starts.append(len(h) if d.prompt_chars and x[: len(h)] == h else 0)
+            n_tokens += sum(len(x) for x in ids)
+            chunk_ids.append(ids)
+            chunk_starts.append(starts)
+        kinds = {k: sum(1 for d in docs if d.kind == k) for k in ("passage", "qa", "openbook", "demo")}
+        log(f"corpus: {len(docs)} docs {kinds}, {n_tokens / 1e6:.2f} M tokens, vocab {len(tok)} ({time.perf_counter() - t0:.0f} s)")
+
+        mcfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=max(512, cfg.max_length),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        torch.manual_seed(derive_seed(cfg.seed, "microworld", "init"))
+        model = LlamaForCausalLM(mcfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.98),
+        )
+        brng = random.Random(derive_seed(cfg.seed, "microworld", "order"))
+        plan = [(ci, b) for ci, ids in enumerate(chunk_ids) for b in _batches(ids, cfg.batch_size, brng)]
+        total = len(plan)
+
+        def lr_at(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return cfg.lr * (step + 1) / cfg.warmup_steps
+            p = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+            return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+        log(f"model: {n_params / 1e6:.2f} M params, {total} steps of {cfg.batch_size} docs")
+        check_recs = _fresh_check_records(world, 16, cfg.seed)
+        check_at = {round(total * (i + 1) / (cfg.n_copy_checks + 1)) for i in range(cfg.n_copy_checks)}
+        history: list[dict] = []
+        checks: list[dict] = []
+        model.train()
+        t_train = time.perf_counter()
+        ema, seen, last_t, last_seen = None, 0, t_train, 0
+        for step, (ci, idx) in enumerate(plan):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            x, mask, labels = _collate(chunk_ids[ci], chunk_starts[ci], idx, tok.pad_token_id)
+            loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite pretraining loss at step {step}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            seen += int(mask.sum())  # tokens processed (with or without loss)
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                now = time.perf_counter()
+                tps = (seen - last_seen) / max(1e-9, now - last_t)
+                last_t, last_seen = now, seen
+                history.append({"step": step + 1, "loss": round(ema, 4), "tokens": seen})
+                eta = (now - t_train) / (step + 1) * (total - step - 1)
+                log(f"step {step + 1}/{total} loss {ema:.3f} lr {lr_at(step):.2e} {tps:,.0f} tok/s eta {eta / 60:.1f} min")
+            if (step + 1) in check_at:
+                model.eval()
+                s = sample_self_edits_raw(model, tok, check_recs, 1, None, cfg.seed)
+                m = copy_metrics(check_recs, s)
+                model.train()
+                checks.append({"step": step + 1, **m})
+                log(
+                    f"copy check @ {step + 1}: value precision {m['value_precision']:.2f} recall {m['value_recall']:.2f} "
+                    f"name {m['name_ok']:.2f} styles {m['styles']}"
+                )
+        t_train = time.perf_counter() - t_train
+        model.eval()
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(tmp / "model")
+        tok.save_pretrained(tmp / "model")
+
+        # Passages of the RL-training and evaluation people, and the oracle's self-edits.
+        meta_copy = {}
+        for split, people in (("train", world.train), ("eval", world.eval)):
+            prng = random.Random(derive_seed(cfg.seed, "microworld", "records", split))
+            recs = [passage_record(e, prng) for e in people]
+            _write_json(tmp / f"{split}.json", recs)
+            orng = random.Random(derive_seed(cfg.seed, "microworld", "oracle", split))
+            oracle = [
+                {**r, "completions": [render_self_edit(e, cfg.oracle_style, orng, r["context"])]} for r, e in zip(recs, people)
+            ]
+            _write_json(tmp / f"oracle_{split}.json", oracle)
+            if split == "eval" and cfg.n_copy_eval:
+                ev = recs[: cfg.n_copy_eval]
+                t1 = time.perf_counter()
+                s = sample_self_edits_raw(model, tok, ev, 2, 1.0, cfg.seed)
+                meta_copy = copy_metrics(ev, s)
+                meta_copy["seconds"] = round(time.perf_counter() - t1, 1)
+                meta_copy["examples"] = [x[0] for x in s[:3]]
+                log(
+                    f"copy skill on eval (T=1, top-p 0.95): value precision {meta_copy['value_precision']:.3f} "
+                    f"recall {meta_copy['value_recall']:.3f} name {meta_copy['name_ok']:.2f} styles {meta_copy['styles']}"
+                )
+        _write_json(
+            tmp / "world.json",
+            {
+                "config": world.config.__dict__,
+                "n_pretrain_names": len(world.pretrain_names),
+                "train_names": [" ".join(n) for n in world.train_names],
+                "eval_names": [" ".join(n) for n in world.eval_names],
+                "memory_names": [" ".join(n) for n in world.pretrain_names[: cfg.n_memory]],
+                "styles": list(STYLES),
+            },
+        )
+        _write_json(
+            tmp / "meta.json",
+            {
+                "settings": cfg.model_dump(mode="json"),
+                "key": settings_key(cfg),
+                "format_version": FORMAT_VERSION,
+                "n_params": n_params,
+                "n_docs": len(docs),
+                "doc_kinds": kinds,
+                "n_tokens": n_tokens,
+                "steps": total,
+                "seconds": {"tokenizer_and_corpus": round(t_tok, 1), "train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
+                "final_loss": history[-1]["loss"] if history else None,
+                "loss_history": history,
+                "copy_checks": checks,
+                "copy_skill": meta_copy,
+            },
+        )
+        if out.exists():
+            raise FileExistsError(f"{out} appeared while pretraining")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(old_threads)
+    log(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def ensure_microworld(
+    cache_dir: str | os.PathLike = ".cache/microworld",
+    seed: int = 0,
+    cfg: PretrainConfig | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides,
+) -> Path:
+    """The microworld directory for these settings, pretraining it first if it is not cached.
+
+    Args:
+        cache_dir: parent of cache entries; each entry is ``<cache_dir>/<settings_key>``.
+        seed: the world's and pretraining's seed (overrides ``cfg.seed``).
+        cfg: settings (default :class:`PretrainConfig`); ``overrides`` are field=value on top.
+        log: progress sink (default: lines on stderr).
+
+    Returns the entry directory (see the module docstring for its contents).
+    Raises ``pydantic.ValidationError`` for unknown or invalid settings.
+    """
+    base = (cfg or PretrainConfig()).model_dump()
+    base.update(overrides)
+    base["seed"] = seed
+    c = PretrainConfig(**base)
+    entry = Path(cache_dir) / settings_key(c)
+    if (entry / "meta.json").is_file():
+        return entry
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return pretrain(entry, c, log)
+    except FileExistsError:
+        if (entry / "meta.json").is_file():  # another process finished it first
+            return entry
+        raise

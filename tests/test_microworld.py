@@ -1,0 +1,116 @@
+"""The microworld (issue 6): determinism, disjoint pools, answerable questions, style signatures,
+a cached pretraining written atomically."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from seal.microworld.corpus import corpus_stream
+from seal.microworld.pretrain import PretrainConfig, ensure_microworld, pretrain, settings_key
+from seal.microworld.world import (
+    STYLES,
+    WorldConfig,
+    classify_style,
+    copy_stats,
+    entity_from_record,
+    make_world,
+    passage_record,
+    render_passage,
+    render_self_edit,
+)
+
+TINY = dict(
+    n_train=8, n_eval=8, n_memory=20, memory_epochs=2, n_demos=40, vocab_size=400, hidden_size=32,
+    num_layers=1, num_heads=2, intermediate_size=64, batch_size=8, warmup_steps=2, log_every=5,
+    n_copy_checks=1, n_copy_eval=2, max_length=256,
+)  # fmt: skip
+
+
+def test_world_is_deterministic_per_seed():
+    a, b, c = make_world(WorldConfig(seed=1)), make_world(WorldConfig(seed=1)), make_world(WorldConfig(seed=2))
+    assert a.eval == b.eval and a.train == b.train and a.pretrain_names == b.pretrain_names
+    assert a.eval != c.eval
+    ra = [passage_record(e, random.Random(3)) for e in a.eval[:5]]
+    rb = [passage_record(e, random.Random(3)) for e in b.eval[:5]]
+    assert ra == rb
+    docs_a = [d.text for d in next(corpus_stream(a, 1, 10, 1, 20))]
+    docs_b = [d.text for d in next(corpus_stream(b, 1, 10, 1, 20))]
+    assert docs_a == docs_b
+
+
+def test_pools_are_disjoint_and_pretraining_never_sees_heldout_people():
+    w = make_world(WorldConfig(seed=0, n_train=150, n_eval=150))
+    pre, tr, ev = set(w.pretrain_names), set(w.train_names), set(w.eval_names)
+    assert len(tr) == 150 and len(ev) == 150
+    assert not (pre & tr) and not (pre & ev) and not (tr & ev)
+    held_out = {f"{f} {s}" for f, s in tr | ev}
+    for chunk in corpus_stream(w, 0, 50, 2, 200):
+        for d in chunk:
+            assert not any(n in d.text for n in held_out)
+
+
+def test_every_question_is_answerable_from_its_passage():
+    w = make_world(WorldConfig(seed=0))
+    rng = random.Random(0)
+    for e in w.eval + w.train:
+        rec = passage_record(e, rng)
+        assert 3 <= len(rec["questions"]) <= 5
+        words = set(rec["context"].replace(".", " ").replace(",", " ").split())
+        for q in rec["questions"]:
+            assert q["answer"] in words, (rec, q)
+        assert entity_from_record(rec) == e
+
+
+def test_every_style_signature_is_classified():
+    w = make_world(WorldConfig(seed=0))
+    rng = random.Random(0)
+    for e in w.eval[:50]:
+        passage = render_passage(e, rng)
+        for style in STYLES:
+            text = render_self_edit(e, style, rng, passage)
+            assert classify_style(text) == style, (style, text)
+            stats = copy_stats(text, e)
+            if style in ("qa", "paraphrase", "facts", "verbatim"):
+                assert stats["recall"] == 1.0 and stats["correct"] == stats["mentions"]
+            if style == "filler":
+                assert stats["mentions"] == 0
+    assert classify_style("") == "empty"
+    assert classify_style("- a\nQ: b A: c\n* d") == "mixed"
+
+
+def test_pretraining_writes_a_loadable_cache_atomically(tmp_path):
+    from seal.models import load_model
+
+    logs = []
+    cfg = PretrainConfig(**TINY)
+    entry = ensure_microworld(tmp_path / "mw", seed=0, cfg=cfg, log=logs.append)
+    assert entry.name == settings_key(cfg)
+    assert sorted(p.name for p in entry.iterdir()) == sorted(
+        ["model", "train.json", "eval.json", "oracle_train.json", "oracle_eval.json", "world.json", "meta.json"]
+    )
+    assert not list((tmp_path / "mw").glob("*.tmp-*"))
+    assert any("tok/s" in line for line in logs)
+    model, tok = load_model(entry / "model", device="cpu")
+    assert model.config.num_hidden_layers == 1
+    ev = json.loads((entry / "eval.json").read_text())
+    orc = json.loads((entry / "oracle_eval.json").read_text())
+    assert len(ev) == 8 and [r["title"] for r in ev] == [r["title"] for r in orc]
+    assert all(classify_style(r["completions"][0]) == "qa" for r in orc)
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["settings"]["seed"] == 0 and "value_precision" in meta["copy_skill"]
+    # Cached: a second call returns at once without pretraining.
+    logs.clear()
+    assert ensure_microworld(tmp_path / "mw", seed=0, cfg=cfg, log=logs.append) == entry and not logs
+    # A pretraining killed midway leaves no entry and no temporary directory.
+    boom = PretrainConfig(**{**TINY, "seed": 1})
+
+    def explode(msg):
+        if msg.startswith("step"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "mw" / "x", boom, log=explode)
+    assert sorted(p.name for p in (tmp_path / "mw").iterdir()) == [entry.name]

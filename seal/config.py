@@ -59,6 +59,11 @@ class ModelConfig(Section):
         False, description="Allow model code from the hub. Off unless you trust the repository."
     )
     device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU intra-op threads (torch.set_num_threads). None: torch's default (all cores). Tiny models run fastest on 1, and 2+ threads collapse when the cores are shared.",
+    )
     build_tiny: TinyModelConfig | None = Field(
         None, description="If name_or_path does not exist, build a tiny local model there first (CPU recipes)."
     )

@@ -67,7 +67,9 @@ def load_model(
 
 
 def load_model_from_config(cfg) -> tuple:
-    """``load_model`` from a :class:`seal.config.ModelConfig`."""
+    """``load_model`` from a :class:`seal.config.ModelConfig` (also applies ``num_threads``)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     return load_model(cfg.name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code)
 
 

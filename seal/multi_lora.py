@@ -305,8 +305,7 @@ class StackedAdamW:
             lr: ``(S,)`` float64, this step's learning rate per slot.
             active: ``(S,)`` bool; inactive slots are left exactly as they are.
         """
-        p, m, v = self.param.detach(), self.exp_avg, self.exp_avg_sq
-        col = lambda x: x.to(torch.float32).unsqueeze(1)  # noqa: E731  (S,) -> (S, 1) for broadcasting
+        p, m, v, col = self.param.detach(), self.exp_avg, self.exp_avg_sq, _column
         g = torch.where(active.unsqueeze(1), self.param.grad, 0.0)
         lr = torch.where(active, lr, 0.0)
         self.steps += active.to(self.steps.dtype)
@@ -318,6 +317,11 @@ class StackedAdamW:
         v.mul_(col(torch.where(active, self.beta2, 1.0))).addcmul_(g, g, value=1.0 - self.beta2)
         denom = (v.sqrt() / col(bias2_sqrt)).add_(self.eps)
         p.sub_(col(step_size) * (m / denom))
+
+
+def _column(x: torch.Tensor) -> torch.Tensor:
+    """(S,) per-slot values -> (S, 1) fp32, to broadcast over a slot's row."""
+    return x.to(torch.float32).unsqueeze(1)
 
 
 def clip_grad_norms_(grad: torch.Tensor, max_norm: float | None) -> torch.Tensor:

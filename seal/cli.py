@@ -53,7 +53,12 @@ def ensure_model(recipe: Recipe) -> None:
 
 def _load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return load_recipe(recipe_path, overrides or [])
+    recipe = load_recipe(recipe_path, overrides or [])
+    if recipe.model.num_threads:  # before anything runs, so run.json records the real count
+        import torch
+
+        torch.set_num_threads(recipe.model.num_threads)
+    return recipe
 
 
 @app.command()

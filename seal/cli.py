@@ -147,6 +147,38 @@ def tiny_model(
     console.print(f"[bold green]wrote[/] {path}")
 
 
+microworld_app = typer.Typer(no_args_is_help=True, help="The synthetic knowledge world (CPU testbed where rewards are non-zero).")
+app.add_typer(microworld_app, name="microworld")
+
+
+@microworld_app.command("pretrain")
+def microworld_pretrain(
+    overrides: list[str] = typer.Argument(None, help="PretrainConfig fields as key=value, e.g. n_demos=4000 hidden_size=96"),
+    cache_dir: Path = typer.Option(Path(".cache/microworld"), "--cache-dir", help="Parent of cache entries."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Generate the world and pretrain its small policy from scratch, or reuse the cached entry.
+
+    Prints the entry directory: model/, train.json, eval.json, oracle_*.json, meta.json.
+    """
+    from pydantic import ValidationError
+
+    from seal.config import parse_override
+    from seal.microworld import ensure_microworld
+
+    try:
+        fields = {}
+        for text in overrides or []:
+            keys, value = parse_override(text)
+            fields[".".join(keys)] = value
+        entry = ensure_microworld(cache_dir, seed=seed, **fields)
+    except ValidationError as e:
+        _fail(RecipeError(f"invalid microworld settings: {e}"))
+    except USER_ERRORS as e:
+        _fail(e)
+    console.print(f"[bold green]microworld:[/] {entry}")
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app()
 

@@ -25,12 +25,16 @@ from seal.microworld.world import (
 TINY = dict(
     n_train=8, n_eval=8, n_memory=20, memory_epochs=2, n_demos=40, vocab_size=400, hidden_size=32,
     num_layers=1, num_heads=2, intermediate_size=64, batch_size=8, warmup_steps=2, log_every=5,
-    n_copy_checks=1, n_copy_eval=2, max_length=256,
+    n_copy_checks=1, n_copy_eval=2, max_length=256, warmup_demos=20, warmup_openbook=10,
 )  # fmt: skip
 
 
 def test_world_is_deterministic_per_seed():
-    a, b, c = make_world(WorldConfig(seed=1)), make_world(WorldConfig(seed=1)), make_world(WorldConfig(seed=2))
+    a, b, c = (
+        make_world(WorldConfig(seed=1)),
+        make_world(WorldConfig(seed=1)),
+        make_world(WorldConfig(seed=2)),
+    )
     assert a.eval == b.eval and a.train == b.train and a.pretrain_names == b.pretrain_names
     assert a.eval != c.eval
     ra = [passage_record(e, random.Random(3)) for e in a.eval[:5]]
@@ -89,7 +93,15 @@ def test_pretraining_writes_a_loadable_cache_atomically(tmp_path):
     entry = ensure_microworld(tmp_path / "mw", seed=0, cfg=cfg, log=logs.append)
     assert entry.name == settings_key(cfg)
     assert sorted(p.name for p in entry.iterdir()) == sorted(
-        ["model", "train.json", "eval.json", "oracle_train.json", "oracle_eval.json", "world.json", "meta.json"]
+        [
+            "model",
+            "train.json",
+            "eval.json",
+            "oracle_train.json",
+            "oracle_eval.json",
+            "world.json",
+            "meta.json",
+        ]
     )
     assert not list((tmp_path / "mw").glob("*.tmp-*"))
     assert any("tok/s" in line for line in logs)
@@ -98,12 +110,14 @@ def test_pretraining_writes_a_loadable_cache_atomically(tmp_path):
     ev = json.loads((entry / "eval.json").read_text())
     orc = json.loads((entry / "oracle_eval.json").read_text())
     assert len(ev) == 8 and [r["title"] for r in ev] == [r["title"] for r in orc]
-    assert all(classify_style(r["completions"][0]) == "qa" for r in orc)
+    assert all(classify_style(r["completions"][0]) == "paraphrase" for r in orc)
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["settings"]["seed"] == 0 and "value_precision" in meta["copy_skill"]
     # Cached: a second call returns at once without pretraining.
     logs.clear()
-    assert ensure_microworld(tmp_path / "mw", seed=0, cfg=cfg, log=logs.append) == entry and not logs
+    assert (
+        ensure_microworld(tmp_path / "mw", seed=0, cfg=cfg, log=logs.append) == entry and not logs
+    )
     # A pretraining killed midway leaves no entry and no temporary directory.
     boom = PretrainConfig(**{**TINY, "seed": 1})
 
@@ -114,3 +128,8 @@ def test_pretraining_writes_a_loadable_cache_atomically(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         pretrain(tmp_path / "mw" / "x", boom, log=explode)
     assert sorted(p.name for p in (tmp_path / "mw").iterdir()) == [entry.name]
+    # A directory left by a hard-killed pretraining (dead pid) is removed by the next one.
+    stale = tmp_path / "mw" / f"{settings_key(boom)}.tmp-999999999"
+    (stale / "model").mkdir(parents=True)
+    ensure_microworld(tmp_path / "mw", seed=1, cfg=boom, log=lambda m: None)
+    assert not stale.exists()

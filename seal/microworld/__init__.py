@@ -13,4 +13,12 @@
 from seal.microworld.pretrain import PretrainConfig, ensure_microworld, pretrain
 from seal.microworld.world import STYLES, WorldConfig, classify_style, make_world
 
-__all__ = ["PretrainConfig", "STYLES", "WorldConfig", "classify_style", "ensure_microworld", "make_world", "pretrain"]
+__all__ = [
+    "PretrainConfig",
+    "STYLES",
+    "WorldConfig",
+    "classify_style",
+    "ensure_microworld",
+    "make_world",
+    "pretrain",
+]

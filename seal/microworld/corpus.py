@@ -32,7 +32,15 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from seal.microworld.world import STYLES, Entity, World, make_entity, questions, render_passage, render_self_edit
+from seal.microworld.world import (
+    STYLES,
+    Entity,
+    World,
+    make_entity,
+    questions,
+    render_passage,
+    render_self_edit,
+)
 from seal.prompts import qa_prompt, self_edit_prompt
 from seal.seeding import derive_seed
 
@@ -59,7 +67,9 @@ def memory_people(world: World, n: int, seed: int) -> list[Entity]:
         raise ValueError(f"n_memory={n} leaves too few pretraining names for demonstrations")
     rng = random.Random(derive_seed(seed, "microworld", "memory"))
     cfg = world.config
-    return [make_entity(rng, f, s, cfg.min_facts, cfg.max_facts) for f, s in world.pretrain_names[:n]]
+    return [
+        make_entity(rng, f, s, cfg.min_facts, cfg.max_facts) for f, s in world.pretrain_names[:n]
+    ]
 
 
 def demo_doc(e: Entity, style: str, rng: random.Random) -> Doc:

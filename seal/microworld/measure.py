@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from seal.data import Passage, QA
-from seal.graders import contains
 from seal.config import InnerLoopConfig
+from seal.data import QA, Passage
+from seal.graders import contains
 from seal.inner_loop import AdapterJob, AdapterResult, run_inner_loop
 from seal.microworld.pretrain import copy_metrics, sample_self_edits_raw
 from seal.microworld.world import STYLES, classify_style, entity_from_record, render_self_edit
@@ -35,7 +35,7 @@ def _acc(res: AdapterResult, rec: dict) -> float:
     golds = [q["answer"] for q in rec["questions"]]
     if res.error:
         return 0.0
-    return sum(contains(a, g) for a, g in zip(res.answers, golds)) / len(golds)
+    return sum(contains(a, g) for a, g in zip(res.answers, golds, strict=True)) / len(golds)
 
 
 def measure(
@@ -72,13 +72,20 @@ def measure(
     jobs: list[AdapterJob] = []
     keys: list[tuple[str, int, int]] = []
     for i, r in enumerate(recs):
-        p = Passage(r["title"], r["context"], tuple(QA(q["question"], q["answer"]) for q in r["questions"]))
+        p = Passage(
+            r["title"], r["context"], tuple(QA(q["question"], q["answer"]) for q in r["questions"])
+        )
         prompts = [qa_prompt(r["title"], q["question"]) for q in r["questions"]]
         e = entity_from_record(r)
         rng = random.Random(derive_seed(seed, "measure-gold", i))
         conds = [("none", []), ("passage", train_texts(p, None))]
         for st in styles:
-            conds.append((f"gold:{st}", train_texts(p, render_self_edit(e, st, rng, r["context"]), split_newlines)))
+            conds.append(
+                (
+                    f"gold:{st}",
+                    train_texts(p, render_self_edit(e, st, rng, r["context"]), split_newlines),
+                )
+            )
         for j, s in enumerate(samples[i]):
             conds.append((f"policy#{j}", train_texts(p, s, split_newlines)))
         for c, texts in conds:
@@ -93,14 +100,22 @@ def measure(
 
     # Similar lengths share a chunk (fewer idle rows); results are put back in job order.
     order = sorted(range(len(jobs)), key=lambda j: sum(len(t) for t in jobs[j].texts))
-    ran = run_inner_loop(model, tok, [jobs[j] for j in order], inner, max_new_tokens=8, qa_batch_size=256, progress=_progress)
+    ran = run_inner_loop(
+        model,
+        tok,
+        [jobs[j] for j in order],
+        inner,
+        max_new_tokens=8,
+        qa_batch_size=256,
+        progress=_progress,
+    )
     results: list[AdapterResult] = [None] * len(jobs)  # type: ignore[list-item]
-    for j, r in zip(order, ran):
+    for j, r in zip(order, ran, strict=True):
         results[j] = r
     t_train = time.perf_counter() - t1
     acc: dict[str, list[float]] = defaultdict(list)
     per_passage: dict[int, dict[str, float]] = defaultdict(dict)
-    for res, (c, i, _) in zip(results, keys):
+    for res, (c, i, _) in zip(results, keys, strict=True):
         per_passage[i][c] = _acc(res, recs[i])
     by_style: dict[str, list[float]] = defaultdict(list)
     best_styles: Counter = Counter()
@@ -122,13 +137,19 @@ def measure(
         "n_questions": sum(len(r["questions"]) for r in recs),
         "acc": mean,
         "reward": {c: v - mean["none"] for c, v in mean.items()},
-        "policy_by_style": {s: {"n": len(v), "reward": sum(v) / len(v)} for s, v in sorted(by_style.items())},
+        "policy_by_style": {
+            s: {"n": len(v), "reward": sum(v) / len(v)} for s, v in sorted(by_style.items())
+        },
         "best_of_k": {
             "acc": sum(best_acc) / len(best_acc) if best_acc else None,
             "kept_styles": dict(best_styles),
         },
         "copy": copy_metrics(recs, samples) if k else {},
-        "seconds": {"sample": round(t_sample, 1), "inner_loops": round(t_train, 1), "n_adapters": len(jobs)},
+        "seconds": {
+            "sample": round(t_sample, 1),
+            "inner_loops": round(t_train, 1),
+            "n_adapters": len(jobs),
+        },
         "inner": inner.model_dump(mode="json"),
         "errors": sum(1 for r in results if r.error),
         "split_newlines": split_newlines,
@@ -136,9 +157,15 @@ def measure(
     return res
 
 
-if __name__ == "__main__":  # scratch use: python -m seal.microworld.measure <world_dir> [n_eval] [k]
+if (
+    __name__ == "__main__"
+):  # scratch use: python -m seal.microworld.measure <world_dir> [n_eval] [k]
     import sys
 
     torch.set_num_threads(2)
-    out = measure(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 64, int(sys.argv[3]) if len(sys.argv) > 3 else 5)
+    out = measure(
+        sys.argv[1],
+        int(sys.argv[2]) if len(sys.argv) > 2 else 64,
+        int(sys.argv[3]) if len(sys.argv) > 3 else 5,
+    )
     print(json.dumps(out, indent=1, default=str))

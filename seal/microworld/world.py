@@ -151,7 +151,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
 
 ATTRIBUTE_BY_NAME: dict[str, Attribute] = {a.name: a for a in ATTRIBUTES}
 VALUE_TO_ATTRIBUTE: dict[str, str] = {v: a.name for a in ATTRIBUTES for v in a.values}
-assert len(VALUE_TO_ATTRIBUTE) == sum(len(a.values) for a in ATTRIBUTES), "attribute value lists must be disjoint"
+assert len(VALUE_TO_ATTRIBUTE) == sum(len(a.values) for a in ATTRIBUTES), (
+    "attribute value lists must be disjoint"
+)
 
 # ----------------------------------------------------------------------------- styles
 
@@ -186,7 +188,9 @@ class Entity:
 
     first: str
     last: str
-    facts: tuple[tuple[str, str], ...]  # ((attribute name, value), ...) in canonical ATTRIBUTES order
+    facts: tuple[
+        tuple[str, str], ...
+    ]  # ((attribute name, value), ...) in canonical ATTRIBUTES order
 
     @property
     def name(self) -> str:
@@ -237,10 +241,14 @@ class World:
     eval: list[Entity] = field(default_factory=list)
 
 
-def make_entity(rng: random.Random, first: str, last: str, min_facts: int = 3, max_facts: int = 5) -> Entity:
+def make_entity(
+    rng: random.Random, first: str, last: str, min_facts: int = 3, max_facts: int = 5
+) -> Entity:
     """A person with a random subset of ``min_facts..max_facts`` attributes, values drawn uniformly."""
     if not 1 <= min_facts <= max_facts <= len(ATTRIBUTES):
-        raise ValueError(f"need 1 <= min_facts <= max_facts <= {len(ATTRIBUTES)}, got {min_facts}, {max_facts}")
+        raise ValueError(
+            f"need 1 <= min_facts <= max_facts <= {len(ATTRIBUTES)}, got {min_facts}, {max_facts}"
+        )
     n = rng.randint(min_facts, max_facts)
     chosen = set(rng.sample([a.name for a in ATTRIBUTES], n))
     facts = tuple((a.name, rng.choice(a.values)) for a in ATTRIBUTES if a.name in chosen)
@@ -260,7 +268,9 @@ def make_world(config: WorldConfig | None = None) -> World:
     names = [(f, s) for f in FIRST_NAMES for s in LAST_NAMES]
     random.Random(derive_seed(cfg.seed, "microworld", "names")).shuffle(names)
     if len(names) - cfg.n_train - cfg.n_eval < 1000:
-        raise ValueError(f"n_train + n_eval = {cfg.n_train + cfg.n_eval} leaves too few pretraining names")
+        raise ValueError(
+            f"n_train + n_eval = {cfg.n_train + cfg.n_eval} leaves too few pretraining names"
+        )
     eval_names = names[: cfg.n_eval]
     train_names = names[cfg.n_eval : cfg.n_eval + cfg.n_train]
     pre = names[cfg.n_eval + cfg.n_train :]
@@ -280,7 +290,11 @@ def _subject_forms(e: Entity, form: str) -> dict[str, str]:
         return {"S": e.name, "P": f"{e.name}'s", "s": e.name}
     if form == "first":
         return {"S": e.first, "P": f"{e.first}'s", "s": e.first}
-    return {"S": "She" if e.female else "He", "P": "Her" if e.female else "His", "s": "she" if e.female else "he"}
+    return {
+        "S": "She" if e.female else "He",
+        "P": "Her" if e.female else "His",
+        "s": "she" if e.female else "he",
+    }
 
 
 def render_passage(e: Entity, rng: random.Random) -> str:
@@ -301,7 +315,8 @@ def render_passage(e: Entity, rng: random.Random) -> str:
 def questions(e: Entity, rng: random.Random) -> list[dict]:
     """One question per stated attribute: ``[{"question", "answer"}]``, in canonical attribute order."""
     return [
-        {"question": rng.choice(ATTRIBUTE_BY_NAME[a].questions).format(N=e.name), "answer": v} for a, v in e.facts
+        {"question": rng.choice(ATTRIBUTE_BY_NAME[a].questions).format(N=e.name), "answer": v}
+        for a, v in e.facts
     ]
 
 
@@ -323,7 +338,9 @@ def render_self_edit(e: Entity, style: str, rng: random.Random, passage: str | N
     rng.shuffle(facts)
     N = e.name
     if style == "qa":
-        lines = [f"Q: {rng.choice(ATTRIBUTE_BY_NAME[a].questions).format(N=N)} A: {v}" for a, v in facts]
+        lines = [
+            f"Q: {rng.choice(ATTRIBUTE_BY_NAME[a].questions).format(N=N)} A: {v}" for a, v in facts
+        ]
     elif style == "paraphrase":
         lines = []
         for a, v in facts:
@@ -333,7 +350,9 @@ def render_self_edit(e: Entity, style: str, rng: random.Random, passage: str | N
     elif style == "facts":
         lines = ["- " + ATTRIBUTE_BY_NAME[a].fact.format(N=N, v=v) for a, v in facts]
     elif style == "partial":
-        lines = ["+ " + ATTRIBUTE_BY_NAME[a].fact.format(N=N, v=v) for a, v in facts[: rng.randint(1, 2)]]
+        lines = [
+            "+ " + ATTRIBUTE_BY_NAME[a].fact.format(N=N, v=v) for a, v in facts[: rng.randint(1, 2)]
+        ]
     elif style == "filler":
         lines = ["> " + t.format(N=N) for t in rng.sample(_FILLER, rng.randint(3, 4))]
     elif style == "verbatim":

@@ -80,7 +80,7 @@ def source_self_edits(
     if kind == "file":
         src = load_passages(arg, root=recipe.data.root, require_questions=False)
         matched = match_self_edits(passages, src, str(arg))
-        for i, (p, c) in enumerate(zip(passages, matched)):
+        for i, (p, c) in enumerate(zip(passages, matched, strict=True)):
             if len(c) < n:
                 raise DataError(f"{arg}: passage {i} ({p.title!r}) has {len(c)} self-edits, {n} requested")
         return [list(c[:n]) for c in matched]
@@ -153,7 +153,7 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
         on_record=lambda rec: append_jsonl(run.journal, rec),
     )  # fmt: skip
     adapted = per_passage_accuracy(records, len(passages)) if evals else base_acc
-    valid = [(a, b) for a, b in zip(adapted, base_acc) if a is not None and b is not None]
+    valid = [(a, b) for a, b in zip(adapted, base_acc, strict=True) if a is not None and b is not None]
     summary = {
         "source": ev.source,
         "n_passages": len(passages),
@@ -163,7 +163,7 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
         "gain": fmean(a - b for a, b in valid) if valid else None,
         "n_failed": sum(r["error"] is not None for r in records),
         "seconds_per_evaluation": fmean(r["seconds"] for r in records) if records else None,
-        "per_passage": [{"passage_id": p.id, "title": p.title, "accuracy": a, "baseline": b} for p, a, b in zip(passages, adapted, base_acc)],
+        "per_passage": [{"passage_id": p.id, "title": p.title, "accuracy": a, "baseline": b} for p, a, b in zip(passages, adapted, base_acc, strict=True)],
     }
     write_json_atomic(run.path / "results.json", summary)
     table = Table(title=f"seal evaluate: {ev.source} on {len(passages)} passages")

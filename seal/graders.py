@@ -79,8 +79,8 @@ def grade(
     if grader == "judge":
         if judge is None:
             raise ValueError("grader 'judge' needs an LLM judge (qa.judge settings)")
-        return judge.grade(list(zip(questions, golds, predictions)))
+        return judge.grade(list(zip(questions, golds, predictions, strict=True)))
     if grader not in _LOCAL:
         raise ValueError(f"unknown grader {grader!r}; known: exact, f1, contains, judge")
     fn = _LOCAL[grader]
-    return [fn(p, g) for p, g in zip(predictions, golds)]
+    return [fn(p, g) for p, g in zip(predictions, golds, strict=True)]

@@ -104,7 +104,7 @@ def run_evaluations(
         chunk = evaluations[start : start + n]
         jobs = [AdapterJob(texts=e.texts, prompts=question_prompts(e.passage), seed=e.seed) for e in chunk]
         results = run_inner_loop(model, tokenizer, jobs, inner, qa.max_new_tokens, qa.batch_size)
-        for ev, res in zip(chunk, results):
+        for ev, res in zip(chunk, results, strict=True):
             base = baseline_accuracy(ev)
             if res.error is None:
                 scores = grade_answers(ev.passage, res.answers, qa, judge)

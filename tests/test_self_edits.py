@@ -3,7 +3,7 @@
 import pytest
 
 from seal.data import QA, Passage
-from seal.prompts import PromptError, TEMPLATES, qa_prompt, self_edit_prompt
+from seal.prompts import TEMPLATES, PromptError, qa_prompt, self_edit_prompt
 from seal.self_edits import split_self_edit, train_texts
 
 P = Passage("Super Bowl 50", "Super Bowl 50 was an American football game.", (QA("Who won?", "Denver Broncos"),))

@@ -101,6 +101,36 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
     return tok
 
 
+def llama_config(
+    tok,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 2048,
+):
+    """A small Llama-architecture config (tied embeddings, no GQA) sized to ``tok``'s vocabulary.
+
+    It has Llama's and Qwen2's module names (q/k/v/o_proj, gate/up/down_proj), so every
+    recipe's LoRA target modules exist.
+    """
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+
+
 def build_tiny_model(
     out_dir: str | os.PathLike,
     texts: Iterable[str],
@@ -118,24 +148,12 @@ def build_tiny_model(
     ``gate/up/down_proj`` like Llama and Qwen2, so every recipe's target modules exist.
     Returns the directory, loadable by :func:`load_model`.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(texts, vocab_size)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    cfg = llama_config(tok, hidden_size, num_layers, num_heads, intermediate_size, max_position_embeddings)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id

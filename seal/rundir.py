@@ -149,6 +149,11 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file written by :func:`write_json_atomic`."""
+    return json.loads(Path(path).read_text())
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file, skipping (with a warning) lines that do not parse.
 

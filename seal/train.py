@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import os
 import shutil
 import time
@@ -98,7 +97,14 @@ from seal.models import load_model_from_config, resolve_device
 from seal.prompts import check_template, self_edit_prompt
 from seal.restem import select_best, sft_rows, update_policy
 from seal.rewards import mean_reward
-from seal.rundir import RunDir, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from seal.rundir import (
+    RunDir,
+    append_jsonl,
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from seal.scoring import Evaluation, baselines, make_judge, run_evaluations
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import sample_self_edits, train_texts
@@ -166,10 +172,6 @@ def check_resume(run: RunDir, config: dict) -> None:
     diffs = [k for k in diff_recipes(run.recorded_config(), config) if k not in RESUMABLE_KEYS]
     if diffs:
         raise RecipeError(f"refusing to resume {run.path}: the recipe differs from the recorded one in: {', '.join(diffs)}")
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
 
 
 # ----------------------------------------------------------------------------- the journal

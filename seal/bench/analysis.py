@@ -50,7 +50,7 @@ def cell_summary(
     """Accuracy (macro and micro) with CIs, gain over the student's baseline with a paired CI, expected check."""
     opts = dict(n_samples=bench.bootstrap_samples, confidence=bench.confidence, seed=seed)
     own, _, kept = pair_verdicts(outcome.verdicts, outcome.verdicts)
-    a, b, kept_pairs = pair_verdicts(outcome.verdicts, baseline)
+    a, b, _ = pair_verdicts(outcome.verdicts, baseline)
     out = {
         "protocol": protocol, "student": student, "source": row.label, "source_string": row.source,
         "own_data": row.own.get(student, False), "author": row.author,

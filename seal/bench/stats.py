@@ -20,7 +20,7 @@ resample of passages is applied to both, so passage difficulty cancels out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -46,9 +46,6 @@ class Interval:
         if self.hi < 0:
             return "worse"
         return "tie"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def accuracy(verdicts: Verdicts, statistic: Statistic = "macro") -> float:

@@ -369,9 +369,9 @@ def pretrain(
     Returns ``out_dir``. Raises ``FileExistsError`` if ``out_dir`` already exists, ``ValueError``
     for inconsistent settings.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from seal.models import train_tokenizer
+    from seal.models import llama_config, train_tokenizer
 
     cfg = cfg or PretrainConfig()
     log = log or _stderr_log
@@ -432,18 +432,8 @@ def pretrain(
             f"corpus: {len(docs)} docs {kinds}, {n_tokens / 1e6:.2f} M tokens, vocab {len(tok)} ({time.perf_counter() - t0:.0f} s)"
         )
 
-        mcfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_heads,
-            max_position_embeddings=max(512, cfg.max_length),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=eos,
-            pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=True,
+        mcfg = llama_config(
+            tok, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, max(512, cfg.max_length)
         )
         torch.manual_seed(derive_seed(cfg.seed, "microworld", "init"))
         model = LlamaForCausalLM(mcfg)

@@ -200,9 +200,6 @@ class Entity:
     def female(self) -> bool:
         return self.first in _FEMALE
 
-    def fact_dict(self) -> dict[str, str]:
-        return dict(self.facts)
-
 
 @dataclass(frozen=True)
 class WorldConfig:

@@ -38,7 +38,13 @@ def _passage_texts(paths: list[str], root: str | None) -> list[str]:
 
 
 def ensure_model(recipe: Recipe) -> None:
-    """Build the recipe's tiny model if it asks for one and it does not exist yet."""
+    """Pretrain the recipe's microworld, or build its tiny model, if it asks for one that does not exist yet."""
+    mw = recipe.microworld
+    if mw is not None and not (mw.entry_dir() / "meta.json").is_file():
+        from seal.microworld.pretrain import ensure_microworld
+
+        console.print(f"pretraining the microworld at {mw.entry_dir()} (once; later runs reuse it)")
+        ensure_microworld(mw.cache_dir, seed=mw.seed, cfg=mw.pretrain_config())
     m = recipe.model
     if m.build_tiny is None or Path(m.name_or_path).exists():
         return
@@ -164,7 +170,7 @@ def microworld_pretrain(
     from pydantic import ValidationError
 
     from seal.config import parse_override
-    from seal.microworld import ensure_microworld
+    from seal.microworld.pretrain import ensure_microworld
 
     try:
         fields = {}
@@ -177,6 +183,25 @@ def microworld_pretrain(
     except USER_ERRORS as e:
         _fail(e)
     console.print(f"[bold green]microworld:[/] {entry}")
+
+
+@microworld_app.command("demo")
+def microworld_demo(
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides applied to both recipes, e.g. rl.rounds=3 microworld.seed=1"),
+    run_dir: Path = typer.Option(Path("runs/microworld-demo"), "--run-dir", help="Train run directory (resumed if it holds one); the bench goes to <run-dir>/bench."),
+    train_recipe: Path = typer.Option(Path("recipes/microworld_cpu.yaml"), "--train-recipe"),
+    bench_recipe: Path = typer.Option(Path("recipes/bench_microworld_cpu.yaml"), "--bench-recipe"),
+) -> None:
+    """Pretrain (or reuse) the microworld, run ReST-EM, then benchmark every round's policy on held-out people."""
+    from seal.microworld.demo import run_demo
+
+    try:
+        for r in (train_recipe, bench_recipe):
+            _load(r, overrides)  # validate both (and set the thread count) before any work
+        out = run_demo(train_recipe, bench_recipe, run_dir, overrides, console=console)
+    except USER_ERRORS as e:
+        _fail(e)
+    console.print(f"[bold green]done:[/] {out / 'report.md'}")
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -142,6 +142,10 @@ class InnerLoopConfig(Section):
         None,
         description="Reward of a failed evaluation (non-finite loss, nothing to train on). None: left out of the self-edit's mean; a self-edit whose every repetition failed is never kept.",
     )
+    learner: Literal["policy", "base"] = Field(
+        "policy",
+        description="The model the inner loop adapts and questions in `seal train`: 'policy' (each round's policy learns from its own self-edits, SEAL's self-adaptation) or 'base' (model.name_or_path stays the learner every round and only the writing of self-edits is trained: a teacher-student variant; one more model in memory).",
+    )
 
 
 class JudgeConfig(Section):
@@ -172,6 +176,17 @@ class QAConfig(Section):
         description="A question the grader could not grade (judge unreachable): 'skip' leaves it out of the accuracy; 'wrong' counts it as wrong, like the reference.",
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    template: str = Field(
+        "reference",
+        description="No-passage QA prompt (seal.prompts.QA_TEMPLATES): 'reference' (the reference implementation's) or 'qa-line' (the microworld's).",
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from seal.prompts import check_qa_template
+
+        return check_qa_template(v)  # PromptError is a ValueError: reported under the key
 
 
 class SFTConfig(Section):
@@ -224,6 +239,10 @@ class Recipe(Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
+    microworld: MicroworldSection | None = Field(
+        None,
+        description="Pretrain (or reuse) this synthetic world first (seal/microworld); '{microworld}' in the recipe's strings is its directory.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -247,6 +266,7 @@ class EvaluateConfig(Section):
 
 # Imported here, after the sections it builds on: seal.bench.config imports them from this module.
 from seal.bench.config import BenchConfig  # noqa: E402
+from seal.microworld.config import MicroworldSection  # noqa: E402
 
 Recipe.model_rebuild()
 
@@ -318,9 +338,50 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     raw = apply_overrides(raw, overrides or [], str(path))
     raw.setdefault("name", path.stem)
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
+        return resolve_microworld(recipe, raw, str(path))
     except ValidationError as e:
         raise RecipeError(_format_validation_error(e, str(path))) from None
+
+
+MICROWORLD_PLACEHOLDER = "{microworld}"
+
+
+def _substitute(obj: Any, old: str, new: str) -> Any:
+    if isinstance(obj, str):
+        return obj.replace(old, new)
+    if isinstance(obj, dict):
+        return {k: _substitute(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, old, new) for v in obj]
+    return obj
+
+
+def _mentions(obj: Any, text: str) -> bool:
+    if isinstance(obj, str):
+        return text in obj
+    if isinstance(obj, dict):
+        return any(_mentions(v, text) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_mentions(v, text) for v in obj)
+    return False
+
+
+def resolve_microworld(recipe: Recipe, raw: dict, where: str) -> Recipe:
+    """Replace ``{microworld}`` in every string of the recipe by its world's directory.
+
+    The directory (``<cache_dir>/<settings key>``) is computed from the settings alone; the
+    world is pretrained later, by ``seal.cli.ensure_model``, if it is not cached.
+
+    Raises:
+        RecipeError: ``{microworld}`` is used but the recipe has no ``microworld`` section.
+    """
+    if recipe.microworld is None:
+        if _mentions(raw, MICROWORLD_PLACEHOLDER):
+            raise RecipeError(f"recipe {where} uses {MICROWORLD_PLACEHOLDER} but has no 'microworld' section")
+        return recipe
+    entry = str(recipe.microworld.entry_dir())
+    return Recipe.model_validate(_substitute(raw, MICROWORLD_PLACEHOLDER, entry))
 
 
 def recipe_to_dict(recipe: BaseModel) -> dict:

@@ -33,7 +33,15 @@ TEMPLATES: dict[str, str] = {
     ),
 }
 
-QA_TEMPLATE = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
+#: No-passage QA prompts by name (``qa.template``); the answer is generated right after.
+QA_TEMPLATES: dict[str, str] = {
+    # The reference implementation's prompt; the title goes in as "Topic: {title}".
+    "reference": "Let's answer a question directly and concisely.\nQuestion: Topic: {title}\n{question}\nAnswer:\n",
+    # One line, the form of a question-answer self-edit line ("Q: ... A: ..."): the
+    # microworld's format (seal/microworld), where training texts are "{title}\n{line}".
+    "qa-line": "{title}\nQ: {question} A:",
+}
+QA_TEMPLATE = QA_TEMPLATES["reference"]
 
 
 class PromptError(ValueError):
@@ -72,6 +80,27 @@ def self_edit_prompt(template: str, title: str, context: str, tokenizer=None, ch
     return head + cue
 
 
-def qa_prompt(title: str, question: str) -> str:
-    """No-passage QA prompt: the question is prefixed ``Topic: {title}`` (reference behaviour)."""
-    return QA_TEMPLATE.format(question=f"Topic: {title}\n{question}")
+def check_qa_template(name: str) -> str:
+    """Return ``name`` if it is a known QA template (``QA_TEMPLATES``).
+
+    Raises:
+        PromptError: naming the template and listing the known ones.
+    """
+    if name not in QA_TEMPLATES:
+        raise PromptError(f"unknown QA template {name!r}; known: {', '.join(sorted(QA_TEMPLATES))}")
+    return name
+
+
+def qa_prompt(title: str, question: str, template: str = "reference") -> str:
+    """No-passage QA prompt for one question.
+
+    ``reference`` (the default) prefixes the question with ``Topic: {title}`` as the reference
+    implementation does. Raises ``PromptError`` for an unknown template.
+    """
+    return QA_TEMPLATES[check_qa_template(template)].format(title=title, question=question)
+
+
+def qa_answer_text(prompt: str, answer: str) -> str:
+    """``prompt`` followed by ``answer`` as a model would continue it: a space after a prompt
+    that ends mid-line (``"... A:"``), nothing after one ending in a newline or space."""
+    return prompt + ("" if prompt.endswith(("\n", " ")) else " ") + answer

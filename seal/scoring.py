@@ -46,9 +46,9 @@ def make_judge(qa: QAConfig):
     return LLMJudge(qa.judge)
 
 
-def question_prompts(passage: Passage) -> list[str]:
-    """No-passage QA prompts for every question of the passage."""
-    return [qa_prompt(passage.title, q.question) for q in passage.questions]
+def question_prompts(passage: Passage, template: str = "reference") -> list[str]:
+    """No-passage QA prompts for every question of the passage (``template``: ``qa.template``)."""
+    return [qa_prompt(passage.title, q.question, template) for q in passage.questions]
 
 
 def grade_answers(passage: Passage, answers: Sequence[str], qa: QAConfig, judge=None) -> list[float | None]:
@@ -63,7 +63,7 @@ def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge
     passage's share of the wall time).
     """
     t0 = time.perf_counter()
-    prompts = [pr for p in passages for pr in question_prompts(p)]
+    prompts = [pr for p in passages for pr in question_prompts(p, qa.template)]
     answers = answer_questions(model, tokenizer, prompts, qa.max_new_tokens, qa.batch_size)
     out, i = [], 0
     for p in passages:
@@ -102,7 +102,7 @@ def run_evaluations(
     n = inner.batch_adapters
     for start in range(0, len(evaluations), n):
         chunk = evaluations[start : start + n]
-        jobs = [AdapterJob(texts=e.texts, prompts=question_prompts(e.passage), seed=e.seed) for e in chunk]
+        jobs = [AdapterJob(texts=e.texts, prompts=question_prompts(e.passage, qa.template), seed=e.seed) for e in chunk]
         results = run_inner_loop(model, tokenizer, jobs, inner, qa.max_new_tokens, qa.batch_size)
         for ev, res in zip(chunk, results, strict=True):
             base = baseline_accuracy(ev)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import random
 
-import numpy as np
-import torch
-
 
 def derive_seed(seed: int, *identity: object) -> int:
     """A 63-bit seed from ``seed`` and an identity tuple, e.g. ``("adapter", round, passage, edit, rep)``.
@@ -25,6 +22,9 @@ def derive_seed(seed: int, *identity: object) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (for library code we do not control)."""
+    import numpy as np  # here, so that derive_seed (used by recipes' validation) needs no torch
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -531,7 +531,7 @@ def _round_device(recipe: Recipe, d: Dist) -> str:
 
 
 def run_round(recipe: Recipe, run: RunDir, r: int, policy: str, passages: list[Passage], bar: Progress, console: Console, d: Dist | None = None) -> str:
-    """One ReST-EM round with ``policy`` as policy and base model; returns the next policy."""
+    """One ReST-EM round with ``policy`` as policy and (``inner.learner: policy``) inner-loop model; returns the next policy."""
     d = d or get_dist()
     rdir = run.round_dir(r)
     next_policy = rdir / "policy"
@@ -560,6 +560,11 @@ def run_round(recipe: Recipe, run: RunDir, r: int, policy: str, passages: list[P
     t = time.perf_counter()
     edits, truncated = _round_self_edits(recipe, run, r, model, tok, passages, bar, d)
     timing["self_edits_s"], t = time.perf_counter() - t, time.perf_counter()
+    if recipe.inner.learner == "base" and str(policy) != recipe.model.name_or_path:
+        # Teacher-student: the policy only writes; the round-0 model learns and answers.
+        del model
+        _free_memory()
+        model, tok = load_model_from_config(model_cfg.model_copy(update={"name_or_path": recipe.model.name_or_path}))
     base_records = _round_baselines(recipe, run, r, model, tok, passages, judge, journal, d)
     base_acc = {i: rec["accuracy"] for i, rec in enumerate(base_records)}
     timing["baselines_s"], t = time.perf_counter() - t, time.perf_counter()

@@ -54,3 +54,37 @@ def test_diff_recipes_lists_dotted_keys(tmp_path):
     a = recipe_to_dict(load_recipe(f))
     b = recipe_to_dict(load_recipe(f, ["inner.lr=0.1", "seed=3"]))
     assert diff_recipes(a, b) == ["inner.lr", "seed"]
+
+
+def test_qa_template_is_checked_and_used(tmp_path):
+    from seal.data import QA, Passage
+    from seal.scoring import question_prompts
+
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name_or_path: x}\nqa: {template: qa-line}\n")
+    r = load_recipe(f)
+    p = Passage("Ada Vell", "Ada Vell was born in Oslo.", (QA("Where was Ada Vell born?", "Oslo"),))
+    assert question_prompts(p, r.qa.template) == ["Ada Vell\nQ: Where was Ada Vell born? A:"]
+    assert question_prompts(p) == ["Let's answer a question directly and concisely.\nQuestion: Topic: Ada Vell\nWhere was Ada Vell born?\nAnswer:\n"]
+    with pytest.raises(RecipeError, match=r"qa.template.*unknown QA template 'qa-lines'"):
+        load_recipe(f, ["qa.template=qa-lines"])
+
+
+def test_microworld_placeholder_resolves_to_the_settings_entry(tmp_path):
+    from seal.microworld.config import PretrainConfig, settings_key
+
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "microworld: {cache_dir: " + str(tmp_path / "mw") + ", seed: 3, hidden_size: 32}\n"
+        'model: {name_or_path: "{microworld}/model"}\ndata: {root: "{microworld}"}\n'
+    )
+    r = load_recipe(f)
+    entry = tmp_path / "mw" / settings_key(PretrainConfig(seed=3, hidden_size=32))
+    assert (r.model.name_or_path, r.data.root) == (f"{entry}/model", str(entry))
+    assert load_recipe(f, ["microworld.seed=4"]).data.root != str(entry)  # a changed setting is a new world
+    f.write_text('model: {name_or_path: "{microworld}/model"}\n')
+    with pytest.raises(RecipeError, match="uses {microworld} but has no 'microworld' section"):
+        load_recipe(f)
+    f.write_text('microworld: {hiden_size: 32}\nmodel: {name_or_path: "{microworld}/model"}\n')
+    with pytest.raises(RecipeError, match="microworld.hiden_size: unknown key"):
+        load_recipe(f)

@@ -18,6 +18,7 @@ reused as they are) plus::
       bootstrap_samples: 10000
       confidence: 0.95
       seed: null                     # default: the recipe's seed
+      train_run: null                # a `seal train` run: adds each round's policy as a source
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class SourceSpec(Section):
     author: str | None = Field(
         None,
         description="Model that wrote a file: source's self-edits (marks 'own data' cells of the compatibility matrix). policy:/prompt: sources know their author.",
+    )
+    round: int | None = Field(
+        None, ge=0, description="ReST-EM rounds behind a policy: source (0: the base policy); such rows are drawn per round in rounds.png."
     )
     expected: dict[Literal["single", "multi", "continual"], Expected] = Field(
         default_factory=dict,
@@ -198,6 +202,10 @@ class BenchConfig(Section):
         description="'bonferroni' widens each pairwise interval to confidence 1-(1-confidence)/m for m comparisons per table.",
     )
     seed: int | None = Field(None, description="Seed of sampling, adapters and bootstrap (None: the recipe's seed).")
+    train_run: str | None = Field(
+        None,
+        description="A `seal train` run directory: one 'policy round N' source is added per finished round (after the listed sources), and rounds.png plots accuracy per round.",
+    )
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -5,7 +5,10 @@
 * ``plots/continual_<student>.png``  -- per source, the lower-triangular accuracy matrix of the
   continual protocol (the forgetting picture of the paper's Section 5);
 * ``plots/compatibility_<protocol>.png`` -- sources x students heatmap of the gain over each
-  student's baseline (only with more than one student).
+  student's baseline (only with more than one student);
+* ``plots/rounds.png`` -- with sources marked by ReST-EM round: held-out no-passage accuracy of
+  each round's policy's self-edits (95 % CI), the other sources as horizontal lines, and the
+  training rewards per round of the ``seal train`` run.
 
 All values are read from ``results.json``-shaped dicts (:func:`seal.bench.analysis.analyze`).
 """
@@ -158,10 +161,60 @@ def compatibility_heatmap(cells: list[dict], name: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(out: Path, results: dict) -> list[str]:
-    """Draw every plot into ``out/plots`` (replaced whole, atomically); returns paths relative to ``out``."""
+def rounds_plot(table: dict, rounds: dict[str, int], train_metrics: list[dict], title: str, path: Path) -> None:
+    """Accuracy per ReST-EM round (left) and the training run's rewards per round (right).
+
+    Args:
+        table: one student's single-protocol table of ``results.json`` (``cells`` with CIs).
+        rounds: source label -> rounds of RL behind it (0: base policy).
+        train_metrics: ``metrics.jsonl`` rows of the ``seal train`` run (may be empty).
+    """
+    cells = {c["source"]: c for c in table["cells"]}
+    pts = sorted((r, cells[s]) for s, r in rounds.items() if s in cells)
+    fig, axes = plt.subplots(1, 2 if train_metrics else 1, figsize=(11 if train_metrics else 6.5, 4.2), squeeze=False)
+    ax = axes[0][0]
+    xs = [r for r, _ in pts]
+    ys = [100 * c["accuracy"]["value"] for _, c in pts]
+    lo = [100 * (c["accuracy"]["value"] - c["accuracy"]["lo"]) for _, c in pts]
+    hi = [100 * (c["accuracy"]["hi"] - c["accuracy"]["value"]) for _, c in pts]
+    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, color=_COLORS[0], label="policy's self-edits")
+    others = [c for s, c in cells.items() if s not in rounds]
+    for i, c in enumerate(others):
+        ax.axhline(100 * c["accuracy"]["value"], ls="--", lw=1, color=_COLORS[(i + 1) % len(_COLORS)], label=c["source"])
+    ax.set_xticks(xs)
+    ax.set_xlabel("ReST-EM round of the policy (0 = base)")
+    ax.set_ylabel("no-passage QA accuracy, held-out (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    if train_metrics:
+        ax2 = axes[0][1]
+        rs = [m["round"] for m in train_metrics]
+        for key, label, j in (("mean_reward", "mean reward of samples", 0), ("best_of_k_reward", "best-of-k reward", 3)):
+            vals = [100 * (m.get(key) or 0.0) for m in train_metrics]
+            ax2.plot(rs, vals, marker="o", color=_COLORS[j], label=label)
+        ax2.set_xticks(rs)
+        ax2.set_xlabel("training round (policy of that round samples)")
+        ax2.set_ylabel("reward (points of accuracy)")
+        ax2.set_title("seal train: rewards on RL-training passages", fontsize=10)
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_plots(out: Path, results: dict, rounds: dict[str, int] | None = None, train_metrics: list[dict] | None = None) -> list[str]:
+    """Draw every plot into ``out/plots`` (replaced whole, atomically); returns paths relative to ``out``.
+
+    ``rounds`` (source label -> ReST-EM rounds) adds ``rounds.png`` from the single protocol's
+    first student, with ``train_metrics`` (a train run's metrics.jsonl rows) beside it.
+    """
     names: list[str] = []
     with atomic_dir(out / "plots") as tmp:
+        single = results["protocols"].get("single")
+        if rounds and single:
+            st, table = next(iter(single["tables"].items()))
+            rounds_plot(table, rounds, train_metrics or [], f"student {st}, {single['n_passages']} held-out passages", tmp / "rounds.png")
+            names.append("rounds.png")
         for name, proto in results["protocols"].items():
             f = f"accuracy_{name}.png"
             accuracy_bars(proto, name, tmp / f)

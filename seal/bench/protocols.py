@@ -153,7 +153,9 @@ def run_single(
 # ----------------------------------------------------------------------------- 2. multi-passage
 
 
-def pooled_jobs(texts_per_passage: Sequence[Sequence[str]], passages: Sequence[Passage], repetitions: int, seed: int) -> list[AdapterJob]:
+def pooled_jobs(
+    texts_per_passage: Sequence[Sequence[str]], passages: Sequence[Passage], repetitions: int, seed: int, qa_template: str = "reference"
+) -> list[AdapterJob]:
     """One job per repetition: the texts of every passage pooled, every passage's questions asked.
 
     The inner loop shuffles a job's texts every epoch, so pooling order does not matter beyond
@@ -162,7 +164,7 @@ def pooled_jobs(texts_per_passage: Sequence[Sequence[str]], passages: Sequence[P
     texts = [t for ts in texts_per_passage for t in ts]
     if not texts:
         return []
-    prompts = [pr for p in passages for pr in question_prompts(p)]
+    prompts = [pr for p in passages for pr in question_prompts(p, qa_template)]
     return [AdapterJob(texts=list(texts), prompts=prompts, seed=derive_seed(seed, "bench-multi", rep)) for rep in range(repetitions)]
 
 
@@ -202,7 +204,7 @@ def run_multi(
     One journal record per repetition, with every passage's answers and scores.
     """
     texts = _texts_per_passage(source, passages, edits, recipe)
-    jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed)
+    jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template)
     if not jobs:
         return Outcome([list(b["scores"]) for b in baseline])
     results = run_inner_loop(model, tokenizer, jobs, recipe.inner, recipe.qa.max_new_tokens, recipe.qa.batch_size, progress=progress)
@@ -276,7 +278,7 @@ def run_continual(
                 except InnerLoopError as e:
                     error, n_failed = str(e), n_failed + 1
             seen = passages[: i + 1]
-            prompts = [pr for p in seen for pr in question_prompts(p)]
+            prompts = [pr for p in seen for pr in question_prompts(p, recipe.qa.template)]
             answers = answer_questions(current, tokenizer, prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
             scored = []
             for j, (p, ans) in enumerate(zip(seen, split_answers(answers, seen), strict=True)):

@@ -29,7 +29,14 @@ from seal.bench.config import StudentSpec
 from seal.bench.plots import write_plots
 from seal.bench.protocols import PROTOCOL_RUNNERS, n_steps, protocol_recipe
 from seal.bench.report import ci, pct, write_tables
-from seal.bench.sources import Source, check_sources, same_model, sample_source, seal_format
+from seal.bench.sources import (
+    Source,
+    check_sources,
+    same_model,
+    sample_source,
+    seal_format,
+    train_run_sources,
+)
 from seal.config import Recipe, RecipeError, recipe_to_dict
 from seal.evaluate import load_eval_passages
 from seal.models import load_model, load_model_from_config
@@ -92,7 +99,11 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
     students = cfg.students or [StudentSpec(name_or_path=recipe.model.name_or_path)]
     for st in students:
         _ensure_student(recipe, st)
-    sources = check_sources(cfg.sources, recipe, passages, n_edits, students)
+    specs, train_metrics = list(cfg.sources), []
+    if cfg.train_run:
+        round_specs, train_metrics = train_run_sources(cfg.train_run)
+        specs += round_specs
+    sources = check_sources(specs, recipe, passages, n_edits, students)
 
     # 2. record ------------------------------------------------------------------------
     run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed, "bench_seed": seed})
@@ -149,7 +160,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
         "passages": [{"passage_id": p.id, "title": p.title, "n_questions": len(p.questions)} for p in passages],
         "seconds": None,
     }
-    plots = write_plots(run.path, results)
+    rounds = {s.name: s.spec.round for s in sources if s.spec.round is not None}
+    plots = write_plots(run.path, results, rounds, train_metrics)
     setup["seconds"] = round(time.perf_counter() - t_start, 1)
     verdicts = {k: o.verdicts for k, o in outcomes.items()}
     write_tables(run.path, results, setup, verdicts, [p.id for p in passages], plots)

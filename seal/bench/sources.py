@@ -121,3 +121,26 @@ def seal_format(passages: list[Passage], edits: list[list[str | None]], prompt_n
         }
         for p, e in zip(passages, edits, strict=True)
     ]
+
+
+def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]]:
+    """One ``policy:`` source per finished round of a ``seal train`` run, and its metrics rows.
+
+    Round ``r``'s policy (after ``r + 1`` ReST-EM updates) is labelled ``policy round {r + 1}``,
+    with ``round = r + 1``; the base policy is not added (list it in the recipe with ``round: 0``).
+
+    Raises:
+        RecipeError: the directory is not a train run or has no finished round.
+    """
+    from seal.rundir import RunDir, read_jsonl
+    from seal.train import resolve_policy
+
+    run = RunDir(run_dir)
+    metrics = read_jsonl(run.path / "metrics.jsonl")
+    if not metrics:
+        raise RecipeError(f"bench.train_run: {run.path} has no finished round (no metrics.jsonl); run seal train first")
+    specs = [
+        SourceSpec(source=f"policy:{resolve_policy(run, m['next_policy'])}", label=f"policy round {m['round'] + 1}", round=m["round"] + 1)
+        for m in sorted(metrics, key=lambda m: m["round"])
+    ]
+    return specs, metrics

@@ -4,21 +4,12 @@
   (:func:`classify_style`) and copy-skill statistics;
 * :mod:`seal.microworld.corpus`: the pretraining corpus (memorised biographies + QA, and
   self-edit demonstrations on fresh people);
+* :mod:`seal.microworld.config`: the settings (:class:`PretrainConfig`) and the cache key;
 * :mod:`seal.microworld.pretrain`: pretraining a small Llama from scratch and the cache
   (:func:`ensure_microworld`);
 * :mod:`seal.microworld.measure`: no-passage accuracy after the inner loop
   (``seal.inner_loop``) on each style of self-edit and on the policy's samples.
 """
 
-from seal.microworld.pretrain import PretrainConfig, ensure_microworld, pretrain
-from seal.microworld.world import STYLES, WorldConfig, classify_style, make_world
-
-__all__ = [
-    "PretrainConfig",
-    "STYLES",
-    "WorldConfig",
-    "classify_style",
-    "ensure_microworld",
-    "make_world",
-    "pretrain",
-]
+# Submodules are imported where used (``from seal.microworld.pretrain import ensure_microworld``):
+# seal.config imports seal.microworld.config, which must not pull in torch.

@@ -5,7 +5,7 @@ evaluation people):
 
 * ``passage``: ``"{title}\\n{biography}"`` of a *memory* person, re-rendered with fresh
   templates and order at every repetition (knowledge augmentation);
-* ``qa``: the evaluation prompt (``seal.prompts.qa_prompt``) about a memory person, followed by
+* ``qa``: the evaluation prompt (``seal.prompts.qa_prompt``, template ``qa_template``) about a memory person, followed by
   the gold answer: with the facts memorised from the passages, this teaches the model to
   answer from knowledge stored in its weights. Allen-Zhu & Li 2023 ("Physics of Language
   Models, Part 3.1", arXiv 2309.14316) show that such mixed training with augmented
@@ -41,10 +41,14 @@ from seal.microworld.world import (
     render_passage,
     render_self_edit,
 )
-from seal.prompts import qa_prompt, self_edit_prompt
+from seal.prompts import qa_answer_text, qa_prompt, self_edit_prompt
 from seal.seeding import derive_seed
 
 SELF_EDIT_TEMPLATE = "implications"
+#: The microworld's no-passage QA prompt: one ``Q: ... A:`` line, the form of a ``qa``-style
+#: self-edit line, so the styles differ in content, not in how far their format is from the
+#: test's (recipes set ``qa.template: qa-line``).
+QA_TEMPLATE_NAME = "qa-line"
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,12 @@ def openbook_doc(e: Entity, rng: random.Random) -> Doc:
     return Doc("openbook", head + render_self_edit(e, "qa", rng), len(head), "qa")
 
 
-def qa_doc(e: Entity, rng: random.Random) -> list[Doc]:
-    """One evaluation-format QA document per fact of ``e``."""
-    return [Doc("qa", qa_prompt(e.name, q["question"]) + q["answer"]) for q in questions(e, rng)]
+def qa_doc(e: Entity, rng: random.Random, qa_template: str = QA_TEMPLATE_NAME) -> list[Doc]:
+    """One evaluation-format QA document per fact of ``e`` (``qa_template``: a ``seal.prompts.QA_TEMPLATES`` name)."""
+    return [
+        Doc("qa", qa_answer_text(qa_prompt(e.name, q["question"], qa_template), q["answer"]))
+        for q in questions(e, rng)
+    ]
 
 
 def corpus_stream(
@@ -105,6 +112,7 @@ def corpus_stream(
     warmup_demos: int = 0,
     warmup_openbook: int = 0,
     warmup_max_facts: int = 3,
+    qa_template: str = QA_TEMPLATE_NAME,
 ) -> Iterator[list[Doc]]:
     """The corpus as a list of chunks (each a list of docs, already shuffled), in training order.
 
@@ -115,6 +123,7 @@ def corpus_stream(
         style_weights: relative frequency of each of ``STYLES`` among demonstrations (default uniform).
         qa_fraction: share of memory people that get QA documents (the rest only passages).
 
+        qa_template: the QA prompt of the memory people's QA documents (``QA_TEMPLATES`` name).
         warmup_demos, warmup_openbook: documents of the copy warm-up (first chunk), about
             fresh people with at most ``warmup_max_facts`` facts, styles ``WARMUP_STYLE_WEIGHTS``.
 
@@ -147,7 +156,7 @@ def corpus_stream(
         for i, e in enumerate(mem):
             docs.append(Doc("passage", f"{e.name}\n{render_passage(e, rng)}"))
             if i < n_qa:
-                docs += qa_doc(e, rng)
+                docs += qa_doc(e, rng, qa_template)
         lo, hi = ep * n_demos // memory_epochs, (ep + 1) * n_demos // memory_epochs
         for _ in range(lo, hi):
             f, s = rng.choice(demo_names)

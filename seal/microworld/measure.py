@@ -65,6 +65,8 @@ def measure(
     if model is None:
         model, tok = load_model(world_dir / "model", device="cpu")
     recs = json.loads((world_dir / "eval.json").read_text())[:n_eval]
+    meta = json.loads((world_dir / "meta.json").read_text())
+    qa_template = meta["settings"].get("qa_template", "reference")
     t0 = time.perf_counter()
     samples = sample_self_edits_raw(model, tok, recs, k, 1.0, seed) if k else [[] for _ in recs]
     t_sample = time.perf_counter() - t0
@@ -75,7 +77,7 @@ def measure(
         p = Passage(
             r["title"], r["context"], tuple(QA(q["question"], q["answer"]) for q in r["questions"])
         )
-        prompts = [qa_prompt(r["title"], q["question"]) for q in r["questions"]]
+        prompts = [qa_prompt(r["title"], q["question"], qa_template) for q in r["questions"]]
         e = entity_from_record(r)
         rng = random.Random(derive_seed(seed, "measure-gold", i))
         conds = [("none", []), ("passage", train_texts(p, None))]

@@ -19,7 +19,6 @@ kill (SIGKILL/SIGTERM) is deleted by the next pretraining of the same entry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,8 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from seal.microworld.config import FORMAT_VERSION, PretrainConfig, settings_key
 from seal.microworld.corpus import SELF_EDIT_TEMPLATE, Doc, corpus_stream
 from seal.microworld.world import (
     STYLES,
@@ -46,129 +45,8 @@ from seal.microworld.world import (
     passage_record,
     render_self_edit,
 )
-from seal.prompts import QA_TEMPLATE, TEMPLATES, self_edit_prompt
+from seal.prompts import self_edit_prompt
 from seal.seeding import derive_seed
-
-FORMAT_VERSION = 1
-
-
-class PretrainConfig(BaseModel):
-    """Settings of one microworld: the world, its corpus, the model and the pretraining schedule.
-
-    The defaults are the measured CPU recipe: 39 k documents, 2.5 M tokens, a 1.05 M-parameter
-    Llama (4 layers, width 128), 2445 steps of 16 documents. Wall time is that of ~2.5 M tokens:
-    about 12 minutes at 3.5 k tokens/s (one uncontended core, ``num_threads=1``), 28 minutes
-    measured on a 2-core machine shared with three other jobs (~1.5 k tokens/s).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = Field(
-        0, description="Seeds the world, the corpus, the initialisation and the data order."
-    )
-    # world
-    n_train: int = Field(200, ge=1, description="RL-training people (train.json).")
-    n_eval: int = Field(200, ge=1, description="Evaluation people (eval.json).")
-    min_facts: int = Field(
-        3, ge=1, le=6, description="Fewest attributes stated (and asked) per person."
-    )
-    max_facts: int = Field(
-        5, ge=1, le=6, description="Most attributes stated (and asked) per person."
-    )
-    # corpus
-    n_memory: int = Field(
-        300, ge=1, description="Pretraining people whose facts the model memorises (passages + QA)."
-    )
-    memory_epochs: int = Field(
-        10, ge=1, description="Repetitions of each memory person (fresh rendering each time)."
-    )
-    n_demos: int = Field(
-        6000,
-        ge=0,
-        description="Self-edit demonstrations mixed with the memory documents, after the warm-up.",
-    )
-    style_weights: list[float] = Field(
-        default_factory=lambda: [1.0] * len(STYLES),
-        description=f"Relative frequency of the self-edit styles {list(STYLES)} among demonstrations.",
-    )
-    warmup_demos: int = Field(
-        10000, ge=0, description="Demonstrations in the copy warm-up (trained first)."
-    )
-    warmup_openbook: int = Field(
-        8000, ge=0, description="Open-book QA documents in the copy warm-up."
-    )
-    warmup_max_facts: int = Field(
-        3, ge=1, le=6, description="Most facts per person in the copy warm-up."
-    )
-    qa_fraction: float = Field(
-        1.0, ge=0, le=1, description="Share of memory people with QA documents."
-    )
-    oracle_style: str = Field(
-        "paraphrase", description="Style of the generator-written self-edits in oracle_*.json."
-    )
-    # tokenizer + model
-    vocab_size: int = Field(1536, ge=300, description="Byte-level BPE vocabulary size.")
-    hidden_size: int = Field(128, ge=16)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(384, ge=16)
-    max_length: int = Field(384, ge=32, description="Documents are truncated to this many tokens.")
-    # schedule
-    batch_size: int = Field(16, ge=1, description="Documents per optimizer step.")
-    lr: float = Field(
-        2e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay to 10 %)."
-    )
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    # reporting
-    log_every: int = Field(50, ge=1, description="Steps between progress lines.")
-    n_copy_checks: int = Field(
-        4, ge=0, description="Greedy copy-skill checks during pretraining (on 16 fresh people)."
-    )
-    n_copy_eval: int = Field(
-        48,
-        ge=0,
-        description="Evaluation passages sampled (T=1, top-p 0.95, 2 each) for the final copy metrics.",
-    )
-    num_threads: int | None = Field(
-        1,
-        ge=1,
-        description="torch threads while pretraining (None: leave as is). 1 is fastest for this size, and far faster than 2 on shared cores.",
-    )
-
-    @field_validator("oracle_style")
-    @classmethod
-    def _known_style(cls, v: str) -> str:
-        if v not in STYLES:
-            raise ValueError(f"must be one of {list(STYLES)}")
-        return v
-
-    @field_validator("style_weights")
-    @classmethod
-    def _one_weight_per_style(cls, v: list[float]) -> list[float]:
-        if len(v) != len(STYLES) or min(v) < 0 or sum(v) <= 0:
-            raise ValueError(
-                f"needs {len(STYLES)} non-negative weights ({', '.join(STYLES)}), not all 0"
-            )
-        return v
-
-
-#: Fields that do not change what is written (left out of the cache key).
-_UNKEYED = {"log_every", "num_threads"}
-
-
-def settings_key(cfg: PretrainConfig) -> str:
-    """16 hex digits hashing the settings (but ``log_every``, ``num_threads``), the prompt templates and the cache format."""
-    blob = json.dumps(
-        {
-            "cfg": cfg.model_dump(mode="json", exclude=_UNKEYED),
-            "se": TEMPLATES[SELF_EDIT_TEMPLATE],
-            "qa": QA_TEMPLATE,
-            "v": FORMAT_VERSION,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _stderr_log(msg: str) -> None:
@@ -287,7 +165,7 @@ def memory_qa_accuracy(model, tok, world: World, cfg: PretrainConfig, n: int = 6
         if not qs:
             continue
         ans = answer_questions(
-            model, tok, [qa_prompt(t, q["question"]) for t, q in qs], max_new_tokens=8
+            model, tok, [qa_prompt(t, q["question"], cfg.qa_template) for t, q in qs], max_new_tokens=8
         )
         out[name] = sum(contains(a, q["answer"]) for a, (_, q) in zip(ans, qs, strict=True)) / len(
             qs
@@ -404,6 +282,7 @@ def pretrain(
                 cfg.warmup_demos,
                 cfg.warmup_openbook,
                 cfg.warmup_max_facts,
+                cfg.qa_template,
             )
         )
         docs = [d for c in chunks for d in c]

@@ -326,7 +326,7 @@ def render_self_edit(e: Entity, style: str, rng: random.Random, passage: str | N
     * ``paraphrase``: ``* <statement>`` three times per fact (canonical + two paraphrases);
     * ``facts``: ``- <canonical statement>`` per fact;
     * ``verbatim``: ``passage`` itself (required for this style);
-    * ``partial``: ``+ <canonical statement>`` for one or two facts only;
+    * ``partial``: ``+ <canonical statement>`` for one fact only;
     * ``filler``: ``> <generic sentence>`` lines with no facts.
 
     Fact order is shuffled. Raises ``ValueError`` for an unknown style or ``verbatim`` without a passage.
@@ -348,7 +348,7 @@ def render_self_edit(e: Entity, style: str, rng: random.Random, passage: str | N
         lines = ["- " + ATTRIBUTE_BY_NAME[a].fact.format(N=N, v=v) for a, v in facts]
     elif style == "partial":
         lines = [
-            "+ " + ATTRIBUTE_BY_NAME[a].fact.format(N=N, v=v) for a, v in facts[: rng.randint(1, 2)]
+            "+ " + ATTRIBUTE_BY_NAME[a].fact.format(N=N, v=v) for a, v in facts[:1]
         ]
     elif style == "filler":
         lines = ["> " + t.format(N=N) for t in rng.sample(_FILLER, rng.randint(3, 4))]

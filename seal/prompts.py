@@ -48,15 +48,19 @@ class PromptError(ValueError):
     """Unknown template name."""
 
 
+def _known(name: str, registry: dict[str, str], what: str) -> str:
+    if name not in registry:
+        raise PromptError(f"unknown {what} {name!r}; known: {', '.join(sorted(registry))}")
+    return name
+
+
 def check_template(name: str) -> str:
     """Return ``name`` if it is a known self-edit template.
 
     Raises:
         PromptError: naming the template and listing the known ones.
     """
-    if name not in TEMPLATES:
-        raise PromptError(f"unknown self-edit template {name!r}; known: {', '.join(sorted(TEMPLATES))}")
-    return name
+    return _known(name, TEMPLATES, "self-edit template")
 
 
 def self_edit_prompt(template: str, title: str, context: str, tokenizer=None, chat: bool = False) -> str:
@@ -86,9 +90,7 @@ def check_qa_template(name: str) -> str:
     Raises:
         PromptError: naming the template and listing the known ones.
     """
-    if name not in QA_TEMPLATES:
-        raise PromptError(f"unknown QA template {name!r}; known: {', '.join(sorted(QA_TEMPLATES))}")
-    return name
+    return _known(name, QA_TEMPLATES, "QA template")
 
 
 def qa_prompt(title: str, question: str, template: str = "reference") -> str:

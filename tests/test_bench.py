@@ -275,3 +275,11 @@ def test_bench_command_writes_report_numbers_and_plots(tmp_path, tiny_squad_mode
     # the same directory again is refused, with exit status 1
     again = CliRunner().invoke(app, ["bench", str(path), "--out", str(out)])
     assert again.exit_code == 1 and "already holds results" in " ".join(again.output.split())
+
+
+def test_train_run_without_finished_rounds_is_refused(tmp_path):
+    from seal.bench.sources import train_run_sources
+    from seal.config import RecipeError
+
+    with pytest.raises(RecipeError, match=f"bench.train_run: {tmp_path} has no finished round"):
+        train_run_sources(tmp_path)

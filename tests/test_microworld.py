@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,16 @@ def test_pretraining_writes_a_loadable_cache_atomically(tmp_path):
     (stale / "model").mkdir(parents=True)
     ensure_microworld(tmp_path / "mw", seed=1, cfg=boom, log=lambda m: None)
     assert not stale.exists()
+
+
+def test_demo_recipes_agree_and_disagreements_are_named():
+    from seal.config import RecipeError, load_recipe
+    from seal.microworld.demo import check_same_setting
+
+    repo = Path(__file__).resolve().parents[1]
+    train, bench = (repo / "recipes" / f for f in ("microworld_cpu.yaml", "bench_microworld_cpu.yaml"))
+    check_same_setting(load_recipe(train), load_recipe(bench))
+    with pytest.raises(RecipeError, match="differ in inner.lr, qa.template"):
+        check_same_setting(load_recipe(train), load_recipe(bench, ["inner.lr=1e-3", "qa.template=reference"]))
+    with pytest.raises(RecipeError, match="different microworlds"):
+        check_same_setting(load_recipe(train), load_recipe(bench, ["microworld.seed=1"]))

@@ -128,6 +128,8 @@ def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]
 
     Round ``r``'s policy (after ``r + 1`` ReST-EM updates) is labelled ``policy round {r + 1}``,
     with ``round = r + 1``; the base policy is not added (list it in the recipe with ``round: 0``).
+    Their author is the run's initial model (``model.name_or_path`` in its ``config.yaml``): a
+    policy trained by SEAL writes *self*-generated data for the model it started from.
 
     Raises:
         RecipeError: the directory is not a train run or has no finished round.
@@ -139,8 +141,11 @@ def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]
     metrics = read_jsonl(run.path / "metrics.jsonl")
     if not metrics:
         raise RecipeError(f"bench.train_run: {run.path} has no finished round (no metrics.jsonl); run seal train first")
+    initial = run.recorded_config()["model"]["name_or_path"]
     specs = [
-        SourceSpec(source=f"policy:{resolve_policy(run, m['next_policy'])}", label=f"policy round {m['round'] + 1}", round=m["round"] + 1)
+        SourceSpec(
+            source=f"policy:{resolve_policy(run, m['next_policy'])}", label=f"policy round {m['round'] + 1}", author=initial, round=m["round"] + 1
+        )
         for m in sorted(metrics, key=lambda m: m["round"])
     ]
     return specs, metrics

@@ -21,14 +21,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from seal.config import Recipe, RecipeError, load_recipe
+from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
+
+#: Sections that must agree, so that the bench measures what the training rewarded.
+SHARED = ("model", "inner", "qa")
 
 
-def check_same_world(train: Recipe, bench: Recipe) -> None:
-    """The two recipes must name the same world (the bench scores the train run's policies on it).
+def check_same_setting(train: Recipe, bench: Recipe) -> None:
+    """The two recipes must name the same world, model, inner loop and QA.
+
+    ``inner.learner`` (a `seal train` setting) is not compared.
 
     Raises:
-        RecipeError: a recipe has no ``microworld`` section, or the two resolve to different worlds.
+        RecipeError: a recipe has no ``microworld`` section, or the recipes differ (keys listed).
     """
     for what, r in (("train", train), ("bench", bench)):
         if r.microworld is None:
@@ -36,6 +41,12 @@ def check_same_world(train: Recipe, bench: Recipe) -> None:
     a, b = train.microworld.entry_dir(), bench.microworld.entry_dir()
     if a != b:
         raise RecipeError(f"the train and bench recipes name different microworlds ({a} vs {b}); give them the same 'microworld' section")
+    ta = {k: getattr(train, k).model_dump(mode="json") for k in SHARED}
+    tb = {k: getattr(bench, k).model_dump(mode="json") for k in SHARED}
+    ta["inner"].pop("learner"), tb["inner"].pop("learner")
+    differ = diff_recipes(ta, tb)
+    if differ:
+        raise RecipeError(f"the train and bench recipes differ in {', '.join(differ)}; the bench must score with the training's settings")
 
 
 def run_demo(
@@ -63,7 +74,7 @@ def run_demo(
     run_dir = Path(run_dir)
     tr = load_recipe(train_recipe, overrides)
     br = load_recipe(bench_recipe, overrides + [f"bench.train_run={run_dir}"])
-    check_same_world(tr, br)
+    check_same_setting(tr, br)
 
     console.rule("1/3 the microworld")
     ensure_model(tr)

@@ -68,7 +68,7 @@ def test_reduced_demo_improves_the_reward(tmp_path):
 
     # the bench scored the base policy and each round's policy on held-out people
     results = json.loads((bench / "results.json").read_text())
-    cells = {c["source"]: c for c in results["protocols"]["single"]["tables"]["model"]["cells"]}
+    cells = {c["source"]: c for c in results["protocols"]["single"]["tables"]["microworld 1M"]["cells"]}
     assert {"policy round 0 (base)", "policy round 1", "policy round 2", "policy round 3"} <= set(cells)
     assert cells["oracle (world generator)"]["accuracy"]["value"] > cells["passage only"]["accuracy"]["value"]
     assert (bench / "plots" / "rounds.png").stat().st_size > 10_000

@@ -68,6 +68,10 @@ def source_self_edits(
     ``none`` gives an empty list per passage (no training). ``base`` is an already loaded
     ``(model, tokenizer)`` of the recipe's model, reused by ``prompt:`` sources.
 
+    Sampling is seeded by ``seed`` and the template, not by the policy's path: every policy
+    draws the same random numbers (common random numbers, which make paired comparisons of
+    policies less noisy), and a checkpoint samples the same wherever it is stored.
+
     Raises:
         RecipeError: bad source string. DataError: a file lacks a passage (named) or has too few self-edits.
         PromptError: unknown template.
@@ -92,7 +96,7 @@ def source_self_edits(
         model, tok = base if base is not None else load_model_from_config(recipe.model)
     out = sample_self_edits(
         model, tok, passages, template, n, se.temperature, se.top_p, se.max_new_tokens,
-        seed=derive_seed(seed, "evaluate", source), batch_size=se.batch_size, chat=se.chat_template,
+        seed=derive_seed(seed, "evaluate", template), batch_size=se.batch_size, chat=se.chat_template,
     )  # fmt: skip
     if kind == "policy":
         del model

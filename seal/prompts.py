@@ -41,7 +41,6 @@ QA_TEMPLATES: dict[str, str] = {
     # microworld's format (seal/microworld), where training texts are "{title}\n{line}".
     "qa-line": "{title}\nQ: {question} A:",
 }
-QA_TEMPLATE = QA_TEMPLATES["reference"]
 
 
 class PromptError(ValueError):

@@ -88,7 +88,7 @@ class SourceSpec(Section):
     label: str | None = Field(None, description="Row name in reports and plots (default: derived from source).")
     author: str | None = Field(
         None,
-        description="Model that wrote a file: source's self-edits (marks 'own data' cells of the compatibility matrix). policy:/prompt: sources know their author.",
+        description="Model that wrote a file: source's self-edits (marks 'own data' cells of the compatibility matrix). Default for policy: the checkpoint, for prompt: the recipe's model; set it to the starting model for a policy trained from it (seal train rounds).",
     )
     round: int | None = Field(
         None, ge=0, description="ReST-EM rounds behind a policy: source (0: the base policy); such rows are drawn per round in rounds.png."

@@ -85,7 +85,8 @@ def check_sources(
     out = []
     for spec in specs:
         kind, arg = parse_source(spec.source)
-        author = {"policy": arg, "prompt": recipe.model.name_or_path, "file": spec.author}.get(kind)
+        # An explicit author wins: a policy trained from the student (a SEAL round) writes its own data.
+        author = spec.author or {"policy": arg, "prompt": recipe.model.name_or_path}.get(kind)
         src = Source(spec, kind, arg, author)
         if kind in OFFLINE_KINDS:
             src.edits = source_self_edits(spec.source, passages, recipe, n_self_edits, seed=0)

@@ -43,7 +43,8 @@ def check_same_setting(train: Recipe, bench: Recipe) -> None:
         raise RecipeError(f"the train and bench recipes name different microworlds ({a} vs {b}); give them the same 'microworld' section")
     ta = {k: getattr(train, k).model_dump(mode="json") for k in SHARED}
     tb = {k: getattr(bench, k).model_dump(mode="json") for k in SHARED}
-    ta["inner"].pop("learner"), tb["inner"].pop("learner")
+    for t in (ta, tb):
+        t["inner"].pop("learner")
     differ = diff_recipes(ta, tb)
     if differ:
         raise RecipeError(f"the train and bench recipes differ in {', '.join(differ)}; the bench must score with the training's settings")

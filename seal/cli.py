@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from seal.config import Recipe, RecipeError, load_recipe
-from seal.data import DataError, load_passages
+from seal.data import DataError
 from seal.prompts import PromptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SEAL: self-adapting language models.")
@@ -27,34 +27,6 @@ USER_ERRORS = (RecipeError, DataError, PromptError, FileNotFoundError)
 def _fail(e: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {e}")
     raise typer.Exit(1)
-
-
-def _passage_texts(paths: list[str], root: str | None) -> list[str]:
-    texts = []
-    for path in paths:
-        for p in load_passages(path, root=root, require_questions=False):
-            texts += [p.title, p.context, *(q.question + " " + q.answer for q in p.questions), *p.completions]
-    return texts
-
-
-def ensure_model(recipe: Recipe) -> None:
-    """Pretrain the recipe's microworld, or build its tiny model, if it asks for one that does not exist yet."""
-    mw = recipe.microworld
-    if mw is not None and not (mw.entry_dir() / "meta.json").is_file():
-        from seal.microworld.pretrain import ensure_microworld
-
-        console.print(f"pretraining the microworld at {mw.entry_dir()} (once; later runs reuse it)")
-        ensure_microworld(mw.cache_dir, seed=mw.seed, cfg=mw.pretrain_config())
-    m = recipe.model
-    if m.build_tiny is None or Path(m.name_or_path).exists():
-        return
-    from seal.models import build_tiny_model
-
-    t = m.build_tiny
-    console.print(f"building tiny model at {m.name_or_path}")
-    build_tiny_model(
-        m.name_or_path, _passage_texts(t.data, recipe.data.root), t.vocab_size, t.hidden_size, t.num_layers, t.num_heads, seed=t.seed
-    )
 
 
 def _load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
@@ -75,6 +47,7 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
 ) -> None:
     """Run ReST-EM rounds of SEAL on the recipe's training passages."""
+    from seal.models import ensure_model
     from seal.rundir import default_run_dir
     from seal.train import train as run_train
 
@@ -84,7 +57,7 @@ def train(
         from seal.distributed import main_process_first
 
         with main_process_first():  # under accelerate launch, one rank builds a tiny model
-            ensure_model(r)
+            ensure_model(r, console.print)
         path = run_train(r, target, resume=resume is not None, console=console)
     except USER_ERRORS as e:
         _fail(e)
@@ -102,11 +75,12 @@ def evaluate(
 ) -> None:
     """Score one source of inner-loop training data on evaluation passages (single-passage protocol)."""
     from seal.evaluate import evaluate as run_evaluate
+    from seal.models import ensure_model
     from seal.rundir import default_run_dir
 
     try:
         r = _load(recipe, overrides)
-        ensure_model(r)
+        ensure_model(r, console.print)
         run_evaluate(r, out or default_run_dir(r.output_dir, f"{r.name}-eval"), console=console)
     except USER_ERRORS as e:
         _fail(e)
@@ -120,11 +94,12 @@ def bench(
 ) -> None:
     """Compare sources of inner-loop training data across protocols: report, CSV/JSON and plots with CIs."""
     from seal.bench.run import bench as run_bench
+    from seal.models import ensure_model
     from seal.rundir import default_run_dir
 
     try:
         r = _load(recipe, overrides)
-        ensure_model(r)
+        ensure_model(r, console.print)
         path = run_bench(r, out or default_run_dir(r.output_dir, f"{r.name}-bench"), console=console)
     except USER_ERRORS as e:
         _fail(e)
@@ -143,10 +118,10 @@ def tiny_model(
     seed: int = typer.Option(0),
 ) -> None:
     """Build a tiny random Llama-architecture model plus a BPE tokenizer trained on the data's text."""
-    from seal.models import build_tiny_model
+    from seal.models import build_tiny_model, passage_texts
 
     try:
-        texts = _passage_texts(data, data_root)
+        texts = passage_texts(data, data_root)
         path = build_tiny_model(out, texts, vocab_size, hidden_size, num_layers, num_heads, seed=seed)
     except USER_ERRORS as e:
         _fail(e)

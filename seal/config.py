@@ -371,7 +371,7 @@ def resolve_microworld(recipe: Recipe, raw: dict, where: str) -> Recipe:
     """Replace ``{microworld}`` in every string of the recipe by its world's directory.
 
     The directory (``<cache_dir>/<settings key>``) is computed from the settings alone; the
-    world is pretrained later, by ``seal.cli.ensure_model``, if it is not cached.
+    world is pretrained later, by ``seal.models.ensure_model``, if it is not cached.
 
     Raises:
         RecipeError: ``{microworld}`` is used but the recipe has no ``microworld`` section.

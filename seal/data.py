@@ -65,7 +65,12 @@ def resolve_data_path(path: str | os.PathLike, root: str | os.PathLike | None = 
     return Path(root) / p if root else default_data_root() / p
 
 
-def _passage_from_json(obj: object, where: str, require_questions: bool) -> Passage:
+def passage_from_json(obj: object, where: str = "passage", require_questions: bool = True) -> Passage:
+    """One SEAL-format passage object as a :class:`Passage`.
+
+    Raises:
+        DataError: naming ``where`` (file and index) and the passage's title.
+    """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
     for key in ("title", "context"):
@@ -112,7 +117,7 @@ def load_passages(
     if not isinstance(raw, list):
         raise DataError(f"{p}: expected a JSON list of passages, got {type(raw).__name__}")
     raw = raw if n is None else raw[:n]
-    out = [_passage_from_json(obj, f"{p}: passage {i}", require_questions) for i, obj in enumerate(raw)]
+    out = [passage_from_json(obj, f"{p}: passage {i}", require_questions) for i, obj in enumerate(raw)]
     if require_completions:
         for i, ps in enumerate(out):
             if not ps.completions:

@@ -65,7 +65,7 @@ def sample_self_edits(
     passages: Sequence[Passage],
     template: str,
     k: int,
-    temperature: float,
+    temperature: float | None,
     top_p: float,
     max_new_tokens: int,
     seed: int,
@@ -82,13 +82,19 @@ def sample_self_edits(
     passage's global index (``passage_indices``, default ``range(len(passages))``), never the
     clock, so a chunk's samples do not depend on which process or call produced it.
 
+    ``temperature=None`` decodes greedily (then ``k`` must be 1; ``top_p`` is unused).
+
     ``truncated``, if given, is an output list: one list of ``k`` booleans per passage is
     appended to it, True where the completion stopped at ``max_new_tokens`` without an
     end-of-sequence token (a self-edit cut off by the token budget).
 
     Raises:
         PromptError: unknown template.
+        ValueError: greedy decoding with ``k > 1``.
     """
+    if temperature is None and k != 1:
+        raise ValueError(f"greedy decoding gives one self-edit per passage, not k={k}")
+    decoding = dict(do_sample=False) if temperature is None else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     indices = list(passage_indices) if passage_indices is not None else list(range(len(passages)))
     out: list[list[str]] = []
     device = next(model.parameters()).device
@@ -105,10 +111,7 @@ def sample_self_edits(
             torch.manual_seed(derive_seed(seed, "self-edit", indices[start]))
             gen = model.generate(
                 **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
+                **decoding,
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=k,
                 pad_token_id=tokenizer.pad_token_id,

@@ -73,3 +73,16 @@ def test_chat_variant_uses_tokenizer_template(tiny_squad_model):
     tok = load_tokenizer(tiny_squad_model)
     text = self_edit_prompt("implications", "T", "C", tok, chat=True)
     assert text.startswith("<|user|>\nLet's read the following passage") and text.endswith("<|assistant|>\nImplications:\n")
+
+
+def test_greedy_self_edits_ignore_the_seed_and_allow_one_per_passage(tiny_squad_model, squad_train):
+    from seal.models import load_model
+    from seal.self_edits import sample_self_edits
+
+    model, tok = load_model(tiny_squad_model, device="cpu")
+    args = (model, tok, squad_train[:2], "implications")
+    a = sample_self_edits(*args, 1, None, 0.95, 12, seed=0)
+    assert a == sample_self_edits(*args, 1, None, 0.95, 12, seed=1)
+    assert a != sample_self_edits(*args, 1, 1.0, 0.95, 12, seed=0)  # sampling differs from greedy
+    with pytest.raises(ValueError, match="greedy decoding gives one self-edit per passage, not k=2"):
+        sample_self_edits(*args, 2, None, 0.95, 12, seed=0)

@@ -49,7 +49,7 @@ def _ensure_student(recipe: Recipe, st: StudentSpec) -> None:
     """Build a student's tiny model if it asks for one and it does not exist yet (as for ``model``)."""
     if st.build_tiny is None or Path(st.name_or_path).exists():
         return
-    from seal.cli import ensure_model
+    from seal.models import ensure_model
 
     model = recipe.model.model_copy(update={"name_or_path": st.name_or_path, "build_tiny": st.build_tiny})
     ensure_model(recipe.model_copy(update={"model": model}))

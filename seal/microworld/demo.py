@@ -2,7 +2,7 @@
 
 The README's first demo, as a plain recipe of three steps that each exist on their own:
 
-1. ``seal.cli.ensure_model``: the world of the train recipe's ``microworld`` section is
+1. ``seal.models.ensure_model``: the world of the train recipe's ``microworld`` section is
    pretrained once (cached under ``.cache/microworld/<settings key>``) and reused after;
 2. ``seal.train.train``: ``rl.rounds`` ReST-EM rounds into ``<run_dir>`` (resumed when the
    directory already holds a run, so an interrupted demo continues where it stopped);
@@ -67,7 +67,7 @@ def run_demo(
         RecipeError: bad recipes or overrides, or the two recipes name different worlds.
     """
     from seal.bench.run import bench
-    from seal.cli import ensure_model
+    from seal.models import ensure_model
     from seal.train import train
 
     console = console or Console()
@@ -78,7 +78,7 @@ def run_demo(
     check_same_setting(tr, br)
 
     console.rule("1/3 the microworld")
-    ensure_model(tr)
+    ensure_model(tr, console.print)
     console.print(f"world and base policy: {tr.microworld.entry_dir()}")
 
     console.rule(f"2/3 ReST-EM: {tr.rl.rounds} rounds")

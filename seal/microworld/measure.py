@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from seal.config import InnerLoopConfig
-from seal.data import QA, Passage
+from seal.data import passage_from_json
 from seal.graders import contains
 from seal.inner_loop import AdapterJob, AdapterResult, run_inner_loop
-from seal.microworld.pretrain import copy_metrics, sample_self_edits_raw
+from seal.microworld.pretrain import copy_metrics, sample_on_records
 from seal.microworld.world import STYLES, classify_style, entity_from_record, render_self_edit
-from seal.prompts import qa_prompt
+from seal.scoring import question_prompts
 from seal.seeding import derive_seed
 from seal.self_edits import train_texts
 
@@ -68,16 +68,14 @@ def measure(
     meta = json.loads((world_dir / "meta.json").read_text())
     qa_template = meta["settings"].get("qa_template", "reference")
     t0 = time.perf_counter()
-    samples = sample_self_edits_raw(model, tok, recs, k, 1.0, seed) if k else [[] for _ in recs]
+    samples = sample_on_records(model, tok, recs, k, 1.0, seed) if k else [[] for _ in recs]
     t_sample = time.perf_counter() - t0
     inner = inner or InnerLoopConfig(batch_adapters=64)
     jobs: list[AdapterJob] = []
     keys: list[tuple[str, int, int]] = []
     for i, r in enumerate(recs):
-        p = Passage(
-            r["title"], r["context"], tuple(QA(q["question"], q["answer"]) for q in r["questions"])
-        )
-        prompts = [qa_prompt(r["title"], q["question"], qa_template) for q in r["questions"]]
+        p = passage_from_json(r, f"{world_dir / 'eval.json'}: passage {i}")
+        prompts = question_prompts(p, qa_template)
         e = entity_from_record(r)
         rng = random.Random(derive_seed(seed, "measure-gold", i))
         conds = [("none", []), ("passage", train_texts(p, None))]
@@ -164,7 +162,7 @@ if (
 ):  # scratch use: python -m seal.microworld.measure <world_dir> [n_eval] [k]
     import sys
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # a 1M-parameter model: 2 threads contend on 2 cores
     out = measure(
         sys.argv[1],
         int(sys.argv[2]) if len(sys.argv) > 2 else 64,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from seal.data import passage_from_json
 from seal.microworld.config import FORMAT_VERSION, PretrainConfig, settings_key
 from seal.microworld.corpus import SELF_EDIT_TEMPLATE, Doc, corpus_stream
 from seal.microworld.world import (
@@ -45,8 +46,8 @@ from seal.microworld.world import (
     passage_record,
     render_self_edit,
 )
-from seal.prompts import self_edit_prompt
 from seal.seeding import derive_seed
+from seal.self_edits import sample_self_edits
 
 
 def _stderr_log(msg: str) -> None:
@@ -56,50 +57,11 @@ def _stderr_log(msg: str) -> None:
 # ----------------------------------------------------------------------------- copy skill
 
 
-@torch.inference_mode()
-def sample_self_edits_raw(
-    model,
-    tok,
-    records: Sequence[dict],
-    n: int,
-    temperature: float | None,
-    seed: int,
-    max_new_tokens: int = 256,
-    top_p: float = 0.95,
-    batch_size: int = 64,
-) -> list[list[str]]:
-    """``n`` self-edits per passage record (``temperature=None``: greedy, n must be 1).
-
-    Left-padded batched ``generate``; seeded from ``seed`` and the batch's index, never the clock.
-    Returns ``[[self-edit] * n] * len(records)``, stripped strings.
-    """
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    out: list[list[str]] = []
-    try:
-        prompts = [self_edit_prompt(SELF_EDIT_TEMPLATE, r["title"], r["context"]) for r in records]
-        per = max(1, batch_size // n)
-        for b in range(0, len(prompts), per):
-            enc = tok(prompts[b : b + per], return_tensors="pt", padding=True)
-            torch.manual_seed(derive_seed(seed, "copy-sample", b))
-            kw = (
-                dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-                if temperature
-                else dict(do_sample=False)
-            )
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                **kw,
-            )
-            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            out += [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(texts) // n)]
-    finally:
-        tok.padding_side = old_side
-    return out
+def sample_on_records(model, tok, records: Sequence[dict], k: int, temperature: float | None, seed: int) -> list[list[str]]:
+    """``k`` self-edits per SEAL-format passage record with :func:`seal.self_edits.sample_self_edits`
+    (``implications`` template, top-p 0.95, up to 256 tokens; ``temperature=None``: greedy, k=1)."""
+    passages = [passage_from_json(r, f"microworld passage {i}") for i, r in enumerate(records)]
+    return sample_self_edits(model, tok, passages, SELF_EDIT_TEMPLATE, k, temperature, 0.95, 256, seed, batch_size=max(1, 64 // k))
 
 
 def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]]) -> dict:
@@ -373,7 +335,7 @@ def pretrain(
                 )
             if (step + 1) in check_at:
                 model.eval()
-                s = sample_self_edits_raw(model, tok, check_recs, 1, None, cfg.seed)
+                s = sample_on_records(model, tok, check_recs, 1, None, cfg.seed)
                 m = copy_metrics(check_recs, s)
                 model.train()
                 checks.append({"step": step + 1, **m})
@@ -404,7 +366,7 @@ def pretrain(
             if split == "eval" and cfg.n_copy_eval:
                 ev = recs[: cfg.n_copy_eval]
                 t1 = time.perf_counter()
-                s = sample_self_edits_raw(model, tok, ev, 2, 1.0, cfg.seed)
+                s = sample_on_records(model, tok, ev, 2, 1.0, cfg.seed)
                 meta_copy = copy_metrics(ev, s)
                 meta_copy["seconds"] = round(time.perf_counter() - t1, 1)
                 meta_copy["examples"] = [x[0] for x in s[:3]]
@@ -484,6 +446,7 @@ def ensure_microworld(
     if (entry / "meta.json").is_file():
         return entry
     entry.parent.mkdir(parents=True, exist_ok=True)
+    (log or _stderr_log)(f"pretraining {entry} (once: later runs with these settings reuse it)")
     try:
         return pretrain(entry, c, log)
     except FileExistsError:

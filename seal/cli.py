@@ -15,13 +15,16 @@ from rich.console import Console
 
 from seal.config import Recipe, RecipeError, load_recipe
 from seal.data import DataError
+from seal.microworld.config import CopySkillError
 from seal.prompts import PromptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SEAL: self-adapting language models.")
 console = Console()
 err_console = Console(stderr=True)
 
-USER_ERRORS = (RecipeError, DataError, PromptError, FileNotFoundError)
+# CopySkillError: a microworld pretraining that did not learn to copy (nothing cached; the
+# message says what to try) ends the command like bad input: one line, exit status 1.
+USER_ERRORS = (RecipeError, DataError, PromptError, FileNotFoundError, CopySkillError)
 
 
 def _fail(e: Exception) -> None:

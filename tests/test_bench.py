@@ -283,3 +283,41 @@ def test_train_run_without_finished_rounds_is_refused(tmp_path):
 
     with pytest.raises(RecipeError, match=f"bench.train_run: {tmp_path} has no finished round"):
         train_run_sources(tmp_path)
+
+
+def test_the_answer_opens_with_the_round_comparison():
+    """With bench.train_run, the report's Answer says first whether ReST-EM improved the policy:
+    last round vs round 0, then each round vs the previous, with their intervals."""
+    from seal.bench.report import markdown, round_lines
+
+    labels = ["passage only", "policy round 0 (base)", "policy round 1", "policy round 2"]
+    acc = {"passage only": 0.06, "policy round 0 (base)": 0.12, "policy round 1": 0.13, "policy round 2": 0.18}
+    rest = dict(own_data=False, author=None, micro=None, gain=None, expected=None, expected_statistic=None, expected_holds=None,
+                n_passages=3, n_questions=9, n_failed=0, n_runs=3)  # fmt: skip
+    cells = [{"source": s, "accuracy": {"value": acc[s], "lo": acc[s] - 0.02, "hi": acc[s] + 0.02}, **rest} for s in labels]
+
+    def comp(a, b, lo, hi):
+        d = acc[a] - acc[b]
+        return {"a": a, "b": b, "macro": {"value": d, "lo": lo, "hi": hi}, "verdict": "tie" if lo <= 0 <= hi else ("a" if lo > 0 else "b")}
+
+    table = {"cells": cells, "baseline": None, "baseline_micro": None, "comparisons": [
+        comp("passage only", "policy round 0 (base)", -0.08, -0.04),
+        comp("policy round 0 (base)", "policy round 1", -0.03, 0.01),
+        comp("policy round 0 (base)", "policy round 2", -0.09, -0.03),
+        comp("policy round 1", "policy round 2", -0.08, -0.02),
+        comp("passage only", "policy round 1", -0.1, -0.04),
+        comp("passage only", "policy round 2", -0.15, -0.09),
+    ]}  # fmt: skip
+    rounds = {"policy round 0 (base)": 0, "policy round 1": 1, "policy round 2": 2}
+    lines = round_lines("single", "mw", table, rounds)
+    assert lines[0].startswith("- **Did ReST-EM improve the policy?**")
+    # stored as round 0 - round 2 = [-9, -3]: flipped to round 2 - round 0 = +6 [+3, +9], better
+    assert "policy round 2 − policy round 0 (base) = +6.0 [+3.0, +9.0] points: **better**" in lines[0]
+    assert lines[1:] == ["  - policy round 1 − policy round 0 (base) = +1.0 [-1.0, +3.0]: tie",
+                         "  - policy round 2 − policy round 1 = +5.0 [+2.0, +8.0]: better"]  # fmt: skip
+    assert round_lines("single", "mw", table, {}) == []  # no train run: no round comparison
+    setup = {"name": "t", "students": ["mw"], "student_paths": ["mw"], "grader": "contains", "seed": 0, "bootstrap_samples": 10,
+             "confidence": 0.95, "multiple_comparisons": "none", "protocols": {"single": {}}, "rounds": rounds}  # fmt: skip
+    md = markdown({"protocols": {"single": {"n_passages": 3, "tables": {"mw": table}}}}, setup, [])
+    answer = md.split("## Answer\n\n", 1)[1]
+    assert answer.startswith(lines[0])

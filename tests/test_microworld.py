@@ -8,8 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from seal.microworld.corpus import corpus_stream
+from seal.cli import app
+from seal.microworld.config import CopySkillError
+from seal.microworld.corpus import copy_docs, memory_epoch
 from seal.microworld.pretrain import PretrainConfig, ensure_microworld, pretrain, settings_key
 from seal.microworld.world import (
     STYLES,
@@ -26,7 +29,11 @@ from seal.microworld.world import (
 TINY = dict(
     n_train=8, n_eval=8, n_memory=20, memory_epochs=2, n_demos=40, vocab_size=400, hidden_size=32,
     num_layers=1, num_heads=2, intermediate_size=64, batch_size=8, warmup_steps=2, log_every=5,
-    n_copy_checks=1, n_copy_eval=2, max_length=256, warmup_demos=20, warmup_openbook=10,
+    n_copy_eval=2, max_length=256, copy_block_steps=3, copy_min_steps=0, n_check_people=4,
+    main_copy_docs=8,
+    # a 20 k-parameter model trained for seconds cannot copy: both gates open at 0 here, and
+    # test_a_policy_that_cannot_copy_is_refused shuts them
+    copy_gate=0.0, min_copy_precision=0.0,
 )  # fmt: skip
 
 
@@ -41,9 +48,9 @@ def test_world_is_deterministic_per_seed():
     ra = [passage_record(e, random.Random(3)) for e in a.eval[:5]]
     rb = [passage_record(e, random.Random(3)) for e in b.eval[:5]]
     assert ra == rb
-    docs_a = [d.text for d in next(corpus_stream(a, 1, 10, 1, 20))]
-    docs_b = [d.text for d in next(corpus_stream(b, 1, 10, 1, 20))]
-    assert docs_a == docs_b
+    for docs in (lambda w: copy_docs(w, 1, 0, 30, 10), lambda w: memory_epoch(w, 1, 0, 10, 1, 20)):
+        assert [d.text for d in docs(a)] == [d.text for d in docs(b)]
+    assert [d.text for d in copy_docs(a, 1, 0, 30, 10)] != [d.text for d in copy_docs(a, 1, 1, 30, 10)]
 
 
 def test_pools_are_disjoint_and_pretraining_never_sees_heldout_people():
@@ -52,9 +59,14 @@ def test_pools_are_disjoint_and_pretraining_never_sees_heldout_people():
     assert len(tr) == 150 and len(ev) == 150
     assert not (pre & tr) and not (pre & ev) and not (tr & ev)
     held_out = {f"{f} {s}" for f, s in tr | ev}
-    for chunk in corpus_stream(w, 0, 50, 2, 200):
+    memory = {f"{f} {s}" for f, s in w.pretrain_names[:50]}
+    chunks = [memory_epoch(w, 0, ep, 50, 2, 200) for ep in range(2)] + [copy_docs(w, 0, 0, 500, 50)]
+    for chunk in chunks:
         for d in chunk:
             assert not any(n in d.text for n in held_out)
+    # the copy curriculum's people are fresh: never a memory person (whose facts are fixed)
+    assert not any(n in d.text for d in chunks[-1] for n in memory)
+    assert {d.kind for d in chunks[-1]} == {"demo", "openbook"}
 
 
 def test_every_question_is_answerable_from_its_passage():
@@ -114,6 +126,7 @@ def test_pretraining_writes_a_loadable_cache_atomically(tmp_path):
     assert all(classify_style(r["completions"][0]) == "paraphrase" for r in orc)
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["settings"]["seed"] == 0 and "value_precision" in meta["copy_skill"]
+    assert meta["copy_steps"] == 3 and meta["copy_checks"][0]["step"] == 3  # one block: the gate opened at 0
     # Cached: a second call returns at once without pretraining.
     logs.clear()
     assert (
@@ -147,3 +160,25 @@ def test_demo_recipes_agree_and_disagreements_are_named():
         check_same_setting(load_recipe(train), load_recipe(bench, ["inner.lr=1e-3", "qa.template=reference"]))
     with pytest.raises(RecipeError, match="different microworlds"):
         check_same_setting(load_recipe(train), load_recipe(bench, ["microworld.seed=1"]))
+
+
+@pytest.mark.parametrize(
+    "shut, match",
+    [
+        ({"copy_gate": 1.0, "copy_max_steps": 7}, r"after 6 steps of the copy curriculum, open-book accuracy"),
+        ({"min_copy_precision": 1.0}, r"the finished policy copies 0 % of attribute values right"),
+    ],
+)
+def test_a_policy_that_cannot_copy_is_refused(tmp_path, shut, match):
+    """Both copy gates: a shut one stops pretraining with an error that says what was measured
+    and what to try, and leaves no cache entry and no temporary directory behind."""
+    cfg = PretrainConfig(**{**TINY, **shut})
+    with pytest.raises(CopySkillError, match=match) as e:
+        ensure_microworld(tmp_path / "mw", seed=0, cfg=cfg, log=lambda m: None)
+    assert "pretraining did not learn to copy" in str(e.value) and "Try another microworld.seed" in str(e.value)
+    assert list((tmp_path / "mw").iterdir()) == []
+    # through the CLI: one clear line and exit status 1
+    args = [f"{k}={v}" for k, v in {**TINY, **shut}.items()]
+    res = CliRunner().invoke(app, ["microworld", "pretrain", *args, "--cache-dir", str(tmp_path / "cli")])
+    assert res.exit_code == 1 and "did not learn to copy" in res.output, res.output
+    assert list((tmp_path / "cli").iterdir()) == []

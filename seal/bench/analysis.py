@@ -136,7 +136,7 @@ def analyze(
     return out
 
 
-def _diff(table: dict, a: str, b: str) -> dict | None:
+def comparison(table: dict, a: str, b: str) -> dict | None:
     """The comparison record of ``a - b`` (flipped from ``b - a`` when stored that way), or None."""
     for c in table["comparisons"]:
         if (c["a"], c["b"]) == (a, b):
@@ -164,7 +164,7 @@ def headline(table: dict) -> dict:
     for c in cells:
         if c is best:
             continue
-        d = _diff(table, c["source"], best["source"])
+        d = comparison(table, c["source"], best["source"])
         if d is None or d["macro"] is None:
             continue
         (tied if d["verdict"] == "tie" else below).append((c["source"], d["macro"]))
@@ -173,7 +173,29 @@ def headline(table: dict) -> dict:
     pairs = []
     for o in own:
         for x in other:
-            d = _diff(table, o["source"], x["source"])
+            d = comparison(table, o["source"], x["source"])
             if d is not None and d["macro"] is not None:
                 pairs.append((o["source"], x["source"], d["macro"]))
     return {"best": best, "tied": tied, "below": below, "own_vs_other": pairs}
+
+
+def round_comparisons(table: dict, rounds: dict[str, int]) -> list[tuple[str, str, dict]]:
+    """What a ``bench.train_run`` asks: did ReST-EM improve the policy's self-edits?
+
+    ``rounds`` maps source labels to the ReST-EM rounds behind them (0: the base policy).
+    Returns ``(later, earlier, diff)`` on macro accuracy, ``diff = later - earlier`` with its
+    paired interval: first the last round against round 0, then each round against the
+    previous one (both lists skip pairs without a comparison). Empty with fewer than two rounds.
+    """
+    scored = {c["source"] for c in table["cells"] if c["accuracy"] is not None}
+    order = sorted((r, label) for label, r in rounds.items() if label in scored)
+    if len(order) < 2:
+        return []
+    pairs = [(order[-1][1], order[0][1])]
+    pairs += [(b, a) for (_, a), (_, b) in zip(order, order[1:], strict=False) if (b, a) != pairs[0]]
+    out = []
+    for later, earlier in pairs:
+        d = comparison(table, later, earlier)
+        if d is not None and d["macro"] is not None:
+            out.append((later, earlier, d["macro"]))
+    return out

@@ -20,7 +20,7 @@ import csv
 import io
 from pathlib import Path
 
-from seal.bench.analysis import headline
+from seal.bench.analysis import headline, round_comparisons
 from seal.rundir import write_json_atomic, write_text_atomic
 
 PROTOCOL_TITLES = {
@@ -63,6 +63,23 @@ def answer_lines(name: str, n_passages: int, student: str, table: dict) -> list[
     for own, other, d in h["own_vs_other"]:
         verdict = "own data better" if d["lo"] > 0 else "other model's data better" if d["hi"] < 0 else "tie"
         out.append(f"  - own vs other: {own} − {other} = {ci(d, signed=True)} points: **{verdict}**")
+    return out
+
+
+def _verdict(d: dict) -> str:
+    return "better" if d["lo"] > 0 else "worse" if d["hi"] < 0 else "tie"
+
+
+def round_lines(name: str, student: str, table: dict, rounds: dict[str, int]) -> list[str]:
+    """The Answer's opening bullets when the bench scores a training run's rounds: the last
+    round against round 0, then each round against the previous (points [CI], verdict)."""
+    comps = round_comparisons(table, rounds)
+    if not comps:
+        return []
+    later, earlier, d = comps[0]
+    out = [f"- **Did ReST-EM improve the policy?** ({name}, student `{student}`) {later} − {earlier} = {ci(d, signed=True)} points: **{_verdict(d)}**."]
+    for later, earlier, d in comps[1:]:
+        out.append(f"  - {later} − {earlier} = {ci(d, signed=True)}: {_verdict(d)}")
     return out
 
 
@@ -248,6 +265,10 @@ def markdown(results: dict, setup: dict, plots: list[str]) -> str:
     else:
         lines.append("- pairwise intervals are not corrected for multiple comparisons (`bench.multiple_comparisons: bonferroni` widens them).")
     lines += ["", "## Answer", ""]
+    rounds = setup.get("rounds") or {}
+    for name, proto in results["protocols"].items():
+        for st, table in proto["tables"].items():
+            lines += round_lines(name, st, table, rounds)
     for name, proto in results["protocols"].items():
         for st, table in proto["tables"].items():
             lines += answer_lines(name, proto["n_passages"], st, table)

@@ -28,7 +28,7 @@ from seal.bench.analysis import Row, analyze
 from seal.bench.config import StudentSpec
 from seal.bench.plots import write_plots
 from seal.bench.protocols import PROTOCOL_RUNNERS, n_steps, protocol_recipe
-from seal.bench.report import ci, pct, write_tables
+from seal.bench.report import ci, pct, round_lines, write_tables
 from seal.bench.sources import (
     Source,
     check_sources,
@@ -159,13 +159,15 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
         "protocols": {name: _describe(recipes[name], p) for name, p in protocols},
         "passages": [{"passage_id": p.id, "title": p.title, "n_questions": len(p.questions)} for p in passages],
         "seconds": None,
+        # source label -> ReST-EM rounds behind it: the report opens with the round comparison
+        "rounds": {s.name: s.spec.round for s in sources if s.spec.round is not None},
     }
-    rounds = {s.name: s.spec.round for s in sources if s.spec.round is not None}
+    rounds = setup["rounds"]
     plots = write_plots(run.path, results, rounds, train_metrics)
     setup["seconds"] = round(time.perf_counter() - t_start, 1)
     verdicts = {k: o.verdicts for k, o in outcomes.items()}
     write_tables(run.path, results, setup, verdicts, [p.id for p in passages], plots)
-    _print_summary(console, results)
+    _print_summary(console, results, rounds)
     console.print(f"report: {run.path / 'report.md'}  ({setup['seconds']:.0f} s)")
     return run.path
 
@@ -192,7 +194,7 @@ def _file_part(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
 
 
-def _print_summary(console: Console, results: dict) -> None:
+def _print_summary(console: Console, results: dict, rounds: dict[str, int]) -> None:
     for name, proto in results["protocols"].items():
         for st, table in proto["tables"].items():
             t = Table(title=f"{name}, student {st}, {proto['n_passages']} passages (points, 95 % CI)")
@@ -201,3 +203,5 @@ def _print_summary(console: Console, results: dict) -> None:
             for c in table["cells"]:
                 t.add_row(c["source"], ci(c["accuracy"]), ci(c["gain"], signed=True), "" if c["expected"] is None else pct(c["expected"]))
             console.print(t)
+            for line in round_lines(name, st, table, rounds):
+                console.print(line.replace("**", ""))

@@ -16,7 +16,13 @@ from seal.microworld.corpus import QA_TEMPLATE_NAME, SELF_EDIT_TEMPLATE
 from seal.microworld.world import STYLES
 from seal.prompts import QA_TEMPLATES, TEMPLATES, check_qa_template
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+
+
+class CopySkillError(RuntimeError):
+    """Pretraining ended without the copy skill (the gate stayed shut, or the finished policy
+    copies too few values right): no cache entry was written. The message says what was
+    measured and what to try."""
 
 
 class PretrainConfig(BaseModel):
@@ -54,20 +60,41 @@ class PretrainConfig(BaseModel):
     n_demos: int = Field(
         6000,
         ge=0,
-        description="Self-edit demonstrations mixed with the memory documents, after the warm-up.",
+        description="Self-edit demonstrations (all styles) mixed with the memory documents in the knowledge phase.",
     )
     style_weights: list[float] = Field(
         default_factory=lambda: [1.0] * len(STYLES),
         description=f"Relative frequency of the self-edit styles {list(STYLES)} among demonstrations.",
     )
-    warmup_demos: int = Field(
-        10000, ge=0, description="Demonstrations in the copy warm-up (trained first)."
+    # copy curriculum and its gate
+    copy_block_steps: int = Field(
+        250, ge=1, description="Optimizer steps per block of the copy curriculum; the copy gate is checked after each block."
     )
-    warmup_openbook: int = Field(
-        8000, ge=0, description="Open-book QA documents in the copy warm-up."
+    copy_min_steps: int = Field(
+        1000, ge=0, description="Fewest copy-curriculum steps before the gate may open."
     )
-    warmup_max_facts: int = Field(
-        3, ge=1, le=6, description="Most facts per person in the copy warm-up."
+    copy_max_steps: int = Field(
+        3000,
+        ge=1,
+        description="Budget of the copy curriculum: if the gate is still shut after this many steps, pretraining stops with CopySkillError and caches nothing.",
+    )
+    copy_gate: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Open-book accuracy (greedy, passage in context) on n_check_people fresh people that ends the copy curriculum.",
+    )
+    n_check_people: int = Field(32, ge=1, description="Fresh people the copy gate is measured on.")
+    copy_min_facts: int = Field(1, ge=1, le=6, description="Fewest facts per person in the copy curriculum.")
+    copy_max_facts: int = Field(3, ge=1, le=6, description="Most facts per person in the copy curriculum.")
+    main_copy_docs: int = Field(
+        400, ge=0, description="Copy-curriculum documents mixed into each knowledge epoch, so the skill keeps being used."
+    )
+    min_copy_precision: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Least value precision of the finished policy's sampled self-edits on n_copy_eval held-out people; below it, CopySkillError and no cache entry.",
     )
     qa_fraction: float = Field(
         1.0, ge=0, le=1, description="Share of memory people with QA documents."
@@ -95,13 +122,10 @@ class PretrainConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     # reporting
     log_every: int = Field(50, ge=1, description="Steps between progress lines.")
-    n_copy_checks: int = Field(
-        4, ge=0, description="Greedy copy-skill checks during pretraining (on 16 fresh people)."
-    )
     n_copy_eval: int = Field(
         48,
         ge=0,
-        description="Evaluation passages sampled (T=1, top-p 0.95, 2 each) for the final copy metrics.",
+        description="Evaluation passages sampled (T=1, top-p 0.95, 2 each) for the final copy metrics and min_copy_precision.",
     )
     num_threads: int | None = Field(
         1,

@@ -17,19 +17,23 @@ evaluation people):
   memorised and the values must be copied from the passage in context), followed by a self-edit
   in a style drawn from ``style_weights``.
 
-Training starts with a *copy warm-up* (demonstrations and open-book documents only, on
-people with few facts, copy-dense styles weighted up), then mixes knowledge documents with
-the remaining demonstrations. Loss is computed only after ``Doc.prompt_chars`` (the self-edit
-of a demonstration, the answers of an open-book document): the passage of a fresh person is
-unpredictable noise, and leaving it out concentrates the gradient on copying.
+Pretraining (``seal.microworld.pretrain``) has two phases. The *copy curriculum*
+(:func:`copy_docs`, in blocks) holds demonstrations and open-book documents only, on people
+with 1-3 facts, copy-dense styles weighted up; it runs until a measured copy gate opens. The
+*knowledge phase* (:func:`memory_epoch`) mixes memory documents with demonstrations in every
+style and keeps some copy-curriculum documents in every epoch. Loss is computed only after
+``Doc.prompt_chars`` (the self-edit of a demonstration, the answers of an open-book document):
+the passage of a fresh person is unpredictable noise, and leaving it out concentrates the
+gradient on copying.
 
-Every document ends with the tokenizer's EOS. The stream is a pure function of the seed.
+Every document ends with the tokenizer's EOS. Each block and epoch is a pure function of the
+seed and its index.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from seal.microworld.world import (
@@ -101,34 +105,57 @@ def qa_doc(e: Entity, rng: random.Random, qa_template: str = QA_TEMPLATE_NAME) -
     ]
 
 
-def corpus_stream(
+def copy_docs(
     world: World,
     seed: int,
+    block: int,
+    n_docs: int,
+    n_memory: int,
+    min_facts: int = 1,
+    max_facts: int = 3,
+    openbook_share: float = 0.45,
+) -> list[Doc]:
+    """Block ``block`` of the copy curriculum: ``n_docs`` documents about fresh people (new random
+    facts every time, so nothing can be memorised and every value must be found in the context).
+
+    People come from the pretraining names after the first ``n_memory`` (the memory people).
+    A share ``openbook_share`` are open-book QA documents, the rest self-edit demonstrations in
+    the copy-dense ``WARMUP_STYLE_WEIGHTS``. People state ``min_facts..max_facts`` facts: with
+    one fact, the value to copy is the only value in the passage, which gives the attention
+    pattern a strong first gradient; with two or three it must also match the attribute.
+
+    A pure function of ``(seed, block)``: the copy phase draws block after block until the
+    copy gate opens, so how many blocks a pretraining used decides its corpus.
+    """
+    rng = random.Random(derive_seed(seed, "microworld", "corpus", "copy", block))
+    names = world.pretrain_names[n_memory:]  # never a memory person: their facts are fixed
+    docs = []
+    for _ in range(n_docs):
+        f, s = rng.choice(names)
+        e = make_entity(rng, f, s, min_facts, max_facts)
+        if rng.random() < openbook_share:
+            docs.append(openbook_doc(e, rng))
+        else:
+            docs.append(demo_doc(e, rng.choices(STYLES, WARMUP_STYLE_WEIGHTS)[0], rng))
+    return docs
+
+
+def memory_epoch(
+    world: World,
+    seed: int,
+    epoch: int,
     n_memory: int,
     memory_epochs: int,
     n_demos: int,
     style_weights: Sequence[float] | None = None,
     qa_fraction: float = 1.0,
-    warmup_demos: int = 0,
-    warmup_openbook: int = 0,
-    warmup_max_facts: int = 3,
     qa_template: str = QA_TEMPLATE_NAME,
-) -> Iterator[list[Doc]]:
-    """The corpus as a list of chunks (each a list of docs, already shuffled), in training order.
+) -> list[Doc]:
+    """Epoch ``epoch`` of the knowledge phase, shuffled: every memory person's passage (a fresh
+    rendering) and QA documents, plus ``n_demos / memory_epochs`` demonstrations about fresh
+    people in the styles ``style_weights`` (default uniform over ``STYLES``).
 
-    Args:
-        n_memory: memory people (passages + QA).
-        memory_epochs: repetitions of each memory person's passage (fresh rendering each time) and QA.
-        n_demos: self-edit demonstrations, each about a fresh person from the non-memory names.
-        style_weights: relative frequency of each of ``STYLES`` among demonstrations (default uniform).
-        qa_fraction: share of memory people that get QA documents (the rest only passages).
-
-        qa_template: the QA prompt of the memory people's QA documents (``QA_TEMPLATES`` name).
-        warmup_demos, warmup_openbook: documents of the copy warm-up (first chunk), about
-            fresh people with at most ``warmup_max_facts`` facts, styles ``WARMUP_STYLE_WEIGHTS``.
-
-    Yields the warm-up chunk (if any), then one chunk per memory epoch, each mixing that
-    epoch's memory documents with ``n_demos / memory_epochs`` demonstrations, shuffled.
+    Raises ``ValueError`` for a wrong number of style weights or too many memory people.
     """
     weights = list(style_weights) if style_weights is not None else [1.0] * len(STYLES)
     if len(weights) != len(STYLES):
@@ -137,30 +164,16 @@ def corpus_stream(
     demo_names = world.pretrain_names[n_memory:]
     cfg = world.config
     n_qa = round(qa_fraction * len(mem))
-    if warmup_demos or warmup_openbook:
-        rng = random.Random(derive_seed(seed, "microworld", "corpus", "warmup"))
-        lo_f = min(cfg.min_facts, warmup_max_facts)
-        docs = []
-        for i in range(warmup_demos + warmup_openbook):
-            f, s = rng.choice(demo_names)
-            e = make_entity(rng, f, s, lo_f, max(lo_f, warmup_max_facts))
-            if i < warmup_demos:
-                docs.append(demo_doc(e, rng.choices(STYLES, WARMUP_STYLE_WEIGHTS)[0], rng))
-            else:
-                docs.append(openbook_doc(e, rng))
-        rng.shuffle(docs)
-        yield docs
-    for ep in range(memory_epochs):
-        rng = random.Random(derive_seed(seed, "microworld", "corpus", ep))
-        docs: list[Doc] = []
-        for i, e in enumerate(mem):
-            docs.append(Doc("passage", f"{e.name}\n{render_passage(e, rng)}"))
-            if i < n_qa:
-                docs += qa_doc(e, rng, qa_template)
-        lo, hi = ep * n_demos // memory_epochs, (ep + 1) * n_demos // memory_epochs
-        for _ in range(lo, hi):
-            f, s = rng.choice(demo_names)
-            e = make_entity(rng, f, s, cfg.min_facts, cfg.max_facts)
-            docs.append(demo_doc(e, rng.choices(STYLES, weights)[0], rng))
-        rng.shuffle(docs)
-        yield docs
+    rng = random.Random(derive_seed(seed, "microworld", "corpus", epoch))
+    docs: list[Doc] = []
+    for i, e in enumerate(mem):
+        docs.append(Doc("passage", f"{e.name}\n{render_passage(e, rng)}"))
+        if i < n_qa:
+            docs += qa_doc(e, rng, qa_template)
+    lo, hi = epoch * n_demos // memory_epochs, (epoch + 1) * n_demos // memory_epochs
+    for _ in range(lo, hi):
+        f, s = rng.choice(demo_names)
+        e = make_entity(rng, f, s, cfg.min_facts, cfg.max_facts)
+        docs.append(demo_doc(e, rng.choices(STYLES, weights)[0], rng))
+    rng.shuffle(docs)
+    return docs

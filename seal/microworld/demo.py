@@ -16,12 +16,25 @@ Equivalent commands: ``seal train recipes/microworld_cpu.yaml --run-dir D`` then
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from rich.console import Console
 
 from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
+
+#: The reduced demo of CI (``tests/test_microworld_learns.py``) and of the seed spread
+#: (``benchmarks/microworld_seeds.py``): the demo's world and policy, but 64 RL-training people,
+#: 3 rounds (two ReST-EM updates, the second updated policy's samples scored) and a 48-person bench.
+REDUCED = ["data.n_train_passages=64", "data.n_eval_passages=48", "rl.rounds=3"]
+
+
+def seed_overrides(seed: int, cache_dir: str | Path | None = None) -> list[str]:
+    """Overrides of both demo recipes that move the whole demo to world and run seed ``seed``."""
+    out = [f"seed={seed}", f"microworld.seed={seed}"]
+    return out + ([f"microworld.cache_dir={cache_dir}"] if cache_dir is not None else [])
+
 
 #: Sections that must agree, so that the bench measures what the training rewarded.
 SHARED = ("model", "inner", "qa")
@@ -48,6 +61,22 @@ def check_same_setting(train: Recipe, bench: Recipe) -> None:
     differ = diff_recipes(ta, tb)
     if differ:
         raise RecipeError(f"the train and bench recipes differ in {', '.join(differ)}; the bench must score with the training's settings")
+
+
+def copy_skill_summary(world_dir: str | Path) -> str:
+    """One line on the cached policy's copy skill, from ``<world_dir>/meta.json``: what the
+    copy gate measured when pretraining ended (on held-out people) and how long it took.
+
+    Raises ``FileNotFoundError`` if the world has no ``meta.json``.
+    """
+    meta = json.loads((Path(world_dir) / "meta.json").read_text())
+    c, s = meta["copy_skill"], meta["settings"]
+    return (
+        f"base policy's copy skill on {s['n_copy_eval']} held-out people (sampled self-edits): "
+        f"{100 * c['value_precision']:.0f} % of attribute values copied right (gate: {100 * s['min_copy_precision']:.0f} %), "
+        f"{100 * c['value_recall']:.0f} % of a passage's values stated, open-book accuracy {100 * c['openbook']:.0f} %; "
+        f"copy curriculum {meta['copy_steps']} of {meta['steps']} pretraining steps, {meta['seconds']['total']:.0f} s"
+    )
 
 
 def run_demo(
@@ -80,6 +109,7 @@ def run_demo(
     console.rule("1/3 the microworld")
     ensure_model(tr, console.print)
     console.print(f"world and base policy: {tr.microworld.entry_dir()}")
+    console.print(copy_skill_summary(tr.microworld.entry_dir()))
 
     console.rule(f"2/3 ReST-EM: {tr.rl.rounds} rounds")
     resume = (run_dir / "run.json").is_file()

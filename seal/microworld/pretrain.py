@@ -19,21 +19,25 @@ kill (SIGKILL/SIGTERM) is deleted by the next pretraining of the same entry.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import platform
 import random
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from transformers import LlamaForCausalLM
 
 from seal.data import passage_from_json
-from seal.microworld.config import FORMAT_VERSION, PretrainConfig, settings_key
-from seal.microworld.corpus import SELF_EDIT_TEMPLATE, Doc, corpus_stream
+from seal.graders import contains
+from seal.inner_loop import answer_questions
+from seal.microworld.config import FORMAT_VERSION, CopySkillError, PretrainConfig, settings_key
+from seal.microworld.corpus import SELF_EDIT_TEMPLATE, Doc, copy_docs, memory_epoch, memory_people
 from seal.microworld.world import (
     STYLES,
     World,
@@ -44,8 +48,12 @@ from seal.microworld.world import (
     make_entity,
     make_world,
     passage_record,
+    questions,
     render_self_edit,
 )
+from seal.models import llama_config, train_tokenizer
+from seal.prompts import qa_prompt
+from seal.rundir import write_json_atomic
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
 
@@ -73,8 +81,6 @@ def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]]) -> d
     facts, verbatim), ``name_ok`` (share of self-edits containing the full name), ``styles``
     (share of each style), ``per_style_precision``, ``n`` (self-edits).
     """
-    from collections import Counter
-
     styles: Counter = Counter()
     mentions = correct = 0
     rec_sum, rec_n, name_ok, total = 0.0, 0, 0, 0
@@ -112,12 +118,6 @@ def memory_qa_accuracy(model, tok, world: World, cfg: PretrainConfig, n: int = 6
     """Greedy no-passage QA accuracy on memory people: ``with_qa`` (their QA was in the corpus)
     and ``bio_only`` (only their biographies were): the second is the knowledge-extraction
     skill the inner loop relies on (Allen-Zhu & Li 2023, Part 3.1)."""
-    from seal.graders import contains
-    from seal.inner_loop import answer_questions
-    from seal.microworld.corpus import memory_people
-    from seal.microworld.world import questions
-    from seal.prompts import qa_prompt
-
     mem = memory_people(world, cfg.n_memory, cfg.seed)
     n_qa = round(cfg.qa_fraction * len(mem))
     rng = random.Random(derive_seed(cfg.seed, "microworld", "memory-qa"))
@@ -129,10 +129,34 @@ def memory_qa_accuracy(model, tok, world: World, cfg: PretrainConfig, n: int = 6
         ans = answer_questions(
             model, tok, [qa_prompt(t, q["question"], cfg.qa_template) for t, q in qs], max_new_tokens=8
         )
-        out[name] = sum(contains(a, q["answer"]) for a, (_, q) in zip(ans, qs, strict=True)) / len(
-            qs
-        )
+        out[name] = sum(contains(a, q["answer"]) for a, (_, q) in zip(ans, qs, strict=True)) / len(qs)
     return out
+
+
+def openbook_accuracy(model, tok, records: Sequence[dict]) -> float:
+    """Share of questions answered right (``contains``) with the passage in context: greedy
+    answers to ``"{title}\n{passage}\nQ: {question} A:"``, the open-book format of the copy
+    curriculum. The purest measure of the copy skill: finding a value in the context."""
+    prompts, golds = [], []
+    for r in records:
+        for q in r["questions"]:
+            prompts.append(f"{r['title']}\n{r['context']}\nQ: {q['question']} A:")
+            golds.append(q["answer"])
+    answers = answer_questions(model, tok, prompts, max_new_tokens=8, batch_size=128)
+    return sum(contains(a, g) for a, g in zip(answers, golds, strict=True)) / len(golds)
+
+
+def copy_check(model, tok, records: Sequence[dict], seed: int) -> dict:
+    """The copy gate's measurement on fresh people: ``openbook`` accuracy (:func:`openbook_accuracy`)
+    and the :func:`copy_metrics` of one greedy self-edit each. Leaves the model in train mode."""
+    model.eval()
+    try:
+        m = copy_metrics(records, sample_on_records(model, tok, records, 1, None, seed))
+        m["openbook"] = openbook_accuracy(model, tok, records)
+    finally:
+        model.train()
+    m.pop("per_style_precision")
+    return m
 
 
 def _batches(ids: list[list[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -165,17 +189,15 @@ def _collate(
     return x, mask, labels
 
 
-def _fresh_check_records(world: World, n: int, seed: int) -> list[dict]:
+def _check_records(world: World, n: int, seed: int) -> list[dict]:
+    """``n`` fresh people (new facts, the corpus's fact counts) on the last pretraining names:
+    the copy gate's check set. Never trained on as such: corpus people get new random facts."""
     rng = random.Random(derive_seed(seed, "microworld", "copy-check"))
     names = world.pretrain_names[-n:]
     return [
         passage_record(make_entity(rng, f, s, world.config.min_facts, world.config.max_facts), rng)
         for f, s in names
     ]
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -196,6 +218,261 @@ def _remove_stale_tmp(out: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+class Pretrainer:
+    """The model, its optimizer and tokenizer, and the bookkeeping of one pretraining.
+
+    ``train_on(docs, lr_at)`` runs one pass over a list of documents (length-grouped batches
+    of ``cfg.batch_size``, loss after each document's prompt, gradient clipping at 1.0), with
+    ``lr_at(step)`` giving the learning rate of the global step. Steps, tokens seen and the
+    smoothed loss carry over from one call to the next.
+    """
+
+    def __init__(self, cfg: PretrainConfig, tok, log: Callable[[str], None]):
+        self.cfg, self.tok, self.log = cfg, tok, log
+        mcfg = llama_config(
+            tok, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, max(512, cfg.max_length)
+        )
+        torch.manual_seed(derive_seed(cfg.seed, "microworld", "init"))
+        self.model = LlamaForCausalLM(mcfg)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        params = list(self.model.named_parameters())
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+        )
+        self.order_rng = random.Random(derive_seed(cfg.seed, "microworld", "order"))
+        self.step = self.tokens = self.n_tokens_corpus = 0
+        self.ema: float | None = None
+        self.history: list[dict] = []
+        self.t_start = time.perf_counter()
+        self._last = (self.t_start, 0)
+        self.model.train()
+
+    def encode(self, docs: Sequence[Doc]) -> tuple[list[list[int]], list[int]]:
+        """Token ids (EOS appended, truncated to ``max_length``) and each document's loss start."""
+        eos = self.tok.eos_token_id
+        ids = [(x + [eos])[: self.cfg.max_length] for x in self.tok([d.text for d in docs])["input_ids"]]
+        heads = self.tok([d.text[: d.prompt_chars] for d in docs])["input_ids"]
+        # Loss from the first token after the prompt (token boundaries agree at "\n").
+        starts = [len(h) if d.prompt_chars and x[: len(h)] == h else 0 for d, x, h in zip(docs, ids, heads, strict=True)]
+        self.n_tokens_corpus += sum(len(x) for x in ids)
+        return ids, starts
+
+    def train_on(self, docs: Sequence[Doc], lr_at: Callable[[int], float]) -> None:
+        ids, starts = self.encode(docs)
+        for idx in _batches(ids, self.cfg.batch_size, self.order_rng):
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step)
+            x, mask, labels = _collate(ids, starts, idx, self.tok.pad_token_id)
+            loss = self.model(input_ids=x, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite pretraining loss at step {self.step}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.step += 1
+            self.tokens += int(mask.sum())  # tokens processed (with or without loss)
+            self.ema = loss.item() if self.ema is None else 0.98 * self.ema + 0.02 * loss.item()
+            if self.step % self.cfg.log_every == 0:
+                self._log_progress(lr_at(self.step - 1))
+
+    def _log_progress(self, lr: float) -> None:
+        now = time.perf_counter()
+        tps = (self.tokens - self._last[1]) / max(1e-9, now - self._last[0])
+        self._last = (now, self.tokens)
+        self.history.append({"step": self.step, "loss": round(self.ema, 4), "tokens": self.tokens})
+        self.log(f"step {self.step} loss {self.ema:.3f} lr {lr:.2e} {tps:,.0f} tok/s ({now - self.t_start:.0f} s)")
+
+
+def _docs_per_block(cfg: PretrainConfig) -> int:
+    return cfg.copy_block_steps * cfg.batch_size
+
+
+def copy_phase(pt: Pretrainer, world: World, check_recs: list[dict]) -> list[dict]:
+    """Train on copy-curriculum blocks (:func:`seal.microworld.corpus.copy_docs`) until the
+    copy gate opens: open-book accuracy on the check people at least ``cfg.copy_gate`` after at
+    least ``cfg.copy_min_steps`` steps. The learning rate warms up linearly over
+    ``cfg.warmup_steps`` and then stays at its peak (the knowledge phase decays it).
+
+    Returns the checks (one dict per block: step, openbook, value precision/recall, styles).
+    Raises :class:`CopySkillError` when ``cfg.copy_max_steps`` pass with the gate shut.
+    """
+    cfg = pt.cfg
+
+    def lr_at(step: int) -> float:
+        return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+    checks: list[dict] = []
+    block = 0
+    while True:
+        pt.train_on(
+            copy_docs(world, cfg.seed, block, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts),
+            lr_at,
+        )
+        block += 1
+        m = copy_check(pt.model, pt.tok, check_recs, cfg.seed)
+        checks.append({"step": pt.step, **m})
+        is_open = m["openbook"] >= cfg.copy_gate and pt.step >= cfg.copy_min_steps
+        pt.log(
+            f"copy gate @ step {pt.step}: open-book accuracy {m['openbook']:.2f} (gate {cfg.copy_gate:.2f}), "
+            f"self-edit value precision {m['value_precision']:.2f} recall {m['value_recall']:.2f}"
+            + (": open" if is_open else "")
+        )
+        if is_open:
+            return checks
+        if pt.step + cfg.copy_block_steps > cfg.copy_max_steps:
+            raise CopySkillError(
+                f"pretraining did not learn to copy: after {pt.step} steps of the copy curriculum, "
+                f"open-book accuracy on {len(check_recs)} fresh people is {m['openbook']:.2f}, below "
+                f"the gate {cfg.copy_gate:.2f} (microworld seed {cfg.seed}). Nothing was cached. Try "
+                f"another microworld.seed, or a larger microworld.copy_max_steps."
+            )
+
+
+def knowledge_phase(pt: Pretrainer, world: World) -> None:
+    """``cfg.memory_epochs`` epochs of memory people (passages + QA), demonstrations in every
+    style, and ``cfg.main_copy_docs`` copy-curriculum documents per epoch, so the copy skill
+    keeps being exercised (ending the copy curriculum abruptly made the loss jump and the skill
+    fade). The learning rate decays from its peak to 10 % on a cosine over the phase.
+    """
+    cfg = pt.cfg
+    epochs = [
+        memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template)
+        for ep in range(cfg.memory_epochs)
+    ]
+    first = pt.step
+    n_docs = sum(len(e) for e in epochs) + cfg.memory_epochs * cfg.main_copy_docs
+    total = max(1, math.ceil(n_docs / cfg.batch_size))
+
+    def lr_at(step: int) -> float:
+        p = min(1.0, (step - first) / total)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    for ep, docs in enumerate(epochs):
+        # Copy blocks numbered after any the copy phase can draw, so none is seen twice.
+        extra = copy_docs(world, cfg.seed, 10_000 + ep, cfg.main_copy_docs, cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts)
+        mixed = docs + extra
+        random.Random(derive_seed(cfg.seed, "microworld", "mix", ep)).shuffle(mixed)
+        pt.train_on(mixed, lr_at)
+
+
+def _train_tokenizer(world: World, cfg: PretrainConfig):
+    """A byte-level BPE trained on the first copy block and the first two knowledge epochs."""
+    docs = copy_docs(world, cfg.seed, 0, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts)
+    for ep in range(min(2, cfg.memory_epochs)):
+        docs += memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template)
+    rng = random.Random(derive_seed(cfg.seed, "microworld", "tokenizer"))
+    return train_tokenizer((d.text for d in rng.sample(docs, min(len(docs), 20000))), cfg.vocab_size)
+
+
+def final_copy_skill(model, tok, records: Sequence[dict], cfg: PretrainConfig) -> dict:
+    """Copy skill of the finished policy on the first ``cfg.n_copy_eval`` evaluation people: 2
+    sampled self-edits each (T=1, top-p 0.95, as ReST-EM samples) plus greedy open-book accuracy.
+
+    Raises :class:`CopySkillError` if the value precision is below ``cfg.min_copy_precision``.
+    """
+    ev = list(records[: cfg.n_copy_eval])
+    if not ev:
+        return {}
+    t1 = time.perf_counter()
+    s = sample_on_records(model, tok, ev, 2, 1.0, cfg.seed)
+    m = copy_metrics(ev, s)
+    m["openbook"] = openbook_accuracy(model, tok, ev)
+    m["seconds"] = round(time.perf_counter() - t1, 1)
+    m["examples"] = [x[0] for x in s[:3]]
+    if m["value_precision"] < cfg.min_copy_precision:
+        raise CopySkillError(
+            f"pretraining did not learn to copy: the finished policy copies {100 * m['value_precision']:.0f} % of "
+            f"attribute values right in self-edits about {len(ev)} held-out people (needed: "
+            f"{100 * cfg.min_copy_precision:.0f} %; open-book accuracy {100 * m['openbook']:.0f} %), "
+            f"microworld seed {cfg.seed}. Nothing was cached. Try another microworld.seed, or a "
+            f"stricter microworld.copy_gate."
+        )
+    return m
+
+
+def _write_passages(tmp: Path, world: World, cfg: PretrainConfig) -> dict[str, list[dict]]:
+    """``train.json``, ``eval.json`` and the oracle's ``oracle_*.json``; returns the records by split."""
+    out = {}
+    for split, people in (("train", world.train), ("eval", world.eval)):
+        prng = random.Random(derive_seed(cfg.seed, "microworld", "records", split))
+        recs = [passage_record(e, prng) for e in people]
+        write_json_atomic(tmp / f"{split}.json", recs)
+        orng = random.Random(derive_seed(cfg.seed, "microworld", "oracle", split))
+        oracle = [
+            {**r, "completions": [render_self_edit(e, cfg.oracle_style, orng, r["context"])]}
+            for r, e in zip(recs, people, strict=True)
+        ]
+        write_json_atomic(tmp / f"oracle_{split}.json", oracle)
+        out[split] = recs
+    return out
+
+
+def _world_json(world: World, cfg: PretrainConfig) -> dict:
+    return {
+        "config": world.config.__dict__,
+        "n_pretrain_names": len(world.pretrain_names),
+        "train_names": [" ".join(n) for n in world.train_names],
+        "eval_names": [" ".join(n) for n in world.eval_names],
+        "memory_names": [" ".join(n) for n in world.pretrain_names[: cfg.n_memory]],
+        "styles": list(STYLES),
+    }
+
+
+def _build(tmp: Path, cfg: PretrainConfig, log: Callable[[str], None]) -> dict:
+    """Everything :func:`pretrain` writes, into ``tmp``; returns ``meta.json``'s content."""
+    t0 = time.perf_counter()
+    world = make_world(WorldConfig(cfg.seed, cfg.n_train, cfg.n_eval, cfg.min_facts, cfg.max_facts))
+    tok = _train_tokenizer(world, cfg)
+    t_tok = time.perf_counter() - t0
+    pt = Pretrainer(cfg, tok, log)
+    log(f"model: {pt.n_params / 1e6:.2f} M params, vocab {len(tok)}; copy curriculum until the gate opens, then {cfg.memory_epochs} knowledge epochs")
+    checks = copy_phase(pt, world, _check_records(world, cfg.n_check_people, cfg.seed))
+    copy_steps = pt.step
+    log(f"copy gate open after {copy_steps} steps; knowledge phase")
+    knowledge_phase(pt, world)
+    t_train = time.perf_counter() - pt.t_start
+    pt.model.eval()
+    pt.model.generation_config.pad_token_id = tok.pad_token_id
+    records = _write_passages(tmp, world, cfg)
+    skill = final_copy_skill(pt.model, tok, records["eval"], cfg)
+    log(
+        f"copy skill on {len(records['eval'][: cfg.n_copy_eval])} held-out people (T=1, top-p 0.95): value precision "
+        f"{skill.get('value_precision', 0):.3f} recall {skill.get('value_recall', 0):.3f}, open-book accuracy {skill.get('openbook', 0):.3f}"
+    )
+    mem_acc = memory_qa_accuracy(pt.model, tok, world, cfg)
+    log(f"memory QA accuracy (no passage): {mem_acc}")
+    pt.model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    write_json_atomic(tmp / "world.json", _world_json(world, cfg))
+    return {
+        "settings": cfg.model_dump(mode="json"),
+        "key": settings_key(cfg),
+        "format_version": FORMAT_VERSION,
+        "n_params": pt.n_params,
+        "n_tokens": pt.n_tokens_corpus,
+        "steps": pt.step,
+        "copy_steps": copy_steps,
+        "seconds": {
+            "tokenizer": round(t_tok, 1),
+            "train": round(t_train, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
+        "final_loss": pt.history[-1]["loss"] if pt.history else None,
+        "loss_history": pt.history,
+        "copy_checks": checks,
+        "copy_skill": skill,
+        "memory_qa_accuracy": mem_acc,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
 def pretrain(
     out_dir: str | os.PathLike,
     cfg: PretrainConfig | None = None,
@@ -203,22 +480,21 @@ def pretrain(
 ) -> Path:
     """Build the world, pretrain the model and write a complete microworld directory at ``out_dir``.
 
-    Writes into ``<out_dir>.tmp-<pid>`` and renames it to ``out_dir`` at the end (atomic on one
-    file system). Progress lines (loss, tokens/s, copy checks) go to ``log`` (default stderr).
+    Two phases (see :func:`copy_phase`, :func:`knowledge_phase`): a copy curriculum that runs
+    until the copy gate opens, then the knowledge phase; the finished policy's copy skill on
+    held-out people must clear ``cfg.min_copy_precision``. Writes into ``<out_dir>.tmp-<pid>``
+    and renames it to ``out_dir`` at the end (atomic on one file system), so a failed gate or a
+    killed run leaves no entry. Progress lines go to ``log`` (default stderr).
 
     Returns ``out_dir``. Raises ``FileExistsError`` if ``out_dir`` already exists, ``ValueError``
-    for inconsistent settings.
+    for inconsistent settings, :class:`CopySkillError` if the copy skill does not emerge.
     """
-    from transformers import LlamaForCausalLM
-
-    from seal.models import llama_config, train_tokenizer
-
     cfg = cfg or PretrainConfig()
     log = log or _stderr_log
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} exists; delete it or use ensure_microworld()")
-    if cfg.min_facts > cfg.max_facts:
+    if cfg.min_facts > cfg.max_facts or cfg.copy_min_facts > cfg.copy_max_facts:
         raise ValueError("min_facts > max_facts")
     old_threads = torch.get_num_threads()
     if cfg.num_threads:
@@ -229,185 +505,8 @@ def pretrain(
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
     try:
-        world = make_world(
-            WorldConfig(cfg.seed, cfg.n_train, cfg.n_eval, cfg.min_facts, cfg.max_facts)
-        )
-        chunks: list[list[Doc]] = list(
-            corpus_stream(
-                world,
-                cfg.seed,
-                cfg.n_memory,
-                cfg.memory_epochs,
-                cfg.n_demos,
-                cfg.style_weights,
-                cfg.qa_fraction,
-                cfg.warmup_demos,
-                cfg.warmup_openbook,
-                cfg.warmup_max_facts,
-                cfg.qa_template,
-            )
-        )
-        docs = [d for c in chunks for d in c]
-        rng = random.Random(derive_seed(cfg.seed, "microworld", "tokenizer"))
-        sample = rng.sample(docs, min(len(docs), 20000))
-        tok = train_tokenizer((d.text for d in sample), cfg.vocab_size)
-        t_tok = time.perf_counter() - t0
-        eos = tok.eos_token_id
-        chunk_ids, chunk_starts = [], []
-        n_tokens = 0
-        for c in chunks:
-            enc = tok([d.text for d in c])["input_ids"]
-            ids = [(x + [eos])[: cfg.max_length] for x in enc]
-            heads = tok([d.text[: d.prompt_chars] for d in c])["input_ids"]
-            starts = []
-            for d, x, h in zip(c, ids, heads, strict=True):
-                # Loss from the first token after the prompt (token boundaries agree at "\n").
-                starts.append(len(h) if d.prompt_chars and x[: len(h)] == h else 0)
-            n_tokens += sum(len(x) for x in ids)
-            chunk_ids.append(ids)
-            chunk_starts.append(starts)
-        kinds = {
-            k: sum(1 for d in docs if d.kind == k) for k in ("passage", "qa", "openbook", "demo")
-        }
-        log(
-            f"corpus: {len(docs)} docs {kinds}, {n_tokens / 1e6:.2f} M tokens, vocab {len(tok)} ({time.perf_counter() - t0:.0f} s)"
-        )
-
-        mcfg = llama_config(
-            tok, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, max(512, cfg.max_length)
-        )
-        torch.manual_seed(derive_seed(cfg.seed, "microworld", "init"))
-        model = LlamaForCausalLM(mcfg)
-        n_params = sum(p.numel() for p in model.parameters())
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-            betas=(0.9, 0.98),
-        )
-        brng = random.Random(derive_seed(cfg.seed, "microworld", "order"))
-        plan = [
-            (ci, b) for ci, ids in enumerate(chunk_ids) for b in _batches(ids, cfg.batch_size, brng)
-        ]
-        total = len(plan)
-
-        def lr_at(step: int) -> float:
-            if step < cfg.warmup_steps:
-                return cfg.lr * (step + 1) / cfg.warmup_steps
-            p = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-            return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-
-        log(f"model: {n_params / 1e6:.2f} M params, {total} steps of {cfg.batch_size} docs")
-        check_recs = _fresh_check_records(world, 16, cfg.seed)
-        check_at = {
-            round(total * (i + 1) / (cfg.n_copy_checks + 1)) for i in range(cfg.n_copy_checks)
-        }
-        history: list[dict] = []
-        checks: list[dict] = []
-        model.train()
-        t_train = time.perf_counter()
-        ema, seen, last_t, last_seen = None, 0, t_train, 0
-        for step, (ci, idx) in enumerate(plan):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            x, mask, labels = _collate(chunk_ids[ci], chunk_starts[ci], idx, tok.pad_token_id)
-            loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite pretraining loss at step {step}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            seen += int(mask.sum())  # tokens processed (with or without loss)
-            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                now = time.perf_counter()
-                tps = (seen - last_seen) / max(1e-9, now - last_t)
-                last_t, last_seen = now, seen
-                history.append({"step": step + 1, "loss": round(ema, 4), "tokens": seen})
-                eta = (now - t_train) / (step + 1) * (total - step - 1)
-                log(
-                    f"step {step + 1}/{total} loss {ema:.3f} lr {lr_at(step):.2e} {tps:,.0f} tok/s eta {eta / 60:.1f} min"
-                )
-            if (step + 1) in check_at:
-                model.eval()
-                s = sample_on_records(model, tok, check_recs, 1, None, cfg.seed)
-                m = copy_metrics(check_recs, s)
-                model.train()
-                checks.append({"step": step + 1, **m})
-                log(
-                    f"copy check @ {step + 1}: value precision {m['value_precision']:.2f} recall {m['value_recall']:.2f} "
-                    f"name {m['name_ok']:.2f} styles {m['styles']}"
-                )
-        t_train = time.perf_counter() - t_train
-        model.eval()
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.save_pretrained(tmp / "model")
-        tok.save_pretrained(tmp / "model")
-
-        mem_acc = memory_qa_accuracy(model, tok, world, cfg)
-        log(f"memory QA accuracy (no passage): {mem_acc}")
-        # Passages of the RL-training and evaluation people, and the oracle's self-edits.
-        meta_copy = {}
-        for split, people in (("train", world.train), ("eval", world.eval)):
-            prng = random.Random(derive_seed(cfg.seed, "microworld", "records", split))
-            recs = [passage_record(e, prng) for e in people]
-            _write_json(tmp / f"{split}.json", recs)
-            orng = random.Random(derive_seed(cfg.seed, "microworld", "oracle", split))
-            oracle = [
-                {**r, "completions": [render_self_edit(e, cfg.oracle_style, orng, r["context"])]}
-                for r, e in zip(recs, people, strict=True)
-            ]
-            _write_json(tmp / f"oracle_{split}.json", oracle)
-            if split == "eval" and cfg.n_copy_eval:
-                ev = recs[: cfg.n_copy_eval]
-                t1 = time.perf_counter()
-                s = sample_on_records(model, tok, ev, 2, 1.0, cfg.seed)
-                meta_copy = copy_metrics(ev, s)
-                meta_copy["seconds"] = round(time.perf_counter() - t1, 1)
-                meta_copy["examples"] = [x[0] for x in s[:3]]
-                log(
-                    f"copy skill on eval (T=1, top-p 0.95): value precision {meta_copy['value_precision']:.3f} "
-                    f"recall {meta_copy['value_recall']:.3f} name {meta_copy['name_ok']:.2f} styles {meta_copy['styles']}"
-                )
-        _write_json(
-            tmp / "world.json",
-            {
-                "config": world.config.__dict__,
-                "n_pretrain_names": len(world.pretrain_names),
-                "train_names": [" ".join(n) for n in world.train_names],
-                "eval_names": [" ".join(n) for n in world.eval_names],
-                "memory_names": [" ".join(n) for n in world.pretrain_names[: cfg.n_memory]],
-                "styles": list(STYLES),
-            },
-        )
-        _write_json(
-            tmp / "meta.json",
-            {
-                "settings": cfg.model_dump(mode="json"),
-                "key": settings_key(cfg),
-                "format_version": FORMAT_VERSION,
-                "n_params": n_params,
-                "n_docs": len(docs),
-                "doc_kinds": kinds,
-                "n_tokens": n_tokens,
-                "steps": total,
-                "seconds": {
-                    "tokenizer_and_corpus": round(t_tok, 1),
-                    "train": round(t_train, 1),
-                    "total": round(time.perf_counter() - t0, 1),
-                },
-                "final_loss": history[-1]["loss"] if history else None,
-                "loss_history": history,
-                "copy_checks": checks,
-                "copy_skill": meta_copy,
-                "memory_qa_accuracy": mem_acc,
-            },
-        )
+        meta = _build(tmp, cfg, log)
+        write_json_atomic(tmp / "meta.json", meta)  # last: its presence marks a complete entry
         if out.exists():
             raise FileExistsError(f"{out} appeared while pretraining")
         os.replace(tmp, out)

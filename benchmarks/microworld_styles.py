@@ -1,5 +1,13 @@
 """Measure a microworld: no-passage accuracy after inner-loop training on each kind of self-edit.
 
+What the microworld's recipes were chosen from (inner-loop settings that separate the styles,
+and how much each style can teach). Usage::
+
+    python benchmarks/microworld_styles.py .cache/microworld/<key> [--n-eval 64] [--k 5] [--output DIR]
+
+prints the accuracy per condition and writes ``microworld_styles.json`` to ``--output``
+(default ``benchmarks/results/``).
+
 Conditions, on held-out evaluation people (never seen in pretraining):
 
 * ``none``: the base model (no adapter);
@@ -157,15 +165,23 @@ def measure(
     return res
 
 
-if (
-    __name__ == "__main__"
-):  # scratch use: python -m seal.microworld.measure <world_dir> [n_eval] [k]
-    import sys
+def main() -> None:
+    import argparse
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("world_dir")
+    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    a = ap.parse_args()
     torch.set_num_threads(1)  # a 1M-parameter model: 2 threads contend on 2 cores
-    out = measure(
-        sys.argv[1],
-        int(sys.argv[2]) if len(sys.argv) > 2 else 64,
-        int(sys.argv[3]) if len(sys.argv) > 3 else 5,
-    )
-    print(json.dumps(out, indent=1, default=str))
+    out = measure(a.world_dir, a.n_eval, a.k)
+    print(f"{'condition':<20} {'accuracy':>9}")
+    for c, v in sorted(out["acc"].items(), key=lambda t: -t[1]):
+        print(f"{c:<20} {100 * v:8.1f}%")
+    a.output.mkdir(parents=True, exist_ok=True)
+    (a.output / "microworld_styles.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

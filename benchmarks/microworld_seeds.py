@@ -1,0 +1,142 @@
+"""The microworld over world seeds: does SEAL learn on every seed, and by how much?
+
+For each seed (the world's, the pretraining's and the run's): the pretrained policy's copy skill
+and pretraining seconds (from the cached world's ``meta.json``), then ``seal microworld demo``
+in one or both sizes, each in a fresh process with one torch thread:
+
+* ``reduced``: CI's reduction (``seal.microworld.demo.REDUCED``): mean training reward per
+  round, and the 48-person bench's last round - round 0;
+* ``full``: the README's demo: 200 held-out people, last round - round 0 and round 0 - passage
+  only, with 95 % paired bootstrap intervals, and the demo's wall seconds.
+
+Usage::
+
+    python benchmarks/microworld_seeds.py [--seeds 0 1 2 3 4] [--sizes reduced full] [--jobs 2]
+                                          [--runs runs/seeds] [--output benchmarks/results]
+
+Prints a table per size and writes ``microworld_seeds.json`` to ``--output``. Seeds already run
+into ``--runs`` are reported, not run again (the demo resumes its runs). ``--jobs 2`` runs two
+seeds at once, one per core: wall times then include the other job's memory traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from seal.bench.analysis import comparison, round_comparisons
+from seal.microworld.demo import REDUCED, seed_overrides
+from seal.rundir import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo(seed: int, size: str, run_dir: Path) -> float:
+    """Run the demo in a fresh process (logs beside the run directory); returns wall seconds."""
+    args = [sys.executable, "-m", "seal.cli", "microworld", "demo", *seed_overrides(seed), "--run-dir", str(run_dir)]
+    args += REDUCED if size == "reduced" else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
+        subprocess.run(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - t0
+
+
+def _interval(d: dict | None) -> list[float] | None:
+    return None if d is None else [round(100 * d[k], 2) for k in ("value", "lo", "hi")]
+
+
+def summarise(run_dir: Path) -> dict:
+    """Training rewards per round and the bench's round comparisons of one finished demo."""
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    res = json.loads((run_dir / "bench" / "results.json").read_text())
+    table = next(iter(res["protocols"]["single"]["tables"].values()))
+    rounds = res["setup"]["rounds"]
+    comps = round_comparisons(table, rounds)
+    base = min(rounds, key=rounds.get)
+    return {
+        "mean_reward": [round(100 * m["mean_reward"], 2) for m in metrics],
+        "accuracy": {c["source"]: _interval(c["accuracy"]) for c in table["cells"]},
+        "last_minus_round0": _interval(comps[0][2]) if comps else None,
+        "round0_minus_passage": _interval((comparison(table, base, "passage only") or {}).get("macro")),
+    }
+
+
+def world_summary(seed: int) -> dict:
+    """Copy skill and pretraining cost of the demo's cached world for ``seed``."""
+    from seal.config import load_recipe
+
+    entry = load_recipe(REPO / "recipes" / "microworld_cpu.yaml", seed_overrides(seed)).microworld.entry_dir()
+    meta = json.loads((REPO / entry / "meta.json").read_text())
+    c = meta["copy_skill"]
+    return {
+        "entry": str(entry),
+        "value_precision": round(c["value_precision"], 3),
+        "value_recall": round(c["value_recall"], 3),
+        "openbook": round(c["openbook"], 3),
+        "copy_steps": meta["copy_steps"],
+        "steps": meta["steps"],
+        "pretrain_seconds": meta["seconds"]["total"],
+    }
+
+
+def run_seed(seed: int, sizes: list[str], runs: Path) -> dict:
+    out: dict = {"seed": seed}
+    for size in sizes:
+        run_dir = runs / f"seed{seed}-{size}"
+        wall = None
+        if not (run_dir / "bench" / "report.md").is_file():
+            wall = round(_demo(seed, size, run_dir), 1)
+        out[size] = {**summarise(run_dir), "wall_seconds": wall}
+    out["world"] = world_summary(seed)
+    return out
+
+
+def _fmt(iv: list[float] | None) -> str:
+    return "n/a" if iv is None else f"{iv[0]:+.1f} [{iv[1]:+.1f}, {iv[2]:+.1f}]"
+
+
+def print_tables(rows: list[dict], sizes: list[str]) -> None:
+    print("\nseed | copy precision | recall | open-book | copy steps / steps | pretrain s")
+    for r in rows:
+        w = r["world"]
+        print(f"{r['seed']} | {w['value_precision']:.2f} | {w['value_recall']:.2f} | {w['openbook']:.2f} | {w['copy_steps']} / {w['steps']} | {w['pretrain_seconds']:.0f}")
+    for size in sizes:
+        print(f"\n{size}: seed | mean reward per round | gain (last - first) | bench last - round 0 | round 0 - passage | wall s")
+        gains = []
+        for r in rows:
+            s = r[size]
+            gains.append(s["mean_reward"][-1] - s["mean_reward"][0])
+            rw = " / ".join(f"{x:.1f}" for x in s["mean_reward"])
+            print(f"{r['seed']} | {rw} | {gains[-1]:+.1f} | {_fmt(s['last_minus_round0'])} | {_fmt(s['round0_minus_passage'])} | {s['wall_seconds']}")
+        if len(gains) > 1:
+            print(f"training-reward gain: mean {statistics.mean(gains):.1f}, SD {statistics.stdev(gains):.1f}, range [{min(gains):.1f}, {max(gains):.1f}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--sizes", nargs="+", choices=["reduced", "full"], default=["reduced", "full"])
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--runs", type=Path, default=REPO / "runs" / "seeds")
+    ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
+    a = ap.parse_args()
+    with ThreadPoolExecutor(a.jobs) as pool:
+        rows = list(pool.map(lambda s: run_seed(s, a.sizes, a.runs), a.seeds))
+    print_tables(rows, a.sizes)
+    a.output.mkdir(parents=True, exist_ok=True)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    (a.output / "microworld_seeds.json").write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,33 +7,27 @@ question is *ungraded* (``None``), and the recipe's ``qa.ungraded`` switch ('ski
 'wrong', applied by the caller) decides what it counts as. ``qa.ungraded='wrong'``
 restores the reference behaviour.
 
+Requests go through the official ``openai`` client (``openai.OpenAI``), which does the
+HTTP, the timeouts and the retries; this module adds the verdict parsing, the retry
+schedule of ``JudgeConfig``, the bounded thread pool, the cache and the ungraded verdicts.
+
 The API key is read from the environment variable named by ``JudgeConfig.api_key_env``
 each time it is needed. It is never stored on the judge, logged, put in an exception
 message, or written anywhere.
-
-HTTP goes through ``httpx2`` (Pydantic's maintained continuation of HTTPX, already
-installed with ``huggingface_hub``), or ``httpx`` where ``httpx2`` is absent; both have
-the same API.
 """
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
-import json
 import logging
+import math
 import os
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-try:
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover - Python 3.10, or an environment with plain httpx
-    import httpx
+import openai
 
 from seal.config import JudgeConfig
 
@@ -64,15 +58,16 @@ MAX_TOKENS = 8
 """Completion budget of one verdict (``max_tokens`` of the request)."""
 
 RETRY_AFTER_CAP_S = 60.0
-"""Longest wait, in seconds, honoured from a ``Retry-After`` header."""
+"""Longest wait, in seconds, honoured from a ``Retry-After`` header (a longer one is cut)."""
 
 MAX_BACKOFF_S = 60.0
 """Longest single exponential-backoff wait, in seconds."""
 
-MAX_REPLY_BYTES = 1 << 20
-"""A reply body longer than this is treated as a bad reply (and retried)."""
-
 _LOCAL_HOSTNAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+# The item the current worker thread grades: ``sent`` (requests so far, counted by the
+# HTTP client's hook) and ``backoff_s``. Per thread, as ``with_options`` copies the client.
+_item = threading.local()
 
 
 class JudgeError(RuntimeError):
@@ -80,23 +75,6 @@ class JudgeError(RuntimeError):
 
     Messages name the environment variable, never its value.
     """
-
-
-class _Retryable(Exception):
-    """One attempt failed in a way worth retrying; ``delay_s`` is a server-requested wait."""
-
-    def __init__(self, reason: str, delay_s: float | None = None):
-        super().__init__(reason)
-        self.delay_s = delay_s
-
-
-class _Fatal(Exception):
-    """One attempt failed in a way retrying cannot fix (a 4xx other than 429);
-    ``stop_all``: no other item can succeed either (the key was refused)."""
-
-    def __init__(self, reason: str, stop_all: bool = False):
-        super().__init__(reason)
-        self.stop_all = stop_all
 
 
 def parse_verdict(text: object) -> float | None:
@@ -124,66 +102,54 @@ def _is_local(host: str) -> bool:
         return False
 
 
-def _retry_after_s(headers) -> float | None:
-    """Seconds asked for by ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``, capped."""
-    value: float | None = None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            value = float(ms) / 1000.0
-        except ValueError:
-            value = None
-    raw = headers.get("retry-after")
-    if value is None and raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(raw)
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=timezone.utc)
-                value = (when - datetime.now(timezone.utc)).total_seconds()
-            except (TypeError, ValueError, IndexError, OverflowError):
-                value = None
-    if value is None or value != value:  # missing or NaN
-        return None
-    return max(0.0, min(value, RETRY_AFTER_CAP_S))
+class _Client(openai.OpenAI):
+    """``openai.OpenAI`` with the retry schedule of ``JudgeConfig``.
 
+    The client retries connection errors, timeouts, 408, 409, 429 and 5xx itself. Two of
+    its hooks (private methods, present since openai 1.0) are replaced: the wait before a
+    retry is what ``Retry-After`` asks, at most ``RETRY_AFTER_CAP_S`` (the client would
+    give up on one over two minutes), else ``backoff_s * 2**k`` after the item's (k+1)-th
+    request, at most ``MAX_BACKOFF_S`` (the client's own: 0.5 s doubling, jittered); and
+    the ``x-should-retry`` header is ignored. Should the hooks vanish in a later client,
+    its own schedule applies.
+    """
 
-def _error_code(body: bytes) -> str:
-    """The ``error.code``/``error.type`` of an OpenAI-style error body (never its message,
-    which for 401s can echo part of the key)."""
-    try:
-        err = json.loads(body).get("error") or {}
-        parts = [str(err[k]) for k in ("type", "code") if isinstance(err, dict) and err.get(k)]
-        return "/".join(parts)[:80]
-    except Exception:
-        return ""
+    def _should_retry(self, response) -> bool:
+        return response.status_code in (408, 409, 429) or response.status_code >= 500
+
+    def _calculate_retry_timeout(self, remaining_retries, options, response_headers=None):
+        wait = self._parse_retry_after_header(response_headers)
+        if wait is not None and not math.isnan(wait):
+            return max(0.0, min(wait, RETRY_AFTER_CAP_S))
+        k = max(getattr(_item, "sent", 1) - 1, 0)
+        return min(getattr(_item, "backoff_s", 0.0) * 2.0 ** min(k, 60), MAX_BACKOFF_S)
 
 
 class LLMJudge:
     """Grade (question, gold, prediction) triples yes/no with a chat-completions model.
 
     Source: paper Section 4.2 (GPT-4.1 as a yes/no judge). Requests are
-    ``POST {base_url}/chat/completions`` at temperature 0 with ``max_tokens=MAX_TOKENS``,
-    at most ``cfg.max_concurrency`` in flight.
+    ``POST {base_url}/chat/completions`` through ``openai.OpenAI`` at temperature 0 with
+    ``max_tokens=MAX_TOKENS``, at most ``cfg.max_concurrency`` in flight (a thread pool
+    of that size).
 
-    Each request has ``cfg.timeout_s`` seconds (as the connect, read and write timeouts,
-    and as a limit on the whole exchange). Connection errors, timeouts, HTTP 429 and 5xx
-    are retried up to ``cfg.max_retries`` times, waiting ``cfg.backoff_s`` seconds and
-    doubling (at most ``MAX_BACKOFF_S``), or what a ``Retry-After`` header asks (at most
-    ``RETRY_AFTER_CAP_S``). Malformed replies and replies whose first word is neither yes
-    nor no are retried at once from the same budget. Other 4xx are not retried; after a
-    401 or 403 the rest of the call is not sent (the key is wrong). An item that cannot be
-    graded is ``None`` (ungraded).
+    Each request has ``cfg.timeout_s`` seconds as the client's timeout (connect, read,
+    write and pool timeouts each; not a limit on the whole exchange). An item gets at most
+    ``cfg.max_retries + 1`` requests: the client retries connection errors, timeouts,
+    408, 409, 429 and 5xx after ``cfg.backoff_s`` seconds doubling (see ``_Client``);
+    malformed replies and replies whose first word is neither yes nor no are retried at
+    once from the same budget. Other 4xx are not retried; after a 401 or 403 the rest of
+    the call is not sent (the key is wrong). An item that cannot be graded is ``None``
+    (ungraded); unlike the reference, never 0.
 
     Graded results are cached on the object by the exact triple, so identical items cost
     one request; ungraded ones are asked again by a later call.
 
     The key comes from the environment variable ``cfg.api_key_env`` when the judge is
-    built (to fail early) and again on every ``grade`` call, and is sent as
-    ``Authorization: Bearer <key>``. A loopback ``base_url`` (localhost, 127.0.0.0/8, ::1)
-    may run without a key and never goes through a proxy.
+    built (to fail early) and again on every ``grade`` call, which builds its client
+    (``Authorization: Bearer <key>``) and closes it before returning. A loopback
+    ``base_url`` (localhost, 127.0.0.0/8, ::1) may run without a key (no Authorization
+    header is sent) and never goes through a proxy.
 
     Raises:
         JudgeError: base_url is not an http(s) URL; or the key is missing for a non-local
@@ -196,7 +162,6 @@ class LLMJudge:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise JudgeError(f"judge base_url must be an http(s) URL, got {cfg.base_url!r}")
         self._local = _is_local(parts.hostname)
-        self._url = cfg.base_url.rstrip("/") + "/chat/completions"
         self._cache: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
         self._stats = {"requests": 0, "retries": 0, "failures": 0, "cache_hits": 0}
@@ -211,9 +176,9 @@ class LLMJudge:
     @property
     def stats(self) -> dict[str, int]:
         """Counters since construction (a copy): ``requests`` (HTTP requests sent, retries
-        included), ``retries`` (attempts after the first), ``failures`` (distinct items
-        left ungraded, once per ``grade`` call), ``cache_hits`` (items answered from the
-        cache or by a duplicate in the same call)."""
+        included), ``retries`` (requests after an item's first), ``failures`` (distinct
+        items left ungraded, once per ``grade`` call), ``cache_hits`` (items answered from
+        the cache or by a duplicate in the same call)."""
         with self._lock:
             return dict(self._stats)
 
@@ -258,143 +223,109 @@ class LLMJudge:
         results: dict[tuple[str, str, str], float | None] = {}
         todo: list[tuple[str, str, str]] = []
         for item in items:
-            if item in results:
-                self._count("cache_hits")
-            elif item in self._cache:
-                results[item] = self._cache[item]
+            if item in results or item in self._cache:
+                results[item] = self._cache.get(item)
                 self._count("cache_hits")
             else:
                 results[item] = None
                 todo.append(item)
-        if todo:
-            key = self._check_key()
-            headers = {"Content-Type": "application/json"}
-            if key is not None:
-                headers["Authorization"] = f"Bearer {key}"
+        if not todo:
+            return [results[item] for item in items]
+        key = self._check_key()
+        stop = threading.Event()  # set by a 401/403 or an interrupt: send nothing more
+        extra = {} if key else {"Authorization": openai.Omit()}
+        http = openai.DefaultHttpxClient(
+            trust_env=not self._local, event_hooks={"request": [self._on_request]}
+        )
+        with _Client(
+            api_key=key or "unused",  # never sent without a key: Authorization is omitted
+            base_url=self.cfg.base_url,
+            timeout=self.cfg.timeout_s,
+            max_retries=self.cfg.max_retries,
+            http_client=http,
+        ) as client:
             del key
-            run = _Run()
-            timeout = httpx.Timeout(self.cfg.timeout_s)
-            limits = httpx.Limits(max_connections=self.cfg.max_concurrency)
             workers = min(self.cfg.max_concurrency, len(todo))
-            with httpx.Client(timeout=timeout, limits=limits, trust_env=not self._local) as client:
-                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal-judge")
-                try:
-                    futures = [
-                        pool.submit(self._grade_one, client, headers, it, run) for it in todo
-                    ]
-                    verdicts = [f.result() for f in futures]
-                except BaseException:
-                    run.stop.set()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-                pool.shutdown(wait=True)
-            headers.clear()
-            n_failed = 0
-            for item, verdict in zip(todo, verdicts, strict=True):
-                results[item] = verdict
-                if verdict is None:
-                    n_failed += 1
-                else:
-                    self._cache[item] = verdict
-            if n_failed:
-                self._count("failures", n_failed)
-                log.warning(
-                    "LLM judge: %d of %d distinct items ungraded (last error: %s)",
-                    n_failed,
-                    len(todo),
-                    run.last_error or "unknown",
-                )
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal-judge")
+            try:
+                futures = [pool.submit(self._grade_one, client, it, extra, stop) for it in todo]
+                outcomes = [f.result() for f in futures]
+            except BaseException:
+                stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+        errors = [e for v, e in outcomes if v is None]
+        for item, (verdict, _) in zip(todo, outcomes, strict=True):
+            results[item] = verdict
+            if verdict is not None:
+                self._cache[item] = verdict
+        if errors:
+            self._count("failures", len(errors))
+            log.warning(
+                "LLM judge: %d of %d distinct items ungraded (last error: %s)",
+                len(errors),
+                len(todo),
+                next((e for e in reversed(errors) if e), "unknown"),
+            )
         return [results[item] for item in items]
 
+    def _on_request(self, request) -> None:
+        """The HTTP client's request hook: count every request sent, retries included."""
+        _item.sent = getattr(_item, "sent", 0) + 1
+        self._count("requests")
+
     def _grade_one(
-        self, client, headers: dict, item: tuple[str, str, str], run: _Run
-    ) -> float | None:
+        self, client: _Client, item: tuple[str, str, str], extra: dict, stop: threading.Event
+    ) -> tuple[float | None, str | None]:
+        """(verdict, None), or (None, why) for an ungraded item; runs in a pool thread."""
         question, gold, prediction = item
-        payload = {
-            "model": self.cfg.model,
-            "messages": [
-                {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-                {
-                    "role": "user",
-                    "content": JUDGE_USER_TEMPLATE.format(
-                        question=question, gold=gold, prediction=prediction
-                    ),
-                },
-            ],
-            "temperature": 0,
-            "max_tokens": MAX_TOKENS,
-        }
-        for attempt in range(self.cfg.max_retries + 1):
-            if run.stop.is_set():
-                return None
-            if attempt:
-                self._count("retries")
-            self._count("requests")
-            try:
-                return self._attempt(client, headers, payload)
-            except _Fatal as e:
-                run.fail(str(e))
-                if e.stop_all:
-                    run.stop.set()
-                log.debug("LLM judge: %s; not retried", e)
-                return None
-            except _Retryable as e:
-                run.fail(str(e))
-                if attempt == self.cfg.max_retries:
-                    log.debug("LLM judge: %s; out of retries", e)
-                    return None
-                if e.delay_s is not None:
-                    delay = e.delay_s
-                else:
-                    delay = min(self.cfg.backoff_s * 2.0**attempt, MAX_BACKOFF_S)
-                log.debug("LLM judge: %s; retry %d in %.2fs", e, attempt + 1, delay)
-                if delay > 0 and run.stop.wait(delay):
-                    return None
-        return None  # pragma: no cover - the loop always returns
-
-    def _attempt(self, client, headers: dict, payload: dict) -> float:
-        """One request. Returns the verdict; raises _Retryable or _Fatal."""
-        deadline = time.monotonic() + self.cfg.timeout_s
+        user = JUDGE_USER_TEMPLATE.format(question=question, gold=gold, prediction=prediction)
+        messages = [
+            {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+            {"role": "user", "content": user},
+        ]
+        _item.sent, _item.backoff_s = 0, self.cfg.backoff_s
+        error = None
         try:
-            with client.stream("POST", self._url, json=payload, headers=headers) as r:
-                body = bytearray()
-                for chunk in r.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_REPLY_BYTES:
-                        raise _Retryable(f"reply longer than {MAX_REPLY_BYTES} bytes")
-                    if time.monotonic() > deadline:
-                        raise _Retryable(f"timed out after {self.cfg.timeout_s}s")
-                status, resp_headers = r.status_code, r.headers
-        except httpx.TimeoutException as e:
-            raise _Retryable(
-                f"timed out after {self.cfg.timeout_s}s ({type(e).__name__})"
-            ) from None
-        except httpx.HTTPError as e:  # connection refused/reset, protocol errors, bad encoding
-            raise _Retryable(f"{type(e).__name__}: {e}") from None
-        if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}", _retry_after_s(resp_headers))
-        if not 200 <= status < 300:
-            code = _error_code(bytes(body))
-            msg = f"HTTP {status}" + (f" ({code})" if code else "")
-            if status in (401, 403):
-                raise _Fatal(msg + f"; check the key in ${self.cfg.api_key_env}", stop_all=True)
-            raise _Fatal(msg)
-        try:
-            content = json.loads(body)["choices"][0]["message"]["content"]
-        except Exception:
-            raise _Retryable("malformed chat-completions reply") from None
-        verdict = parse_verdict(content)
-        if verdict is None:
-            raise _Retryable(f"unparseable verdict {str(content)[:40]!r}")
-        return verdict
+            while not stop.is_set() and _item.sent <= self.cfg.max_retries:
+                sent = _item.sent
+                try:
+                    reply = client.with_options(
+                        max_retries=self.cfg.max_retries - sent
+                    ).chat.completions.create(
+                        model=self.cfg.model,
+                        messages=messages,
+                        temperature=0,
+                        max_tokens=MAX_TOKENS,
+                        extra_headers=extra,
+                    )
+                    content = reply.choices[0].message.content
+                except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                    stop.set()
+                    return None, f"{_status(e)}; check the key in ${self.cfg.api_key_env}"
+                except openai.APIStatusError as e:  # another 4xx, or out of retries
+                    return None, _status(e)
+                except openai.APITimeoutError:
+                    return None, f"timed out after {self.cfg.timeout_s}s"
+                except openai.APIConnectionError as e:
+                    return None, f"connection failed ({type(e.__cause__).__name__})"
+                except (ValueError, TypeError, AttributeError, IndexError):
+                    if _item.sent == sent:
+                        raise  # nothing was sent: a bug here, not a bad reply
+                    error = "malformed chat-completions reply"
+                    continue
+                verdict = parse_verdict(content)
+                if verdict is not None:
+                    return verdict, None
+                error = f"unparseable verdict {str(content)[:40]!r}"
+            return None, error
+        finally:
+            self._count("retries", max(_item.sent - 1, 0))
 
 
-class _Run:
-    """State shared by the workers of one ``grade`` call."""
-
-    def __init__(self):
-        self.stop = threading.Event()
-        self.last_error: str | None = None
-
-    def fail(self, reason: str) -> None:
-        self.last_error = reason
+def _status(e: openai.APIStatusError) -> str:
+    """``HTTP <status> (<type>/<code>)``: never the error's message, which for a 401 can
+    echo part of the key."""
+    code = "/".join(str(x) for x in (e.type, e.code) if x)[:80]
+    return f"HTTP {e.status_code}" + (f" ({code})" if code else "")

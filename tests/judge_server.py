@@ -1,8 +1,8 @@
 """A small OpenAI-compatible chat-completions server for judge tests (127.0.0.1, ephemeral port).
 
 ``JudgeServer(respond)`` runs a ``ThreadingHTTPServer`` in a daemon thread. For each
-``POST .../chat/completions`` it calls ``respond(call)`` with a ``Call`` (its index, the
-headers, the JSON body and the prompt fields) and sends the ``Reply`` it returns, after
+``POST .../chat/completions`` it calls ``respond(call)`` with a ``Call`` (its index, path,
+headers with Title-Case names, JSON body, prompt fields) and sends the ``Reply`` it returns, after
 ``reply.delay_s`` seconds. It records every call and the most requests in flight at once.
 Delays wait on an event that ``stop()`` sets, so a stopped server never hangs a test.
 
@@ -111,8 +111,10 @@ class JudgeServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                # header names as ``Title-Case`` (clients send them in either case)
+                headers = {k.title(): v for k, v in self.headers.items()}
                 with server._lock:
-                    call = Call(len(server.calls), self.path, dict(self.headers.items()), {})
+                    call = Call(len(server.calls), self.path, headers, {})
                     server.calls.append(call)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)

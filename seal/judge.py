@@ -106,7 +106,7 @@ class _Client(openai.OpenAI):
     """``openai.OpenAI`` with the retry schedule of ``JudgeConfig``.
 
     The client retries connection errors, timeouts, 408, 409, 429 and 5xx itself. Two of
-    its hooks (private methods, present since openai 1.0) are replaced: the wait before a
+    its hooks (private methods, the same from openai 1.60 to 3.x) are replaced: the wait before a
     retry is what ``Retry-After`` asks, at most ``RETRY_AFTER_CAP_S`` (the client would
     give up on one over two minutes), else ``backoff_s * 2**k`` after the item's (k+1)-th
     request, at most ``MAX_BACKOFF_S`` (the client's own: 0.5 s doubling, jittered); and
@@ -139,7 +139,7 @@ class LLMJudge:
     408, 409, 429 and 5xx after ``cfg.backoff_s`` seconds doubling (see ``_Client``);
     malformed replies and replies whose first word is neither yes nor no are retried at
     once from the same budget. Other 4xx are not retried; after a 401 or 403 the rest of
-    the call is not sent (the key is wrong). An item that cannot be graded is ``None``
+    the call is not sent (the key is wrong; requests already in flight end). An item that cannot be graded is ``None``
     (ungraded); unlike the reference, never 0.
 
     Graded results are cached on the object by the exact triple, so identical items cost
@@ -213,8 +213,10 @@ class LLMJudge:
         """Grade (question, gold, prediction) triples: 1.0 yes, 0.0 no, None ungraded.
 
         Results are in the order of ``items``. Blocks until every item is graded or has
-        used its retries; the worst case per item is about
-        ``(max_retries + 1) * timeout_s`` plus the backoff waits.
+        used its retries: per item about ``(max_retries + 1) * timeout_s`` plus the backoff
+        waits, unless a server trickles its reply (``timeout_s`` bounds each read, not the
+        whole exchange). An interrupt stops new requests; those in flight end with their
+        retries.
 
         Raises:
             JudgeError: as for the constructor (the key is read again here).

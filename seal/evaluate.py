@@ -90,15 +90,15 @@ def source_self_edits(
             if len(c) < n:
                 raise DataError(f"{arg}: passage {i} ({p.title!r}) has {len(c)} self-edits, {n} requested")
         return [list(c[:n]) for c in matched]
-    se = recipe.self_edit
-    template = check_template(arg) if kind == "prompt" else se.template
+    self_edit_config = recipe.self_edit
+    template = check_template(arg) if kind == "prompt" else self_edit_config.template
     if kind == "policy":
         model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
     else:
         model, tok = base if base is not None else load_model_from_config(recipe.model)
     out = sample_self_edits(
-        model, tok, passages, template, n, se.temperature, se.top_p, se.max_new_tokens,
-        seed=derive_seed(seed, "evaluate", template), batch_size=se.batch_size, chat=se.chat_template,
+        model, tok, passages, template, n, self_edit_config.temperature, self_edit_config.top_p, self_edit_config.max_new_tokens,
+        seed=derive_seed(seed, "evaluate", template), batch_size=self_edit_config.batch_size, chat=self_edit_config.chat_template,
     )  # fmt: skip
     if kind == "policy":
         del model
@@ -116,13 +116,13 @@ def evaluations_for(
 ) -> list[Evaluation]:
     """The inner-loop evaluations of one source: every (passage, self-edit, repetition), with
     the passage's baseline accuracy when ``baseline_accuracies`` (one per passage) is given."""
-    se = recipe.self_edit
-    template = parse_source(source)[1] if source.startswith("prompt:") else se.template
+    self_edit_config = recipe.self_edit
+    template = parse_source(source)[1] if source.startswith("prompt:") else self_edit_config.template
     return [
         Evaluation(
             key={"source": source, "passage": p, "self_edit": e, "repetition": rep},
             passage=passages[p],
-            texts=train_texts(passages[p], c, se.split_newlines, template),
+            texts=train_texts(passages[p], c, self_edit_config.split_newlines, template),
             seed=derive_seed(seed, "adapter", p, e, rep),
             baseline_accuracy=baseline_accuracies[p] if baseline_accuracies is not None else None,
         )
@@ -148,27 +148,27 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
     ``results.json`` into ``out_dir``.
     """
     console = console or Console()
-    ev = recipe.evaluate
-    if ev is None:
+    config = recipe.evaluate
+    if config is None:
         raise RecipeError("the recipe has no 'evaluate' section (set evaluate.source=...)")
-    parse_source(ev.source)
+    parse_source(config.source)
     passages = load_eval_passages(recipe)
     run = RunDir(out_dir)
     if run.exists():
         raise RecipeError(f"{run.path} already holds results; choose another --out")
     model, tok = load_model_from_config(recipe.model)
-    edits = source_self_edits(ev.source, passages, recipe, ev.n_self_edits, recipe.seed, base=(model, tok))
+    edits = source_self_edits(config.source, passages, recipe, config.n_self_edits, recipe.seed, base=(model, tok))
     run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed})
     judge = make_judge(recipe.qa)
     base_acc = [row["accuracy"] for row in baselines(model, tok, passages, recipe.qa, judge)]
-    evaluations = evaluations_for(ev.source, passages, edits, recipe, recipe.seed, base_acc)
+    evaluations = evaluations_for(config.source, passages, edits, recipe, recipe.seed, base_acc)
     records = score_evaluations(
         model, tok, evaluations, recipe.inner, recipe.qa, judge, on_record=lambda record: append_jsonl(run.journal, record.to_json())
     )
     adapted = per_passage_accuracy(records, len(passages)) if evaluations else base_acc
     valid = [(a, b) for a, b in zip(adapted, base_acc, strict=True) if a is not None and b is not None]
     summary = {
-        "source": ev.source,
+        "source": config.source,
         "n_passages": len(passages),
         "n_questions": sum(len(p.questions) for p in passages),
         "accuracy": fmean(a for a, _ in valid) if valid else None,
@@ -179,10 +179,10 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
         "per_passage": [{"passage_id": p.id, "title": p.title, "accuracy": a, "baseline": b} for p, a, b in zip(passages, adapted, base_acc, strict=True)],
     }
     write_json_atomic(run.path / "results.json", summary)
-    table = Table(title=f"seal evaluate: {ev.source} on {len(passages)} passages")
+    table = Table(title=f"seal evaluate: {config.source} on {len(passages)} passages")
     for col in ("source", "accuracy", "baseline", "gain"):
         table.add_column(col)
-    table.add_row(ev.source, percent(summary["accuracy"]), percent(summary["baseline_accuracy"]), percent(summary["gain"]))
+    table.add_row(config.source, percent(summary["accuracy"]), percent(summary["baseline_accuracy"]), percent(summary["gain"]))
     console.print(table)
     console.print(f"results: {run.path / 'results.json'}")
     return summary

@@ -47,7 +47,7 @@ def library_versions() -> dict[str, str | None]:
 
 def machine_info() -> dict[str, Any]:
     """Python, platform, CPU count and, when present, the CUDA devices."""
-    import torch
+    import torch  # here: reading and writing run directories needs no torch (seal bench reports)
 
     info: dict[str, Any] = {
         "python": sys.version.split()[0],

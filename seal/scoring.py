@@ -158,6 +158,7 @@ def make_judge(qa: QAConfig):
     """The LLM judge when ``qa.grader == 'judge'``, else None."""
     if qa.grader != "judge":
         return None
+    # Here, not at the top: seal.judge loads the judge's HTTP client, needed only for qa.grader=judge.
     from seal.judge import LLMJudge
 
     return LLMJudge(qa.judge)
@@ -221,7 +222,7 @@ def score_evaluations(
     propagate.
     """
     records: dict[int, EvaluationRecord] = {}  # by position in ``evaluations``
-    position = {id(ev): i for i, ev in enumerate(evaluations)}
+    position = {id(evaluation): i for i, evaluation in enumerate(evaluations)}
 
     def keep(evaluation: Evaluation, record: EvaluationRecord) -> None:
         if position[id(evaluation)] in records:
@@ -231,10 +232,10 @@ def score_evaluations(
             on_record(record)
 
     def run_chunk(chunk: list[Evaluation]) -> None:
-        jobs = [AdapterJob(texts=ev.texts, prompts=question_prompts(ev.passage, qa.template), seed=ev.seed) for ev in chunk]
+        jobs = [AdapterJob(texts=evaluation.texts, prompts=question_prompts(evaluation.passage, qa.template), seed=evaluation.seed) for evaluation in chunk]
         results = run_inner_loop(model, tokenizer, jobs, inner, qa.max_new_tokens, qa.batch_size)
-        for ev, result in zip(chunk, results, strict=True):
-            keep(ev, EvaluationRecord.graded(ev, result, qa, judge, inner.failure_reward))
+        for evaluation, result in zip(chunk, results, strict=True):
+            keep(evaluation, EvaluationRecord.graded(evaluation, result, qa, judge, inner.failure_reward))
 
     def warn(n: int, reason: str) -> None:
         if console is not None:
@@ -249,7 +250,7 @@ def score_evaluations(
     for chunk in adapter_chunks(evaluations, inner.batch_adapters):
         if retry_in_halves:
             run_in_halves(
-                chunk, run_chunk, lambda ev, reason, seconds: keep(ev, EvaluationRecord.failed(ev, reason, seconds, inner.failure_reward)),
+                chunk, run_chunk, lambda evaluation, reason, seconds: keep(evaluation, EvaluationRecord.failed(evaluation, reason, seconds, inner.failure_reward)),
                 fatal=fatal, on_retry=warn,
             )  # fmt: skip
         else:
@@ -273,7 +274,7 @@ def run_evaluations(
     """:func:`score_evaluations` in JSON form (for ``seal.bench.protocols``): each evaluation's
     ``baseline_accuracy`` is set from ``baseline_accuracy(evaluation)`` first, and records go
     to ``on_record`` and the result as :meth:`EvaluationRecord.to_json` dicts."""
-    for ev in evaluations:
-        ev.baseline_accuracy = baseline_accuracy(ev)
+    for evaluation in evaluations:
+        evaluation.baseline_accuracy = baseline_accuracy(evaluation)
     report = (lambda record: on_record(record.to_json())) if on_record else None
-    return [r.to_json() for r in score_evaluations(model, tokenizer, evaluations, inner, qa, judge, report, progress)]
+    return [record.to_json() for record in score_evaluations(model, tokenizer, evaluations, inner, qa, judge, report, progress)]

@@ -345,7 +345,7 @@ def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_
 
     units = adapter_chunks(round_evaluations(round_, self_edits, baseline_records), recipe.inner.batch_adapters)
     done, round_.timing["evaluations_computed_by_rank"] = run_stage(
-        round_, units, score, finished, unit_keys=lambda unit: [ev.identity for ev in unit], progress="inner-loop evaluations"
+        round_, units, score, finished, unit_keys=lambda unit: [evaluation.identity for evaluation in unit], progress="inner-loop evaluations"
     )
     records = [done[k] for k in sorted(done)]
     if round_.dist.is_main:
@@ -387,9 +387,9 @@ def self_edit_rewards(records: list[EvaluationRecord], n_edits: list[int]) -> di
 def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: list[EvaluationRecord]) -> Selection:
     """Step 4: keep the best self-edit(s) per passage and write ``round_k/sft_rows.jsonl``;
     the round's model is released (the policy update loads its own)."""
-    rl = round_.recipe.rl
+    config = round_.recipe.rl
     rewards = self_edit_rewards(records, [len(edits) for edits in self_edits])
-    kept = select_best(rewards, rl.k_best, rl.reward_threshold, rl.keep_regardless)
+    kept = select_best(rewards, config.k_best, config.reward_threshold, config.keep_regardless)
     prompts = {p: edits[0].prompt for p, edits in enumerate(self_edits) if edits}
     rows = sft_rows(prompts, {p: [e.text for e in edits] for p, edits in enumerate(self_edits)}, kept)
     if round_.dist.is_main:
@@ -404,7 +404,7 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
 def _unset_deepspeed() -> None:
     """Drop transformers' global DeepSpeed config left by the SFT's TrainingArguments, so the
     next round's plain ``from_pretrained`` is not partitioned by ZeRO-3."""
-    try:
+    try:  # here: the module's place differs between transformers versions
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()
@@ -416,23 +416,23 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     """Step 5: LoRA-SFT the policy on ``rows`` and merge (all ranks train, the main one merges
     and writes ``round_k/policy`` then ``round_k/sft.json``, which marks it finished and is
     reused on resume). Returns the SFT statistics (None: no rows, no update) and the next policy."""
-    recipe, console, r = round_.recipe, round_.console, round_.index
+    recipe, console, round_index = round_.recipe, round_.console, round_.index
     next_policy = round_.dir / "policy"
     sft_path = round_.dir / "sft.json"
     saved = round_.saved(sft_path, requires=[next_policy])
     if not rows:
-        console.print(f"round {r}: no self-edit cleared the threshold; the policy is unchanged")
+        console.print(f"round {round_index}: no self-edit cleared the threshold; the policy is unchanged")
         return None, str(round_.policy)
     if saved is not None:
-        console.print(f"round {r}: reusing the policy update finished earlier ({next_policy})")
+        console.print(f"round {round_index}: reusing the policy update finished earlier ({next_policy})")
         return saved, str(next_policy)
-    console.print(f"round {r}: ReST-EM policy update on {len(rows)} self-edits")
+    console.print(f"round {round_index}: ReST-EM policy update on {len(rows)} self-edits")
     # Seed here, not only inside the trainer: LoRA initialisation draws from the global
     # generator, whose state would otherwise depend on what this process did before.
-    seed_everything(derive_seed(recipe.seed, "sft", r))
+    seed_everything(derive_seed(recipe.seed, "sft", round_index))
     work = round_.dir / ".policy.sft"
     sft_stats = update_policy(
-        round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", r) % 2**32,  # HF set_seed: 32 bits
+        round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
         dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
     )  # fmt: skip
     _unset_deepspeed()
@@ -468,11 +468,11 @@ def round_metrics(
     ``sft`` is the policy update's ``{train_loss, steps, seconds, rows}`` (None: no update).
     Timing fields: see ``seal.train.TIMING_FIELDS``.
     """
-    adapter_accuracies = [rec.adapter_accuracy for rec in records if rec.adapter_accuracy is not None]
+    adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
-    eval_seconds = [rec.seconds for rec in records]
+    eval_seconds = [record.seconds for record in records]
     baseline_accuracies = [row["accuracy"] for row in baseline_records if row["accuracy"] is not None]
-    failures = Counter(rec.error for rec in records if rec.error is not None)
+    failures = Counter(record.error for record in records if record.error is not None)
     return {
         "round": round_.index,
         "policy": portable_path(round_.run, round_.policy),
@@ -480,11 +480,11 @@ def round_metrics(
         "n_evaluations": len(records),
         "n_failed": sum(failures.values()),
         "failures": dict(sorted(failures.items())),
-        "n_ungraded": sum(s is None for rec in records for s in rec.scores),
+        "n_ungraded": sum(s is None for record in records for s in record.scores),
         "n_truncated_self_edits": sum(e.truncated for edits in self_edits for e in edits),
         "baseline_accuracy": fmean(baseline_accuracies) if baseline_accuracies else None,
         "adapter_accuracy": fmean(adapter_accuracies) if adapter_accuracies else None,
-        "mean_reward": mean_reward([rec.reward for rec in records]),
+        "mean_reward": mean_reward([record.reward for record in records]),
         "best_of_k_reward": fmean(best) if best else None,
         "n_kept": sum(len(v) for v in selection.kept.values()),
         "sft": sft_stats,

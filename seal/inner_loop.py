@@ -745,8 +745,8 @@ def run_inner_loop(
         for chunk in adapter_chunks(jobs, cfg.batch_adapters):
             t0 = time.perf_counter()
             part = _run_chunk(model, tokenizer, bank, chunk, cfg, max_new_tokens, qa_batch_size)
-            for r in part:
-                r.seconds = (time.perf_counter() - t0) / len(chunk)
+            for result in part:
+                result.seconds = (time.perf_counter() - t0) / len(chunk)
             results += part
             if progress:
                 progress(len(chunk))

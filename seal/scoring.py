@@ -4,6 +4,10 @@ Shared by ``seal train`` (rewards for ReST-EM), ``seal evaluate`` and ``seal ben
 *evaluation* is one (passage, training data, repetition): train a fresh adapter on the
 training texts, answer the passage's questions without the passage, grade, and subtract
 the passage's baseline (the un-adapted model's accuracy on the same questions).
+
+Records: an :class:`EvaluationRecord` per evaluation and a :class:`BaselineRecord` per
+passage, each one journal line (:meth:`JournalRecord.to_json` / ``from_json``), built only
+here (:meth:`EvaluationRecord.graded`, :meth:`EvaluationRecord.failed`).
 """
 
 from __future__ import annotations
@@ -56,8 +60,51 @@ class Evaluation:
         return (self.key["passage"], self.key["self_edit"], self.key["repetition"])
 
 
+class JournalRecord:
+    """A journal line as a dataclass: ``key`` (its identity fields, first in the JSON), then the
+    other fields in declaration order; a field declared ``field(default=None,
+    metadata={"omit_none": True})`` is left out of the JSON while None."""
+
+    key: dict
+
+    def to_json(self) -> dict:
+        """The journal line (a dict ready for ``json.dumps``)."""
+        row = dict(self.key)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "key" and not (value is None and f.metadata.get("omit_none")):
+                row[f.name] = value
+        return row
+
+    @classmethod
+    def from_json(cls, row: dict):
+        """Inverse of :meth:`to_json`: every field of ``row`` not declared belongs to the key."""
+        names = {f.name for f in fields(cls)} - {"key"}
+        return cls(key={k: v for k, v in row.items() if k not in names}, **{k: row.get(k) for k in names})
+
+
 @dataclass
-class EvaluationRecord:
+class BaselineRecord(JournalRecord):
+    """The journal record of one passage's baseline: the un-adapted model's answers.
+
+    Attributes:
+        key: identity fields (``seal train``: ``{"kind": "baseline", "round", "passage"}``).
+        passage_id: the passage's stable id.
+        answers: one answer per question; scores: one score in [0, 1] per question (None: ungraded).
+        accuracy: mean score (a fraction; None when nothing could be graded).
+        seconds: the passage's share of its batch's wall time.
+    """
+
+    key: dict
+    passage_id: str
+    answers: list[str]
+    scores: list[float | None]
+    accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class EvaluationRecord(JournalRecord):
     """The journal record of one evaluation (one JSON line, :meth:`to_json`).
 
     Attributes:
@@ -91,7 +138,7 @@ class EvaluationRecord:
     n_train_tokens: int
     seconds: float
     error: str | None
-    truncated: bool | None = field(default=None)
+    truncated: bool | None = field(default=None, metadata={"omit_none": True})
 
     @classmethod
     def graded(cls, evaluation: Evaluation, result: AdapterResult, qa: QAConfig, judge=None, failure_reward: float | None = None) -> EvaluationRecord:
@@ -138,21 +185,6 @@ class EvaluationRecord:
         """(passage, self-edit, repetition) indices."""
         return (self.key["passage"], self.key["self_edit"], self.key["repetition"])
 
-    def to_json(self) -> dict:
-        """The journal line: the key's fields, then the others in declaration order
-        (``truncated`` only when recorded)."""
-        row = dict(self.key)
-        for f in fields(self):
-            if f.name != "key" and not (f.name == "truncated" and self.truncated is None):
-                row[f.name] = getattr(self, f.name)
-        return row
-
-    @classmethod
-    def from_json(cls, row: dict) -> EvaluationRecord:
-        """Inverse of :meth:`to_json` (every field not of the record belongs to the key)."""
-        names = {f.name for f in fields(cls)} - {"key"}
-        return cls(key={k: v for k, v in row.items() if k not in names}, **{k: row.get(k) for k in names})
-
 
 def make_judge(qa: QAConfig):
     """The LLM judge when ``qa.grader == 'judge'``, else None."""
@@ -178,7 +210,7 @@ def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge
     """The un-adapted model's answers, scores and accuracy per passage, in one batched generation.
 
     Returns one ``{"answers", "scores", "accuracy", "seconds"}`` per passage (seconds: the
-    passage's share of the wall time).
+    passage's share of the wall time): the fields of a :class:`BaselineRecord` but its key.
     """
     t0 = time.perf_counter()
     prompts = [pr for p in passages for pr in question_prompts(p, qa.template)]

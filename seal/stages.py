@@ -12,6 +12,7 @@ The module docstring of ``seal.train`` describes the units, the journal and resu
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -43,7 +44,14 @@ from seal.rundir import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from seal.scoring import Evaluation, EvaluationRecord, baselines, make_judge, score_evaluations
+from seal.scoring import (
+    BaselineRecord,
+    Evaluation,
+    EvaluationRecord,
+    baselines,
+    make_judge,
+    score_evaluations,
+)
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
     SelfEdit,
@@ -173,6 +181,7 @@ def timed(name: str):
     """Decorator: record the stage's wall seconds as ``round_.timing[name]``."""
 
     def wrap(stage):
+        @functools.wraps(stage)
         def run(round_: Round, *args, **kwargs):
             t0 = time.perf_counter()
             try:
@@ -180,7 +189,6 @@ def timed(name: str):
             finally:
                 round_.timing[name] = time.perf_counter() - t0
 
-        run.__name__, run.__doc__, run.__wrapped__ = stage.__name__, stage.__doc__, stage
         return run
 
     return wrap
@@ -266,7 +274,7 @@ def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[in
 
 
 @timed("baselines_s")
-def baselines_stage(round_: Round) -> list[dict]:
+def baselines_stage(round_: Round) -> list[BaselineRecord]:
     """Step 2: the baseline record (answers, scores, accuracy) of every passage, in passage
     order, journaled once per round.
 
@@ -278,15 +286,16 @@ def baselines_stage(round_: Round) -> list[dict]:
     if recipe.inner.learner == "base" and str(round_.policy) != recipe.model.name_or_path:
         round_.unload_model()
         round_.load_model(recipe.model.name_or_path)
-    finished = {row["passage"]: row for row in round_.journal if row.get("kind") == "baseline"}
+    finished = {row["passage"]: BaselineRecord.from_json(row) for row in round_.journal if row.get("kind") == "baseline"}
 
-    def answer(unit: list[int]) -> dict[int, dict]:
+    def answer(unit: list[int]) -> dict[int, BaselineRecord]:
         rows = baselines(round_.model, round_.tokenizer, [passages[i] for i in unit], recipe.qa, round_.judge)
         new = {}
         for i, row in zip(unit, rows, strict=True):
             if i not in finished:
-                new[i] = {"kind": "baseline", "round": round_.index, "passage": i, "passage_id": passages[i].id, **row}
-                append_jsonl(round_.journal_file, new[i])
+                key = {"kind": "baseline", "round": round_.index, "passage": i}
+                new[i] = BaselineRecord(key=key, passage_id=passages[i].id, **row)
+                append_jsonl(round_.journal_file, new[i].to_json())
         return new
 
     done, _ = run_stage(round_, baseline_chunks(passages, recipe.qa.batch_size), answer, finished)
@@ -296,7 +305,7 @@ def baselines_stage(round_: Round) -> list[dict]:
 # ----------------------------------------------------------------------------- 3. evaluations
 
 
-def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[dict]) -> list[Evaluation]:
+def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[Evaluation]:
     """Every (passage, self-edit, repetition) of the round, in identity order, with its
     training texts, adapter seed and baseline accuracy."""
     recipe, passages = round_.recipe, round_.passages
@@ -306,7 +315,7 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
             passage=passages[p],
             texts=train_texts(passages[p], self_edit.text, recipe.self_edit.split_newlines, recipe.self_edit.template),
             seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
-            baseline_accuracy=baseline_records[p]["accuracy"],
+            baseline_accuracy=baseline_records[p].accuracy,
         )
         for p in range(len(passages))
         for e, self_edit in enumerate(self_edits[p])
@@ -315,7 +324,7 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
 
 
 @timed("evaluations_s")
-def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[dict]) -> list[EvaluationRecord]:
+def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[EvaluationRecord]:
     """Step 3: the record of every evaluation (identity order), those not journaled yet
     computed now. Units: ``inner.batch_adapters`` consecutive evaluations (one batched inner
     loop, retried in halves on failure). Then the main process merges the round's journal
@@ -349,7 +358,7 @@ def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_
     )
     records = [done[k] for k in sorted(done)]
     if round_.dist.is_main:
-        merge_journal(round_.run, baseline_records + [record.to_json() for record in records])
+        merge_journal(round_.run, [record.to_json() for record in [*baseline_records, *records]])
     round_.dist.barrier()
     failures = Counter(record.error for record in records if record.error is not None)
     if failures:
@@ -451,7 +460,7 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
 def round_metrics(
     round_: Round,
     self_edits: list[list[SelfEdit]],
-    baseline_records: list[dict],
+    baseline_records: list[BaselineRecord],
     records: list[EvaluationRecord],
     selection: Selection,
     sft_stats: dict | None,
@@ -471,7 +480,7 @@ def round_metrics(
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
     eval_seconds = [record.seconds for record in records]
-    baseline_accuracies = [row["accuracy"] for row in baseline_records if row["accuracy"] is not None]
+    baseline_accuracies = [record.accuracy for record in baseline_records if record.accuracy is not None]
     failures = Counter(record.error for record in records if record.error is not None)
     return {
         "round": round_.index,

@@ -66,6 +66,14 @@ Differences from the reference implementation: it seeds from the wall clock (no 
 agree, a resume cannot reproduce), counts grader failures as wrong answers, and writes its
 results only at the very end (a crash loses the round); here seeds derive from identities,
 ungraded stays ``None``, and every result is on disk as soon as it exists.
+
+Where the code is
+-----------------
+:func:`run_round` is the round as a script; each step is a stage of ``seal.stages`` that owns
+its resume, sharding and gathering (``Round``, ``run_stage``). The journal files are
+``seal.journal``; the records ``seal.scoring`` (``BaselineRecord``, ``EvaluationRecord``) and
+``seal.self_edits`` (``SelfEdit``); chunks of adapters and their retry in halves
+``seal.inner_loop`` (``adapter_chunks``, ``run_in_halves``).
 """
 
 from __future__ import annotations

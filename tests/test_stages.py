@@ -15,7 +15,7 @@ from seal.display import percent, progress_bar
 from seal.distributed import get_dist
 from seal.inner_loop import AdapterResult, adapter_chunks, run_in_halves
 from seal.rundir import RunDir, read_json_or_none, write_json_atomic
-from seal.scoring import Evaluation, EvaluationRecord
+from seal.scoring import BaselineRecord, Evaluation, EvaluationRecord, baselines
 from seal.stages import Round, run_stage
 
 # The journal schema of an evaluation, in the order written since the first release.
@@ -65,6 +65,20 @@ def test_the_failure_forms_share_the_schema_and_carry_the_failure_reward(squad_t
     record = EvaluationRecord.graded(evaluation, reported, QAConfig(grader="contains"), failure_reward=None)
     assert (record.reward, record.adapter_accuracy, record.scores, record.n_train_tokens, record.seconds) == (None, None, [], 12, 0.25)
     assert record.error == "non-finite loss" and list(record.to_json()) == JOURNAL_FIELDS
+
+
+def test_a_baseline_record_is_a_journal_line_of_the_unadapted_answers(tiny_squad_model, squad_train):
+    from seal.models import load_model
+
+    model, tok = load_model(tiny_squad_model, device="cpu")
+    passages = squad_train[:2]
+    rows = baselines(model, tok, passages, QAConfig(grader="contains", max_new_tokens=4))
+    records = [BaselineRecord(key={"kind": "baseline", "round": 0, "passage": i}, passage_id=p.id, **row) for i, (p, row) in enumerate(zip(passages, rows, strict=True))]
+    for record, passage in zip(records, passages, strict=True):
+        line = record.to_json()
+        assert list(line) == ["kind", "round", "passage", "passage_id", "answers", "scores", "accuracy", "seconds"]
+        assert len(line["answers"]) == len(line["scores"]) == len(passage.questions)
+        assert BaselineRecord.from_json(json.loads(json.dumps(line))) == record
 
 
 def test_adapter_chunks_cut_once_in_order():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 
@@ -26,10 +27,11 @@ from rich.table import Table
 
 from seal.config import Recipe, RecipeError, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
+from seal.display import percent
 from seal.models import load_model, load_model_from_config
 from seal.prompts import check_template
 from seal.rundir import RunDir, append_jsonl, write_json_atomic
-from seal.scoring import Evaluation, baselines, make_judge, run_evaluations
+from seal.scoring import Evaluation, EvaluationRecord, baselines, make_judge, score_evaluations
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits, train_texts
 
@@ -54,10 +56,10 @@ def parse_source(source: str) -> tuple[str, str | None]:
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:
     """The evaluation passages named by the recipe."""
-    d = recipe.data
-    if d.hf_dataset:
-        return load_squad_from_hub(d.hf_dataset, "validation", d.n_eval_passages)
-    return load_passages(d.eval_file, d.n_eval_passages, d.root)
+    data = recipe.data
+    if data.hf_dataset:
+        return load_squad_from_hub(data.hf_dataset, "validation", data.n_eval_passages)
+    return load_passages(data.eval_file, data.n_eval_passages, data.root)
 
 
 def source_self_edits(
@@ -88,15 +90,15 @@ def source_self_edits(
             if len(c) < n:
                 raise DataError(f"{arg}: passage {i} ({p.title!r}) has {len(c)} self-edits, {n} requested")
         return [list(c[:n]) for c in matched]
-    se = recipe.self_edit
-    template = check_template(arg) if kind == "prompt" else se.template
+    self_edit_config = recipe.self_edit
+    template = check_template(arg) if kind == "prompt" else self_edit_config.template
     if kind == "policy":
         model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
     else:
         model, tok = base if base is not None else load_model_from_config(recipe.model)
     out = sample_self_edits(
-        model, tok, passages, template, n, se.temperature, se.top_p, se.max_new_tokens,
-        seed=derive_seed(seed, "evaluate", template), batch_size=se.batch_size, chat=se.chat_template,
+        model, tok, passages, template, n, self_edit_config.temperature, self_edit_config.top_p, self_edit_config.max_new_tokens,
+        seed=derive_seed(seed, "evaluate", template), batch_size=self_edit_config.batch_size, chat=self_edit_config.chat_template,
     )  # fmt: skip
     if kind == "policy":
         del model
@@ -104,16 +106,25 @@ def source_self_edits(
     return out
 
 
-def evaluations_for(source: str, passages: list[Passage], edits: list[list[str | None]], recipe: Recipe, seed: int) -> list[Evaluation]:
-    """The inner-loop evaluations of one source: every (passage, self-edit, repetition)."""
-    se = recipe.self_edit
-    template = parse_source(source)[1] if source.startswith("prompt:") else se.template
+def evaluations_for(
+    source: str,
+    passages: list[Passage],
+    edits: list[list[str | None]],
+    recipe: Recipe,
+    seed: int,
+    baseline_accuracies: Sequence[float | None] | None = None,
+) -> list[Evaluation]:
+    """The inner-loop evaluations of one source: every (passage, self-edit, repetition), with
+    the passage's baseline accuracy when ``baseline_accuracies`` (one per passage) is given."""
+    self_edit_config = recipe.self_edit
+    template = parse_source(source)[1] if source.startswith("prompt:") else self_edit_config.template
     return [
         Evaluation(
             key={"source": source, "passage": p, "self_edit": e, "repetition": rep},
             passage=passages[p],
-            texts=train_texts(passages[p], c, se.split_newlines, template),
+            texts=train_texts(passages[p], c, self_edit_config.split_newlines, template),
             seed=derive_seed(seed, "adapter", p, e, rep),
+            baseline_accuracy=baseline_accuracies[p] if baseline_accuracies is not None else None,
         )
         for p in range(len(passages))
         for e, c in enumerate(edits[p])
@@ -121,13 +132,13 @@ def evaluations_for(source: str, passages: list[Passage], edits: list[list[str |
     ]
 
 
-def per_passage_accuracy(records: list[dict], n_passages: int) -> list[float | None]:
-    """Mean adapted accuracy per passage over its self-edits and repetitions."""
-    by = defaultdict(list)
-    for r in records:
-        if r["adapter_accuracy"] is not None:
-            by[r["passage"]].append(r["adapter_accuracy"])
-    return [fmean(by[p]) if by[p] else None for p in range(n_passages)]
+def per_passage_accuracy(records: list[EvaluationRecord], n_passages: int) -> list[float | None]:
+    """Mean adapted accuracy per passage over its self-edits and repetitions (None: none graded)."""
+    by_passage = defaultdict(list)
+    for record in records:
+        if record.adapter_accuracy is not None:
+            by_passage[record.key["passage"]].append(record.adapter_accuracy)
+    return [fmean(by_passage[p]) if by_passage[p] else None for p in range(n_passages)]
 
 
 def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> dict:
@@ -137,44 +148,41 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
     ``results.json`` into ``out_dir``.
     """
     console = console or Console()
-    ev = recipe.evaluate
-    if ev is None:
+    config = recipe.evaluate
+    if config is None:
         raise RecipeError("the recipe has no 'evaluate' section (set evaluate.source=...)")
-    parse_source(ev.source)
+    parse_source(config.source)
     passages = load_eval_passages(recipe)
     run = RunDir(out_dir)
     if run.exists():
         raise RecipeError(f"{run.path} already holds results; choose another --out")
     model, tok = load_model_from_config(recipe.model)
-    edits = source_self_edits(ev.source, passages, recipe, ev.n_self_edits, recipe.seed, base=(model, tok))
+    edits = source_self_edits(config.source, passages, recipe, config.n_self_edits, recipe.seed, base=(model, tok))
     run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed})
     judge = make_judge(recipe.qa)
-    base = baselines(model, tok, passages, recipe.qa, judge)
-    base_acc = [b["accuracy"] for b in base]
-    evals = evaluations_for(ev.source, passages, edits, recipe, recipe.seed)
-    records = run_evaluations(
-        model, tok, evals, lambda e: base_acc[e.key["passage"]], recipe.inner, recipe.qa, judge,
-        on_record=lambda rec: append_jsonl(run.journal, rec),
-    )  # fmt: skip
-    adapted = per_passage_accuracy(records, len(passages)) if evals else base_acc
+    base_acc = [row["accuracy"] for row in baselines(model, tok, passages, recipe.qa, judge)]
+    evaluations = evaluations_for(config.source, passages, edits, recipe, recipe.seed, base_acc)
+    records = score_evaluations(
+        model, tok, evaluations, recipe.inner, recipe.qa, judge, on_record=lambda record: append_jsonl(run.journal, record.to_json())
+    )
+    adapted = per_passage_accuracy(records, len(passages)) if evaluations else base_acc
     valid = [(a, b) for a, b in zip(adapted, base_acc, strict=True) if a is not None and b is not None]
     summary = {
-        "source": ev.source,
+        "source": config.source,
         "n_passages": len(passages),
         "n_questions": sum(len(p.questions) for p in passages),
         "accuracy": fmean(a for a, _ in valid) if valid else None,
         "baseline_accuracy": fmean(b for _, b in valid) if valid else None,
         "gain": fmean(a - b for a, b in valid) if valid else None,
-        "n_failed": sum(r["error"] is not None for r in records),
-        "seconds_per_evaluation": fmean(r["seconds"] for r in records) if records else None,
+        "n_failed": sum(record.error is not None for record in records),
+        "seconds_per_evaluation": fmean(record.seconds for record in records) if records else None,
         "per_passage": [{"passage_id": p.id, "title": p.title, "accuracy": a, "baseline": b} for p, a, b in zip(passages, adapted, base_acc, strict=True)],
     }
     write_json_atomic(run.path / "results.json", summary)
-    table = Table(title=f"seal evaluate: {ev.source} on {len(passages)} passages")
+    table = Table(title=f"seal evaluate: {config.source} on {len(passages)} passages")
     for col in ("source", "accuracy", "baseline", "gain"):
         table.add_column(col)
-    fmt = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"  # noqa: E731
-    table.add_row(ev.source, fmt(summary["accuracy"]), fmt(summary["baseline_accuracy"]), fmt(summary["gain"]))
+    table.add_row(config.source, percent(summary["accuracy"]), percent(summary["baseline_accuracy"]), percent(summary["gain"]))
     console.print(table)
     console.print(f"results: {run.path / 'results.json'}")
     return summary

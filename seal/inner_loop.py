@@ -64,10 +64,12 @@ D ~ 10.1 M, i.e. ~160 MB of adapter state per adapter (5 GB at N=32).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -601,6 +603,79 @@ def answer_questions(
         )
 
 
+# ----------------------------------------------------------------------------- chunks of adapters
+
+T = TypeVar("T")
+
+
+def adapter_chunks(items: Sequence[T], batch_adapters: int) -> list[list[T]]:
+    """``items`` (jobs, evaluations) in consecutive chunks of ``batch_adapters`` (the last one
+    shorter): the adapters of a chunk train together in one :func:`train_bank`.
+
+    The one place where ``inner.batch_adapters`` cuts work: :func:`run_inner_loop`, the scoring
+    of evaluations (``seal.scoring``) and the units ``seal train`` deals to its processes.
+    """
+    n = max(1, batch_adapters)
+    return [list(items[s : s + n]) for s in range(0, len(items), n)]
+
+
+def out_of_memory_types() -> tuple[type[BaseException], ...]:
+    """The exception types torch raises when a device runs out of memory (CUDA and others)."""
+    types = [getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)]
+    return tuple(t for t in types if t is not None)
+
+
+def free_memory() -> None:
+    """Collect garbage and return cached CUDA blocks to the driver (after a failure, or
+    between models)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
+
+
+def run_in_halves(
+    chunk: Sequence[T],
+    run: Callable[[list[T]], None],
+    on_failure: Callable[[T, str, float], None],
+    fatal: tuple[type[BaseException], ...] = (),
+    on_retry: Callable[[int, str], None] | None = None,
+) -> None:
+    """``run(chunk)``; if it raises, retry each half of the chunk the same way, down to one item.
+
+    The out-of-memory handling of batched inner loops: a smaller adapter batch needs less
+    memory. An exception of a ``fatal`` type propagates at once (a configuration error, not
+    a fault); any other (out of memory above all) frees memory, reports
+    ``on_retry(len(chunk), reason)`` and splits the chunk. A single item that still raises
+    is reported as ``on_failure(item, reason, seconds)`` (seconds: its last try's wall time)
+    and the others go on. ``run`` may have reported part of a chunk before raising: whoever
+    records results must ignore ones already seen.
+    """
+    chunk = list(chunk)
+    t0 = time.perf_counter()
+    try:
+        run(chunk)
+        return
+    except fatal:
+        raise
+    except out_of_memory_types() as e:
+        reason = f"out of memory with {len(chunk)} adapter(s) per batch: {_first_line(e)}".rstrip(": ")
+    except Exception as e:
+        reason = f"{type(e).__name__}: {_first_line(e)}".rstrip(": ")
+    free_memory()
+    if len(chunk) > 1:
+        if on_retry is not None:
+            on_retry(len(chunk), reason)
+        half = (len(chunk) + 1) // 2
+        for part in (chunk[:half], chunk[half:]):
+            run_in_halves(part, run, on_failure, fatal, on_retry)
+        return
+    on_failure(chunk[0], reason, time.perf_counter() - t0)
+
+
 # ----------------------------------------------------------------------------- public loop
 
 
@@ -667,12 +742,11 @@ def run_inner_loop(
     n = min(cfg.batch_adapters, len(jobs))
     results: list[AdapterResult] = []
     with adapter_bank(model, cfg.lora, n) as bank:
-        for start in range(0, len(jobs), n):
-            chunk = jobs[start : start + n]
+        for chunk in adapter_chunks(jobs, cfg.batch_adapters):
             t0 = time.perf_counter()
             part = _run_chunk(model, tokenizer, bank, chunk, cfg, max_new_tokens, qa_batch_size)
-            for r in part:
-                r.seconds = (time.perf_counter() - t0) / len(chunk)
+            for result in part:
+                result.seconds = (time.perf_counter() - t0) / len(chunk)
             results += part
             if progress:
                 progress(len(chunk))

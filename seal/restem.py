@@ -17,7 +17,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from seal.config import SFTConfig
+from seal.models import _DTYPES, load_tokenizer
 from seal.rundir import atomic_dir
 
 
@@ -82,14 +85,13 @@ def update_policy(
     Raises:
         ValueError: no rows (nothing to learn from; the caller keeps the old policy).
     """
-    import torch
+    # Here, not at the top: TRL, PEFT and datasets take seconds to import and only the M-step
+    # needs them (select_best and sft_rows stay cheap to import).
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
-
-    from seal.models import _DTYPES, load_tokenizer
 
     if not rows:
         raise ValueError("no SFT rows: nothing to update the policy with")

@@ -47,7 +47,7 @@ def library_versions() -> dict[str, str | None]:
 
 def machine_info() -> dict[str, Any]:
     """Python, platform, CPU count and, when present, the CUDA devices."""
-    import torch
+    import torch  # here: reading and writing run directories needs no torch (seal bench reports)
 
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -217,3 +217,25 @@ class RunDir:
                 "machine": machine_info(),
             },
         )
+
+
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """:func:`read_json` of ``path``, or None when it does not exist (a stage not finished yet)."""
+    path = Path(path)
+    return read_json(path) if path.exists() else None
+
+
+def portable_path(run: RunDir, path: str | os.PathLike) -> str:
+    """``path`` relative to the run directory when it lies inside it (``round_0/policy``), so a
+    run directory can be moved or copied and still resumed; anything else (a hub id, a base
+    model folder) as given."""
+    try:
+        return str(Path(path).resolve().relative_to(run.path.resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def resolve_policy(run: RunDir, recorded: str) -> str:
+    """The model a recorded policy names: a path inside the run directory, or as recorded."""
+    inside = run.path / recorded
+    return str(inside) if not Path(recorded).is_absolute() and inside.exists() else recorded

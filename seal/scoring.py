@@ -4,18 +4,31 @@ Shared by ``seal train`` (rewards for ReST-EM), ``seal evaluate`` and ``seal ben
 *evaluation* is one (passage, training data, repetition): train a fresh adapter on the
 training texts, answer the passage's questions without the passage, grade, and subtract
 the passage's baseline (the un-adapted model's accuracy on the same questions).
+
+Records: an :class:`EvaluationRecord` per evaluation and a :class:`BaselineRecord` per
+passage, each one journal line (:meth:`JournalRecord.to_json` / ``from_json``), built only
+here (:meth:`EvaluationRecord.graded`, :meth:`EvaluationRecord.failed`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+
+from rich.console import Console
 
 from seal.config import InnerLoopConfig, QAConfig
 from seal.data import Passage
 from seal.graders import grade
-from seal.inner_loop import AdapterJob, answer_questions, run_inner_loop
+from seal.inner_loop import (
+    AdapterJob,
+    AdapterResult,
+    adapter_chunks,
+    answer_questions,
+    run_in_halves,
+    run_inner_loop,
+)
 from seal.prompts import qa_prompt
 from seal.rewards import accuracy, reward
 
@@ -25,22 +38,159 @@ class Evaluation:
     """One inner-loop evaluation to run.
 
     Attributes:
-        key: identity recorded in the journal (e.g. ``{"round": 0, "passage": 3, "self_edit": 1, "repetition": 0}``).
+        key: identity recorded in the journal (e.g. ``{"kind": "evaluation", "round": 0,
+            "passage": 3, "self_edit": 1, "repetition": 0}``); ``passage``, ``self_edit`` and
+            ``repetition`` are required.
         passage: the passage whose questions are asked.
         texts: inner-loop training texts (empty: no update, the base model answers).
         seed: adapter initialisation and data-order seed.
+        baseline_accuracy: the un-adapted model's accuracy on the passage's questions (a
+            fraction in [0, 1]; None: nothing could be graded); the reward subtracts it.
     """
 
     key: dict
     passage: Passage
     texts: list[str]
     seed: int
+    baseline_accuracy: float | None = None
+
+    @property
+    def identity(self) -> tuple[int, int, int]:
+        """(passage, self-edit, repetition) indices."""
+        return (self.key["passage"], self.key["self_edit"], self.key["repetition"])
+
+
+class JournalRecord:
+    """A journal line as a dataclass: ``key`` (its identity fields, first in the JSON), then the
+    other fields in declaration order; a field declared ``field(default=None,
+    metadata={"omit_none": True})`` is left out of the JSON while None."""
+
+    key: dict
+
+    def to_json(self) -> dict:
+        """The journal line (a dict ready for ``json.dumps``)."""
+        row = dict(self.key)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "key" and not (value is None and f.metadata.get("omit_none")):
+                row[f.name] = value
+        return row
+
+    @classmethod
+    def from_json(cls, row: dict):
+        """Inverse of :meth:`to_json`: every field of ``row`` not declared belongs to the key."""
+        names = {f.name for f in fields(cls)} - {"key"}
+        return cls(key={k: v for k, v in row.items() if k not in names}, **{k: row.get(k) for k in names})
+
+
+@dataclass
+class BaselineRecord(JournalRecord):
+    """The journal record of one passage's baseline: the un-adapted model's answers.
+
+    Attributes:
+        key: identity fields (``seal train``: ``{"kind": "baseline", "round", "passage"}``).
+        passage_id: the passage's stable id.
+        answers: one answer per question; scores: one score in [0, 1] per question (None: ungraded).
+        accuracy: mean score (a fraction; None when nothing could be graded).
+        seconds: the passage's share of its batch's wall time.
+    """
+
+    key: dict
+    passage_id: str
+    answers: list[str]
+    scores: list[float | None]
+    accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class EvaluationRecord(JournalRecord):
+    """The journal record of one evaluation (one JSON line, :meth:`to_json`).
+
+    Attributes:
+        key: the evaluation's identity fields (:attr:`Evaluation.key`), first in the JSON.
+        passage_id: the passage's stable id.
+        seed: the adapter's seed.
+        reward: adapted minus baseline accuracy, in [-1, 1]; ``inner.failure_reward`` (None
+            or a number) when the evaluation failed; None when either accuracy is unknown.
+        adapter_accuracy: the adapted model's accuracy (fraction; None: failed or ungraded).
+        baseline_accuracy: the un-adapted model's accuracy on the same questions.
+        answers: one answer per question (empty when failed).
+        scores: one score in [0, 1] per question, None where ungraded (empty when failed).
+        epoch_losses: mean training loss per inner-loop epoch (nats/token).
+        n_train_texts: number of training texts; n_train_tokens: tokens trained on.
+        seconds: the evaluation's share of its chunk's wall time.
+        error: why the evaluation failed (None: it did not).
+        truncated: ``seal train`` only: its self-edit was cut off by
+            ``self_edit.max_new_tokens`` (None: not recorded, and absent from the JSON).
+    """
+
+    key: dict
+    passage_id: str
+    seed: int
+    reward: float | None
+    adapter_accuracy: float | None
+    baseline_accuracy: float | None
+    answers: list[str]
+    scores: list[float | None]
+    epoch_losses: list[float]
+    n_train_texts: int
+    n_train_tokens: int
+    seconds: float
+    error: str | None
+    truncated: bool | None = field(default=None, metadata={"omit_none": True})
+
+    @classmethod
+    def graded(cls, evaluation: Evaluation, result: AdapterResult, qa: QAConfig, judge=None, failure_reward: float | None = None) -> EvaluationRecord:
+        """The record of an evaluation whose inner loop returned ``result``: its answers graded
+        with the recipe's grader (``qa.grader``, ``qa.ungraded``), or :meth:`failed` when
+        ``result.error`` is set."""
+        if result.error is not None:
+            return cls.failed(evaluation, result.error, result.seconds, failure_reward, result)
+        scores = grade_answers(evaluation.passage, result.answers, qa, judge)
+        adapter_accuracy = accuracy(scores, qa.ungraded)
+        return cls._of(evaluation, result, scores, adapter_accuracy, reward(adapter_accuracy, evaluation.baseline_accuracy))
+
+    @classmethod
+    def failed(
+        cls, evaluation: Evaluation, reason: str, seconds: float, failure_reward: float | None = None, result: AdapterResult | None = None
+    ) -> EvaluationRecord:
+        """The failure form: ``error = reason``, ``reward = failure_reward``, no scores. With
+        ``result`` (a job the inner loop reported as failed) its answers, epoch losses and token
+        count are kept; without (the evaluation raised) they are empty."""
+        result = result if result is not None else AdapterResult([], [], 0)
+        failure = AdapterResult(result.answers, result.epoch_losses, result.n_train_tokens, seconds=seconds, error=reason)
+        return cls._of(evaluation, failure, [], None, failure_reward)
+
+    @classmethod
+    def _of(cls, evaluation: Evaluation, result: AdapterResult, scores, adapter_accuracy, gain) -> EvaluationRecord:
+        return cls(
+            key=dict(evaluation.key),
+            passage_id=evaluation.passage.id,
+            seed=evaluation.seed,
+            reward=gain,
+            adapter_accuracy=adapter_accuracy,
+            baseline_accuracy=evaluation.baseline_accuracy,
+            answers=result.answers,
+            scores=scores,
+            epoch_losses=result.epoch_losses,
+            n_train_texts=len(evaluation.texts),
+            n_train_tokens=result.n_train_tokens,
+            seconds=result.seconds,
+            error=result.error,
+        )
+
+    @property
+    def identity(self) -> tuple[int, int, int]:
+        """(passage, self-edit, repetition) indices."""
+        return (self.key["passage"], self.key["self_edit"], self.key["repetition"])
 
 
 def make_judge(qa: QAConfig):
     """The LLM judge when ``qa.grader == 'judge'``, else None."""
     if qa.grader != "judge":
         return None
+    # Here, not at the top: seal.judge loads the judge's HTTP client, needed only for qa.grader=judge.
     from seal.judge import LLMJudge
 
     return LLMJudge(qa.judge)
@@ -60,7 +210,7 @@ def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge
     """The un-adapted model's answers, scores and accuracy per passage, in one batched generation.
 
     Returns one ``{"answers", "scores", "accuracy", "seconds"}`` per passage (seconds: the
-    passage's share of the wall time).
+    passage's share of the wall time): the fields of a :class:`BaselineRecord` but its key.
     """
     t0 = time.perf_counter()
     prompts = [pr for p in passages for pr in question_prompts(p, qa.template)]
@@ -77,6 +227,71 @@ def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge
     return out
 
 
+def score_evaluations(
+    model,
+    tokenizer,
+    evaluations: Sequence[Evaluation],
+    inner: InnerLoopConfig,
+    qa: QAConfig,
+    judge=None,
+    on_record: Callable[[EvaluationRecord], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    retry_in_halves: bool = False,
+    console: Console | None = None,
+) -> list[EvaluationRecord]:
+    """Run evaluations in chunks of ``inner.batch_adapters`` (one batched inner loop each);
+    one record per evaluation, in order.
+
+    ``on_record`` is called with each record as soon as its chunk is graded (the trainer
+    appends it to the journal there, so finished work survives a crash); ``progress(n)``
+    after each chunk with its size.
+
+    With ``retry_in_halves`` an exception from a chunk (CUDA out-of-memory above all;
+    anything but a judge configuration error, ``seal.judge.JudgeError``) does not propagate:
+    the chunk is retried in halves down to single evaluations
+    (:func:`seal.inner_loop.run_in_halves`, warnings on ``console``), and one that still
+    raises gets :meth:`EvaluationRecord.failed` with the reason. Without it, exceptions
+    propagate.
+    """
+    records: dict[int, EvaluationRecord] = {}  # by position in ``evaluations``
+    position = {id(evaluation): i for i, evaluation in enumerate(evaluations)}
+
+    def keep(evaluation: Evaluation, record: EvaluationRecord) -> None:
+        if position[id(evaluation)] in records:
+            return  # reported before its chunk raised, and now again by the retry
+        records[position[id(evaluation)]] = record
+        if on_record:
+            on_record(record)
+
+    def run_chunk(chunk: list[Evaluation]) -> None:
+        jobs = [AdapterJob(texts=evaluation.texts, prompts=question_prompts(evaluation.passage, qa.template), seed=evaluation.seed) for evaluation in chunk]
+        results = run_inner_loop(model, tokenizer, jobs, inner, qa.max_new_tokens, qa.batch_size)
+        for evaluation, result in zip(chunk, results, strict=True):
+            keep(evaluation, EvaluationRecord.graded(evaluation, result, qa, judge, inner.failure_reward))
+
+    def warn(n: int, reason: str) -> None:
+        if console is not None:
+            console.print(f"[yellow]warning:[/] a batch of {n} evaluations failed ({reason}); retrying in halves")
+
+    fatal: tuple[type[BaseException], ...] = ()
+    if retry_in_halves:
+        # Here, not at the top: seal.judge loads the judge's HTTP client, needed only for qa.grader=judge.
+        from seal.judge import JudgeError
+
+        fatal = (JudgeError,)
+    for chunk in adapter_chunks(evaluations, inner.batch_adapters):
+        if retry_in_halves:
+            run_in_halves(
+                chunk, run_chunk, lambda evaluation, reason, seconds: keep(evaluation, EvaluationRecord.failed(evaluation, reason, seconds, inner.failure_reward)),
+                fatal=fatal, on_retry=warn,
+            )  # fmt: skip
+        else:
+            run_chunk(chunk)
+        if progress:
+            progress(len(chunk))
+    return [records[i] for i in sorted(records)]
+
+
 def run_evaluations(
     model,
     tokenizer,
@@ -88,48 +303,10 @@ def run_evaluations(
     on_record: Callable[[dict], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Run evaluations in chunks of ``inner.batch_adapters``; one journal record each, in order.
-
-    ``on_record`` is called with each record as soon as its chunk is graded (the trainer
-    appends it to the journal there, so finished work survives a crash).
-
-    A record: the evaluation's key, plus ``reward`` (adapted minus baseline accuracy;
-    ``inner.failure_reward`` or None when the evaluation failed), ``adapter_accuracy``,
-    ``baseline_accuracy``, ``answers``, ``scores`` (per question; None = ungraded),
-    ``epoch_losses``, ``n_train_texts``, ``n_train_tokens``, ``seconds`` and ``error``.
-    """
-    records = []
-    n = inner.batch_adapters
-    for start in range(0, len(evaluations), n):
-        chunk = evaluations[start : start + n]
-        jobs = [AdapterJob(texts=e.texts, prompts=question_prompts(e.passage, qa.template), seed=e.seed) for e in chunk]
-        results = run_inner_loop(model, tokenizer, jobs, inner, qa.max_new_tokens, qa.batch_size)
-        for ev, res in zip(chunk, results, strict=True):
-            base = baseline_accuracy(ev)
-            if res.error is None:
-                scores = grade_answers(ev.passage, res.answers, qa, judge)
-                acc = accuracy(scores, qa.ungraded)
-                rew = reward(acc, base)
-            else:
-                scores, acc, rew = [], None, inner.failure_reward
-            rec = {
-                **ev.key,
-                "passage_id": ev.passage.id,
-                "seed": ev.seed,
-                "reward": rew,
-                "adapter_accuracy": acc,
-                "baseline_accuracy": base,
-                "answers": res.answers,
-                "scores": scores,
-                "epoch_losses": res.epoch_losses,
-                "n_train_texts": len(ev.texts),
-                "n_train_tokens": res.n_train_tokens,
-                "seconds": res.seconds,
-                "error": res.error,
-            }
-            records.append(rec)
-            if on_record:
-                on_record(rec)
-        if progress:
-            progress(len(chunk))
-    return records
+    """:func:`score_evaluations` in JSON form (for ``seal.bench.protocols``): each evaluation's
+    ``baseline_accuracy`` is set from ``baseline_accuracy(evaluation)`` first, and records go
+    to ``on_record`` and the result as :meth:`EvaluationRecord.to_json` dicts."""
+    for evaluation in evaluations:
+        evaluation.baseline_accuracy = baseline_accuracy(evaluation)
+    report = (lambda record: on_record(record.to_json())) if on_record else None
+    return [record.to_json() for record in score_evaluations(model, tokenizer, evaluations, inner, qa, judge, report, progress)]

@@ -8,12 +8,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from seal.data import Passage
 from seal.prompts import self_edit_prompt
 from seal.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class SelfEdit:
+    """One self-edit the policy wrote for a passage.
+
+    Attributes:
+        prompt: the self-edit prompt it completes (``seal.prompts.self_edit_prompt``; the
+            ``prompt`` of its ReST-EM SFT row when kept).
+        text: the completion, stripped.
+        truncated: the completion stopped at ``self_edit.max_new_tokens`` without an
+            end-of-sequence token (cut off by the token budget).
+    """
+
+    prompt: str
+    text: str
+    truncated: bool = False
+
 
 _LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Question\s+\d+:)")
 _QUESTION_N = re.compile(r"(?:^|\n)\s*Question\s+\d+:\s*")
@@ -59,7 +78,7 @@ def train_texts(passage: Passage, completion: str | None, split_newlines: bool =
 
 
 @torch.inference_mode()
-def sample_self_edits(
+def generate_self_edits(
     model,
     tokenizer,
     passages: Sequence[Passage],
@@ -73,9 +92,8 @@ def sample_self_edits(
     chat: bool = False,
     passage_indices: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
-    truncated: list[list[bool]] | None = None,
-) -> list[list[str]]:
-    """Sample ``k`` self-edits per passage: a list (per passage) of ``k`` completion strings.
+) -> list[list[SelfEdit]]:
+    """Sample ``k`` self-edits per passage: a list (per passage) of ``k`` :class:`SelfEdit`.
 
     Passages are generated in chunks of ``batch_size`` (``batch_size * k`` rows per
     ``generate`` call, left padding). Each chunk seeds torch from ``seed`` and its first
@@ -83,10 +101,7 @@ def sample_self_edits(
     clock, so a chunk's samples do not depend on which process or call produced it.
 
     ``temperature=None`` decodes greedily (then ``k`` must be 1; ``top_p`` is unused).
-
-    ``truncated``, if given, is an output list: one list of ``k`` booleans per passage is
-    appended to it, True where the completion stopped at ``max_new_tokens`` without an
-    end-of-sequence token (a self-edit cut off by the token budget).
+    ``progress(n)`` is called after each chunk with its number of passages.
 
     Raises:
         PromptError: unknown template.
@@ -96,7 +111,7 @@ def sample_self_edits(
         raise ValueError(f"greedy decoding gives one self-edit per passage, not k={k}")
     decoding = dict(do_sample=False) if temperature is None else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     indices = list(passage_indices) if passage_indices is not None else list(range(len(passages)))
-    out: list[list[str]] = []
+    out: list[list[SelfEdit]] = []
     device = next(model.parameters()).device
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
@@ -118,12 +133,40 @@ def sample_self_edits(
             )
             new = gen[:, enc["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            out += [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(chunk))]
-            if truncated is not None:
-                hit = [not any(int(t) in eos_ids for t in row) for row in new.tolist()]
-                truncated += [hit[i * k : (i + 1) * k] for i in range(len(chunk))]
+            cut = [not any(int(t) in eos_ids for t in row) for row in new.tolist()]
+            out += [
+                [SelfEdit(prompt, texts[j].strip(), cut[j]) for j in range(i * k, (i + 1) * k)]
+                for i, prompt in enumerate(prompts)
+            ]
             if progress:
                 progress(len(chunk))
     finally:
         tokenizer.padding_side = old_side
+    return out
+
+
+def sample_self_edits(*args, **kwargs) -> list[list[str]]:
+    """The texts of :func:`generate_self_edits` (same arguments, same draws): a list (per
+    passage) of ``k`` completion strings, for callers that need neither prompts nor
+    truncation flags."""
+    return [[edit.text for edit in edits] for edits in generate_self_edits(*args, **kwargs)]
+
+
+def self_edits_to_json(passages: Sequence[Passage], self_edits: Sequence[Sequence[SelfEdit]]) -> list[dict]:
+    """``round_k/self_edits.json``'s rows: ``{passage, passage_id, title, completions, truncated}``
+    per passage (the prompts are not stored: they follow from the passage and the recipe)."""
+    return [
+        {"passage": i, "passage_id": p.id, "title": p.title, "completions": [e.text for e in edits], "truncated": [e.truncated for e in edits]}
+        for i, (p, edits) in enumerate(zip(passages, self_edits, strict=True))
+    ]
+
+
+def self_edits_from_json(rows: Sequence[dict], passages: Sequence[Passage], template: str, tokenizer, chat: bool = False) -> list[list[SelfEdit]]:
+    """The self-edits saved by :func:`self_edits_to_json`, their prompts rebuilt for
+    ``tokenizer`` (files without ``truncated`` flags: none truncated)."""
+    out = []
+    for row, p in zip(rows, passages, strict=True):
+        prompt = self_edit_prompt(template, p.title, p.context, tokenizer, chat)
+        flags = row.get("truncated") or [False] * len(row["completions"])
+        out.append([SelfEdit(prompt, text, bool(cut)) for text, cut in zip(row["completions"], flags, strict=True)])
     return out

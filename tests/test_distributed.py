@@ -32,8 +32,10 @@ from train_helpers import (
 )
 
 from seal.distributed import Dist, get_dist
+from seal.journal import journal_key, read_journal
 from seal.rundir import RunDir
-from seal.train import baseline_chunks, journal_key, read_journal, train
+from seal.stages import baseline_chunks
+from seal.train import train
 
 LAUNCH = REPO / "launch"
 

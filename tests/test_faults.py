@@ -48,16 +48,10 @@ from train_helpers import (
 )
 
 from seal.config import RecipeError, recipe_to_dict
+from seal.journal import journal_key, merge_journal, read_journal, seal_partial_line
 from seal.rundir import RunDir, read_jsonl, write_json_atomic
 from seal.seeding import derive_seed
-from seal.train import (
-    journal_key,
-    load_train_passages,
-    merge_journal,
-    read_journal,
-    seal_partial_line,
-    train,
-)
+from seal.train import load_train_passages, train
 
 try:
     from judge_server import JudgeServer, Reply, contains_grader

@@ -110,7 +110,7 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
     seed_everything(seed)
     t_start = time.perf_counter()
     judge = make_judge(recipe.qa)
-    from seal.train import progress_bar
+    from seal.display import progress_bar
 
     with progress_bar(console) as bar:
         # 3. self-edits sampled now -----------------------------------------------------

@@ -135,8 +135,7 @@ def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]
     Raises:
         RecipeError: the directory is not a train run or has no finished round.
     """
-    from seal.rundir import RunDir, read_jsonl
-    from seal.train import resolve_policy
+    from seal.rundir import RunDir, read_jsonl, resolve_policy
 
     run = RunDir(run_dir)
     metrics = read_jsonl(run.path / "metrics.jsonl")

@@ -1,0 +1,530 @@
+"""The stages of a ``seal train`` round, each owning its resume, sharding and gathering.
+
+``seal.train.run_round`` is the script over them: :func:`sample_stage` (self-edits) ->
+:func:`baselines_stage` -> :func:`evaluations_stage` (inner loop, rewards) ->
+:func:`selection_stage` (ReST-EM E-step) -> :func:`policy_update_stage` (M-step) ->
+:func:`metrics_stage`. They share a :class:`Round` (the recipe, run directory, round index,
+process group, console, the loaded model...) and two helpers: :meth:`Round.saved` (a stage
+finished in an earlier launch: its file, read by the main process) and :func:`run_stage`
+(units of work not yet journaled, dealt round-robin to the ranks, computed and gathered).
+The module docstring of ``seal.train`` describes the units, the journal and resumption.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import Progress
+
+from seal.config import Recipe
+from seal.data import Passage
+from seal.display import percent
+from seal.distributed import Dist
+from seal.inner_loop import adapter_chunks, free_memory
+from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
+from seal.models import load_model_from_config, resolve_device
+from seal.restem import select_best, sft_rows, update_policy
+from seal.rewards import mean_reward
+from seal.rundir import (
+    RunDir,
+    append_jsonl,
+    portable_path,
+    read_json,
+    read_json_or_none,
+    resolve_policy,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from seal.scoring import (
+    BaselineRecord,
+    Evaluation,
+    EvaluationRecord,
+    baselines,
+    make_judge,
+    score_evaluations,
+)
+from seal.seeding import derive_seed, seed_everything
+from seal.self_edits import (
+    SelfEdit,
+    generate_self_edits,
+    self_edits_from_json,
+    self_edits_to_json,
+    train_texts,
+)
+
+Unit = TypeVar("Unit", bound=Sequence)
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
+
+
+@dataclass
+class Round:
+    """What every stage of one round needs.
+
+    Attributes:
+        recipe: the run's recipe; run: its directory; index: the round (0-based).
+        policy: the model that writes this round's self-edits (a path or hub id).
+        passages: the RL training passages.
+        dist: this process's view of the process group (``seal.distributed``).
+        console: where messages go (quiet on ranks other than the main one); bar: the progress display.
+        model, tokenizer: the model loaded now (the policy, then the learner; None after the round's scoring).
+        judge: the LLM judge when ``qa.grader == 'judge'``, else None.
+        journal: this round's journal records read at its start (finished work of earlier launches).
+        timing: this launch's wall seconds per stage on the main process (a timing field of the
+            metrics, see ``seal.train.TIMING_FIELDS``).
+        started: ``time.perf_counter()`` when the round's work began in this launch.
+    """
+
+    recipe: Recipe
+    run: RunDir
+    index: int
+    policy: str
+    passages: list[Passage]
+    dist: Dist
+    console: Console
+    bar: Progress
+    model: Any = None
+    tokenizer: Any = None
+    judge: Any = None
+    journal: list[dict] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def dir(self) -> Path:
+        """``round_{index}/`` of the run directory."""
+        return self.run.round_dir(self.index)
+
+    @property
+    def journal_file(self) -> Path:
+        """The journal file this rank appends to."""
+        return journal_path(self.run, self.dist.rank)
+
+    def saved(self, path: Path, requires: Sequence[Path] = ()) -> Any:
+        """A stage's result saved by an earlier launch: ``path``'s JSON, read by the main process
+        and given to every rank; None when it or any of ``requires`` does not exist."""
+        return self.dist.main_decides(lambda: read_json_or_none(path) if all(p.exists() for p in requires) else None)
+
+    def share(self) -> str:
+        """`` (rank 0's share of N)`` in progress descriptions when distributed, else empty."""
+        return f" (rank 0's share of {self.dist.world_size})" if self.dist.distributed else ""
+
+    def load_model(self, name_or_path: str) -> None:
+        """Load ``name_or_path`` (the recipe's model settings, this rank's device) as the round's model."""
+        device = self.recipe.model.device
+        if self.dist.distributed and resolve_device(device).type == "cuda":
+            device = f"cuda:{self.dist.local_rank}"  # each rank's own GPU
+        config = self.recipe.model.model_copy(update={"name_or_path": str(name_or_path), "device": device})
+        self.model, self.tokenizer = load_model_from_config(config)
+
+    def unload_model(self) -> None:
+        """Drop the round's model and free its memory."""
+        self.model = self.tokenizer = None
+        free_memory()
+
+
+def run_stage(
+    round_: Round,
+    units: Sequence[Unit],
+    compute: Callable[[Unit], dict[Key, Value]],
+    finished: dict[Key, Value],
+    unit_keys: Callable[[Unit], Iterable[Key]] = lambda unit: unit,
+    progress: str | None = None,
+) -> tuple[dict[Key, Value], list[int]]:
+    """Compute the units of a stage not finished yet, spread over the ranks, and gather them.
+
+    Units are fixed by the recipe (never by the number of processes); a unit is pending
+    while any of its keys (``unit_keys``) is missing from ``finished`` and is then computed
+    whole, so that it is computed exactly as in one uninterrupted process (``compute`` must
+    leave out of its result, and its journal, the keys already finished). Pending units are
+    dealt round-robin (``Dist.shard``); ``compute(unit)`` returns ``{key: value}``.
+    ``progress`` names a progress task (advanced by ``len(unit)`` per unit).
+
+    Returns:
+        ``finished`` updated with every rank's results (a new dict), and how many results
+        each rank computed (rank order).
+    """
+    dist = round_.dist
+    pending = [unit for unit in units if any(key not in finished for key in unit_keys(unit))]
+    mine = dist.shard(pending)
+    task = None
+    if progress is not None:
+        description = f"round {round_.index}: {progress}{round_.share()}"
+        if dist.distributed:
+            task = round_.bar.add_task(description, total=sum(len(u) for u in mine))
+        else:
+            total = sum(len(u) for u in units)
+            task = round_.bar.add_task(description, total=total, completed=total - sum(len(u) for u in pending))
+    new: dict[Key, Value] = {}
+    for unit in mine:
+        new.update(compute(unit))
+        if task is not None:
+            round_.bar.advance(task, len(unit))
+    done = dict(finished)
+    per_rank = []
+    for part in dist.gather(new):
+        done.update(part)
+        per_rank.append(len(part))
+    return done, per_rank
+
+
+def timed(name: str):
+    """Decorator: record the stage's wall seconds as ``round_.timing[name]``."""
+
+    def wrap(stage):
+        @functools.wraps(stage)
+        def run(round_: Round, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return stage(round_, *args, **kwargs)
+            finally:
+                round_.timing[name] = time.perf_counter() - t0
+
+        return run
+
+    return wrap
+
+
+# ----------------------------------------------------------------------------- opening and closing
+
+
+def finished_round(round_: Round) -> str | None:
+    """The next policy of a round finished in an earlier launch (``round_k/metrics.json``
+    exists; ``metrics.jsonl`` is rebuilt), or None."""
+    metrics = round_.saved(round_.dir / "metrics.json")
+    if metrics is None:
+        return None
+    reused = resolve_policy(round_.run, metrics["next_policy"])
+    round_.console.print(f"round {round_.index}: finished earlier, reusing its policy ({reused})")
+    if round_.dist.is_main:
+        write_metrics_jsonl(round_.run)
+    return reused
+
+
+def open_round(round_: Round) -> None:
+    """Seed the round, load its policy and the judge, read its journal records (main process)
+    and end this rank's journal file on a whole line."""
+    round_.started = time.perf_counter()
+    seed_everything(derive_seed(round_.recipe.seed, "round", round_.index))
+    round_.load_model(round_.policy)
+    round_.judge = make_judge(round_.recipe.qa)
+    round_.journal = round_.dist.main_decides(lambda: [row for row in read_journal(round_.run) if row.get("round") == round_.index])
+    seal_partial_line(round_.journal_file)  # before this rank appends to its file
+
+
+# ----------------------------------------------------------------------------- 1. self-edits
+
+
+@timed("self_edits_s")
+def sample_stage(round_: Round) -> list[list[SelfEdit]]:
+    """Step 1: ``self_edit.k`` self-edits per passage from the round's policy, sampled once and
+    saved (``round_k/self_edits.json``, reused on resume). Units: chunks of
+    ``self_edit.batch_size`` passages (each seeded from the recipe seed, the round and its
+    first passage's index)."""
+    recipe, passages, config = round_.recipe, round_.passages, round_.recipe.self_edit
+    path = round_.dir / "self_edits.json"
+    saved = round_.saved(path)
+    if saved is not None:
+        return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template)
+
+    def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
+        drawn = generate_self_edits(
+            round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
+            config.top_p, config.max_new_tokens, seed=derive_seed(recipe.seed, "round", round_.index),
+            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit,
+        )  # fmt: skip
+        return dict(zip(unit, drawn, strict=True))
+
+    n = len(passages)
+    units = [list(range(s, min(s + config.batch_size, n))) for s in range(0, n, config.batch_size)]
+    done, _ = run_stage(round_, units, sample, {}, progress="sampling self-edits")
+    self_edits = [done[i] for i in range(n)]
+    if round_.dist.is_main:
+        write_json_atomic(path, self_edits_to_json(passages, self_edits))
+    return self_edits
+
+
+# ----------------------------------------------------------------------------- 2. baselines
+
+
+def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[int]]:
+    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (at
+    least one passage): one batched generation each, the same whatever the process count."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    n_questions = 0
+    for i, passage in enumerate(passages):
+        if current and n_questions + len(passage.questions) > max_questions:
+            chunks.append(current)
+            current, n_questions = [], 0
+        current.append(i)
+        n_questions += len(passage.questions)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@timed("baselines_s")
+def baselines_stage(round_: Round) -> list[BaselineRecord]:
+    """Step 2: the baseline record (answers, scores, accuracy) of every passage, in passage
+    order, journaled once per round.
+
+    First the learner is loaded: with ``inner.learner: base`` and a policy other than the
+    recipe's model, the policy only writes, and the round-0 model learns and answers
+    (teacher-student). Units: :func:`baseline_chunks` of ``qa.batch_size`` questions.
+    """
+    recipe, passages = round_.recipe, round_.passages
+    if recipe.inner.learner == "base" and str(round_.policy) != recipe.model.name_or_path:
+        round_.unload_model()
+        round_.load_model(recipe.model.name_or_path)
+    finished = {row["passage"]: BaselineRecord.from_json(row) for row in round_.journal if row.get("kind") == "baseline"}
+
+    def answer(unit: list[int]) -> dict[int, BaselineRecord]:
+        rows = baselines(round_.model, round_.tokenizer, [passages[i] for i in unit], recipe.qa, round_.judge)
+        new = {}
+        for i, row in zip(unit, rows, strict=True):
+            if i not in finished:
+                key = {"kind": "baseline", "round": round_.index, "passage": i}
+                new[i] = BaselineRecord(key=key, passage_id=passages[i].id, **row)
+                append_jsonl(round_.journal_file, new[i].to_json())
+        return new
+
+    done, _ = run_stage(round_, baseline_chunks(passages, recipe.qa.batch_size), answer, finished)
+    return [done[i] for i in range(len(passages))]
+
+
+# ----------------------------------------------------------------------------- 3. evaluations
+
+
+def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[Evaluation]:
+    """Every (passage, self-edit, repetition) of the round, in identity order, with its
+    training texts, adapter seed and baseline accuracy."""
+    recipe, passages = round_.recipe, round_.passages
+    return [
+        Evaluation(
+            key={"kind": "evaluation", "round": round_.index, "passage": p, "self_edit": e, "repetition": repetition},
+            passage=passages[p],
+            texts=train_texts(passages[p], self_edit.text, recipe.self_edit.split_newlines, recipe.self_edit.template),
+            seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
+            baseline_accuracy=baseline_records[p].accuracy,
+        )
+        for p in range(len(passages))
+        for e, self_edit in enumerate(self_edits[p])
+        for repetition in range(recipe.inner.eval_times)
+    ]
+
+
+@timed("evaluations_s")
+def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[EvaluationRecord]:
+    """Step 3: the record of every evaluation (identity order), those not journaled yet
+    computed now. Units: ``inner.batch_adapters`` consecutive evaluations (one batched inner
+    loop, retried in halves on failure). Then the main process merges the round's journal
+    files, and failures are reported."""
+    recipe = round_.recipe
+    finished = {
+        record.identity: record
+        for record in (EvaluationRecord.from_json(row) for row in round_.journal if row.get("kind") == "evaluation")
+    }
+
+    def score(unit: list[Evaluation]) -> dict[tuple, EvaluationRecord]:
+        new = {}
+
+        def journal(record: EvaluationRecord) -> None:
+            if record.identity in finished:
+                return  # a finished member of a pending unit: computed again, not recorded
+            passage, self_edit, _ = record.identity
+            record.truncated = self_edits[passage][self_edit].truncated
+            append_jsonl(round_.journal_file, record.to_json())
+            new[record.identity] = record
+
+        score_evaluations(
+            round_.model, round_.tokenizer, unit, recipe.inner, recipe.qa, round_.judge, on_record=journal,
+            retry_in_halves=True, console=round_.console,
+        )  # fmt: skip
+        return new
+
+    units = adapter_chunks(round_evaluations(round_, self_edits, baseline_records), recipe.inner.batch_adapters)
+    done, round_.timing["evaluations_computed_by_rank"] = run_stage(
+        round_, units, score, finished, unit_keys=lambda unit: [evaluation.identity for evaluation in unit], progress="inner-loop evaluations"
+    )
+    records = [done[k] for k in sorted(done)]
+    if round_.dist.is_main:
+        merge_journal(round_.run, [record.to_json() for record in [*baseline_records, *records]])
+    round_.dist.barrier()
+    failures = Counter(record.error for record in records if record.error is not None)
+    if failures:
+        listed = "; ".join(f"{n} x {reason}" for reason, n in failures.most_common(5))
+        round_.console.print(f"[yellow]round {round_.index}: {sum(failures.values())} of {len(records)} evaluations failed[/] ({listed})")
+    return records
+
+
+# ----------------------------------------------------------------------------- 4. selection
+
+
+@dataclass
+class Selection:
+    """The ReST-EM E-step's outcome.
+
+    Attributes:
+        rewards: passage index -> mean reward per self-edit over its repetitions (None: all failed).
+        kept: passage index -> kept self-edit indices, best first (``restem.select_best``).
+        rows: the ``{prompt, completion}`` SFT rows of the kept self-edits.
+    """
+
+    rewards: dict[int, list[float | None]]
+    kept: dict[int, list[int]]
+    rows: list[dict]
+
+
+def self_edit_rewards(records: list[EvaluationRecord], n_edits: list[int]) -> dict[int, list[float | None]]:
+    """Mean reward per (passage, self-edit) over its repetitions: passage -> one per self-edit."""
+    by_self_edit = defaultdict(list)
+    for record in records:
+        by_self_edit[record.identity[:2]].append(record.reward)
+    return {p: [mean_reward(by_self_edit[(p, e)]) for e in range(n)] for p, n in enumerate(n_edits)}
+
+
+def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: list[EvaluationRecord]) -> Selection:
+    """Step 4: keep the best self-edit(s) per passage and write ``round_k/sft_rows.jsonl``;
+    the round's model is released (the policy update loads its own)."""
+    config = round_.recipe.rl
+    rewards = self_edit_rewards(records, [len(edits) for edits in self_edits])
+    kept = select_best(rewards, config.k_best, config.reward_threshold, config.keep_regardless)
+    prompts = {p: edits[0].prompt for p, edits in enumerate(self_edits) if edits}
+    rows = sft_rows(prompts, {p: [e.text for e in edits] for p, edits in enumerate(self_edits)}, kept)
+    if round_.dist.is_main:
+        write_jsonl_atomic(round_.dir / "sft_rows.jsonl", rows)
+    round_.unload_model()
+    return Selection(rewards, kept, rows)
+
+
+# ----------------------------------------------------------------------------- 5. policy update
+
+
+def _unset_deepspeed() -> None:
+    """Drop transformers' global DeepSpeed config left by the SFT's TrainingArguments, so the
+    next round's plain ``from_pretrained`` is not partitioned by ZeRO-3."""
+    try:  # here: the module's place differs between transformers versions
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    except Exception:  # pragma: no cover - older transformers
+        pass
+
+
+def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, str]:
+    """Step 5: LoRA-SFT the policy on ``rows`` and merge (all ranks train, the main one merges
+    and writes ``round_k/policy`` then ``round_k/sft.json``, which marks it finished and is
+    reused on resume). Returns the SFT statistics (None: no rows, no update) and the next policy."""
+    recipe, console, round_index = round_.recipe, round_.console, round_.index
+    next_policy = round_.dir / "policy"
+    sft_path = round_.dir / "sft.json"
+    saved = round_.saved(sft_path, requires=[next_policy])
+    if not rows:
+        console.print(f"round {round_index}: no self-edit cleared the threshold; the policy is unchanged")
+        return None, str(round_.policy)
+    if saved is not None:
+        console.print(f"round {round_index}: reusing the policy update finished earlier ({next_policy})")
+        return saved, str(next_policy)
+    console.print(f"round {round_index}: ReST-EM policy update on {len(rows)} self-edits")
+    # Seed here, not only inside the trainer: LoRA initialisation draws from the global
+    # generator, whose state would otherwise depend on what this process did before.
+    seed_everything(derive_seed(recipe.seed, "sft", round_index))
+    work = round_.dir / ".policy.sft"
+    sft_stats = update_policy(
+        round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
+        dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
+    )  # fmt: skip
+    _unset_deepspeed()
+    free_memory()
+    round_.timing["sft_s"] = sft_stats.get("seconds")
+    if round_.dist.is_main:
+        write_json_atomic(sft_path, sft_stats)  # after the merged policy: marks it finished
+        shutil.rmtree(work, ignore_errors=True)
+    round_.dist.barrier()
+    return sft_stats, str(next_policy)
+
+
+# ----------------------------------------------------------------------------- 6. metrics
+
+
+def round_metrics(
+    round_: Round,
+    self_edits: list[list[SelfEdit]],
+    baseline_records: list[BaselineRecord],
+    records: list[EvaluationRecord],
+    selection: Selection,
+    sft_stats: dict | None,
+    next_policy: str,
+) -> dict:
+    """A round's summary (``round_k/metrics.json``, a line of ``metrics.jsonl``).
+
+    Accuracies and rewards are fractions in [0, 1] (rewards in [-1, 1]); ``baseline_accuracy``
+    and ``adapter_accuracy`` are means over passages / evaluations that could be graded;
+    ``mean_reward`` over evaluations with a reward; ``best_of_k_reward`` the mean over
+    passages of the best self-edit's mean reward. ``n_failed`` / ``failures`` count failed
+    evaluations (by reason), ``n_ungraded`` the evaluations' questions the grader could not
+    grade, ``n_truncated_self_edits`` the self-edits cut off by ``self_edit.max_new_tokens``.
+    ``sft`` is the policy update's ``{train_loss, steps, seconds, rows}`` (None: no update).
+    Timing fields: see ``seal.train.TIMING_FIELDS``.
+    """
+    adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
+    best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
+    eval_seconds = [record.seconds for record in records]
+    baseline_accuracies = [record.accuracy for record in baseline_records if record.accuracy is not None]
+    failures = Counter(record.error for record in records if record.error is not None)
+    return {
+        "round": round_.index,
+        "policy": portable_path(round_.run, round_.policy),
+        "n_passages": len(round_.passages),
+        "n_evaluations": len(records),
+        "n_failed": sum(failures.values()),
+        "failures": dict(sorted(failures.items())),
+        "n_ungraded": sum(s is None for record in records for s in record.scores),
+        "n_truncated_self_edits": sum(e.truncated for edits in self_edits for e in edits),
+        "baseline_accuracy": fmean(baseline_accuracies) if baseline_accuracies else None,
+        "adapter_accuracy": fmean(adapter_accuracies) if adapter_accuracies else None,
+        "mean_reward": mean_reward([record.reward for record in records]),
+        "best_of_k_reward": fmean(best) if best else None,
+        "n_kept": sum(len(v) for v in selection.kept.values()),
+        "sft": sft_stats,
+        "seconds_per_evaluation": fmean(eval_seconds) if eval_seconds else None,
+        "seconds": time.perf_counter() - round_.started,
+        "next_policy": portable_path(round_.run, next_policy),
+        "timing": round_.timing,
+    }
+
+
+def write_metrics_jsonl(run: RunDir) -> None:
+    """``metrics.jsonl``: one line per finished round, rebuilt atomically from ``round_k/metrics.json``
+    (so a crash between the two writes can neither lose nor duplicate a line)."""
+    rows = []
+    for path in run.path.glob("round_*/metrics.json"):
+        try:
+            rows.append(read_json(path))
+        except (OSError, ValueError):
+            continue
+    write_jsonl_atomic(run.metrics, sorted(rows, key=lambda m: m["round"]))
+
+
+def metrics_stage(round_: Round, metrics: dict) -> None:
+    """Step 6: write ``round_k/metrics.json`` (which marks the round finished) and
+    ``metrics.jsonl``, and print the round's summary line."""
+    if round_.dist.is_main:
+        write_json_atomic(round_.dir / "metrics.json", metrics)
+        write_metrics_jsonl(round_.run)
+    round_.dist.barrier()
+    round_.console.print(
+        f"round {round_.index}: baseline {percent(metrics['baseline_accuracy'])}, adapted {percent(metrics['adapter_accuracy'])}, "
+        f"mean reward {percent(metrics['mean_reward'], points=True)}, best-of-k {percent(metrics['best_of_k_reward'], points=True)}, "
+        f"kept {metrics['n_kept']}, failed {metrics['n_failed']}, ungraded {metrics['n_ungraded']}, {metrics['seconds']:.0f} s"
+    )

@@ -40,6 +40,7 @@ from seal.bench.sources import (
 from seal.config import Recipe, RecipeError, recipe_to_dict
 from seal.evaluate import load_eval_passages
 from seal.models import load_model, load_model_from_config
+from seal.prepare import ensure_model
 from seal.rundir import RunDir, append_jsonl, write_json_atomic
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
@@ -49,8 +50,6 @@ def _ensure_student(recipe: Recipe, st: StudentSpec) -> None:
     """Build a student's tiny model if it asks for one and it does not exist yet (as for ``model``)."""
     if st.build_tiny is None or Path(st.name_or_path).exists():
         return
-    from seal.models import ensure_model
-
     model = recipe.model.model_copy(update={"name_or_path": st.name_or_path, "build_tiny": st.build_tiny})
     ensure_model(recipe.model_copy(update={"model": model}))
 

@@ -93,15 +93,18 @@ def bench(
     recipe: Path = typer.Argument(..., help="Recipe YAML with a 'bench' section, e.g. recipes/bench_squad_tiny_cpu.yaml."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. bench.bootstrap_samples=2000"),
     out: Path = typer.Option(None, "--out", help="Results directory (default runs/<recipe>-bench-<timestamp>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the bench in --out: journaled results are read back, only missing ones computed."),
 ) -> None:
     """Compare sources of inner-loop training data across protocols: report, CSV/JSON and plots with CIs."""
     from seal.bench.run import bench as run_bench
     from seal.prepare import ensure_model
 
     try:
+        if resume and out is None:
+            raise RecipeError("--resume needs --out DIR, the bench to continue")
         loaded = _load(recipe, overrides)
         ensure_model(loaded, console.print)
-        path = run_bench(loaded, out or default_run_dir(loaded.output_dir, f"{loaded.name}-bench"), console=console)
+        path = run_bench(loaded, out or default_run_dir(loaded.output_dir, f"{loaded.name}-bench"), console=console, resume=resume)
     except USER_ERRORS as e:
         _fail(e)
     console.print(f"[bold green]done:[/] {path}")

@@ -10,6 +10,13 @@ Reading order of :func:`bench`:
    record is appended to ``journal.jsonl`` as soon as it is graded;
 5. statistics (:mod:`seal.bench.analysis`), plots, ``report.md``, CSV and JSON.
 
+``resume=True`` (``seal bench RECIPE --out DIR --resume``) continues a bench that stopped
+(killed, out of time): with a recipe that agrees with ``DIR/config.yaml`` in everything that
+changes results, the sampled self-edits (``self_edits/``), baselines and adapters already in
+``journal.jsonl`` are read back (a partially written last line is dropped) and only what is
+missing is computed; see :mod:`seal.bench.protocols` for what each protocol reuses. Every
+seed derives from an identity, so the results equal an uninterrupted run's.
+
 Cost: per student, single = passages x self-edits x repetitions adapters per source,
 multi = repetitions adapters on all passages' texts per source, continual = passages x
 repetitions merged updates per source plus a growing QA pass after each.
@@ -17,8 +24,10 @@ repetitions merged updates per source plus a growing QA pass after each.
 
 from __future__ import annotations
 
+import datetime as _dt
 import gc
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
@@ -37,13 +46,61 @@ from seal.bench.sources import (
     seal_format,
     train_run_sources,
 )
-from seal.config import Recipe, RecipeError, recipe_to_dict
+from seal.config import Recipe, RecipeError, diff_recipes, recipe_to_dict
 from seal.evaluate import load_eval_passages
 from seal.models import load_model, load_model_from_config
 from seal.prepare import ensure_model
-from seal.rundir import RunDir, append_jsonl, write_json_atomic
+from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
+
+# Keys that change speed or bookkeeping but not results: a resume may change them.
+RESUMABLE_KEYS = {
+    "name",
+    "output_dir",
+    "model.device",
+    "inner.batch_adapters",
+    "qa.batch_size",
+    "qa.judge.max_concurrency",
+    "qa.judge.timeout_s",
+    "qa.judge.max_retries",
+    "qa.judge.backoff_s",
+}
+
+# Fields of a baseline's journal record around :func:`seal.scoring.baselines`' own.
+_BASELINE_KEY = ("kind", "student", "passage", "passage_id")
+
+
+def check_resume(run: RunDir, config: dict) -> None:
+    """Refuse to resume a directory without a bench, or with a recipe that changes results.
+
+    Raises:
+        RecipeError: no ``config.yaml`` in the directory, or the differing keys.
+    """
+    if not run.exists():
+        raise RecipeError(f"cannot resume: {run.path} holds no bench results (no config.yaml)")
+    diffs = [k for k in diff_recipes(run.recorded_config(), config) if k not in RESUMABLE_KEYS]
+    if diffs:
+        raise RecipeError(f"refusing to resume {run.path}: the recipe differs from the recorded one in: {', '.join(diffs)}")
+
+
+def reopen_journal(run: RunDir) -> list[dict]:
+    """The journal's records, after cutting off a partially written last line (a kill mid-append)."""
+    path = run.journal
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    return read_jsonl(path)
+
+
+def _note_resume(run: RunDir) -> None:
+    """Add this launch's time to ``run.json``'s ``resumed`` list."""
+    path = run.path / "run.json"
+    info = read_json(path) if path.exists() else {}
+    info.setdefault("resumed", []).append(_dt.datetime.now().isoformat(timespec="seconds"))
+    write_json_atomic(path, info)
 
 
 def _ensure_student(recipe: Recipe, st: StudentSpec) -> None:
@@ -63,12 +120,17 @@ def _describe(recipe: Recipe, proto) -> str:
     )
 
 
-def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> Path:
+def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False) -> Path:
     """Run the recipe's ``bench`` section into ``out_dir``; returns the results directory.
+
+    ``resume``: continue the bench in ``out_dir``, reading back what its journal holds (see
+    the module docstring).
 
     Raises:
         RecipeError: no bench section, a protocol asks for more passages than the data
-            section loads, a missing policy checkpoint or student, ``out_dir`` already holds results.
+            section loads, a missing policy checkpoint or student, ``out_dir`` already holds
+            results (without ``resume``), or (with it) holds none or was started with a recipe
+            that differs in result-changing keys.
         DataError: a file: source lacks a passage of the evaluation set (named) or has too few self-edits.
         PromptError: unknown template.
     """
@@ -78,8 +140,11 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
         raise RecipeError("the recipe has no 'bench' section (see recipes/bench_squad_tiny_cpu.yaml)")
     seed = recipe.seed if cfg.seed is None else cfg.seed
     run = RunDir(out_dir)
-    if run.exists():
-        raise RecipeError(f"{run.path} already holds results; choose another --out")
+    config = recipe_to_dict(recipe)
+    if resume:
+        check_resume(run, config)
+    elif run.exists():
+        raise RecipeError(f"{run.path} already holds results; choose another --out, or pass --resume to continue it")
 
     # 1. checks -------------------------------------------------------------------------
     protocols = cfg.protocols.enabled()
@@ -105,7 +170,19 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
     sources = check_sources(specs, recipe, passages, n_edits, students)
 
     # 2. record ------------------------------------------------------------------------
-    run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed, "bench_seed": seed})
+    journaled_baselines: dict[str, dict[int, dict]] = defaultdict(dict)
+    journaled: dict[tuple, list[dict]] = defaultdict(list)  # (protocol, student, source label) -> records
+    if resume:
+        records = reopen_journal(run)
+        for row in records:
+            if row.get("kind") == "baseline":
+                journaled_baselines[row["student"]][row["passage"]] = row
+            else:
+                journaled[(row["kind"], row["student"], row["source_label"])].append(row)
+        _note_resume(run)
+        console.print(f"resuming {run.path}: {len(records)} journaled records read back")
+    else:
+        run.start(config, seeds={"seed": recipe.seed, "bench_seed": seed})
     seed_everything(seed)
     t_start = time.perf_counter()
     judge = make_judge(recipe.qa)
@@ -113,16 +190,14 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
 
     with progress_bar(console) as bar:
         # 3. self-edits sampled now -----------------------------------------------------
-        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar)
+        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume)
 
         # 4. every student x protocol x source --------------------------------------------
         outcomes, base_verdicts = {}, {}
         for st in students:
             model, tok = load_model(st.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
             task = bar.add_task(f"{st.name}: baseline", total=1)
-            base = baselines(model, tok, passages, recipe.qa, judge)
-            for i, b in enumerate(base):
-                append_jsonl(run.journal, {"kind": "baseline", "student": st.name, "passage": i, "passage_id": passages[i].id, **b})
+            base = _baselines(model, tok, passages, recipe, judge, st.name, journaled_baselines[st.name], run)
             bar.advance(task)
             for name, proto in protocols:
                 pr, n = recipes[name], sizes[name]
@@ -134,7 +209,7 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
                         model, tok, pr, s.spec.source, passages[:n], cut[s.name], base[:n], seed, judge,
                         key={"kind": name, "student": st.name, "source_label": s.name},
                         on_record=lambda rec: append_jsonl(run.journal, rec),
-                        progress=lambda k, task=task: bar.advance(task, k),
+                        progress=lambda k, task=task: bar.advance(task, k), done=journaled[(name, st.name, s.name)],
                     )  # fmt: skip
                 bar.update(task, completed=max(total, 1))
                 base_verdicts[(name, st.name)] = [list(b["scores"]) for b in base[:n]]
@@ -171,8 +246,36 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
     return run.path
 
 
-def _sample_sources(sources: list[Source], recipe: Recipe, passages, n_edits: int, seed: int, run: RunDir, bar) -> None:
-    """Sample policy:/prompt: sources' self-edits once; save each as a SEAL-format file."""
+def _baselines(model, tok, passages, recipe: Recipe, judge, student: str, journaled: dict[int, dict], run: RunDir) -> list[dict]:
+    """The student's baselines: read back when the journal holds every passage's, else
+    computed (one batched generation) and the passages' missing from the journal appended."""
+    if all(i in journaled for i in range(len(passages))):
+        return [{k: v for k, v in journaled[i].items() if k not in _BASELINE_KEY} for i in range(len(passages))]
+    base = baselines(model, tok, passages, recipe.qa, judge)
+    for i, row in enumerate(base):
+        if i not in journaled:
+            append_jsonl(run.journal, {"kind": "baseline", "student": student, "passage": i, "passage_id": passages[i].id, **row})
+    return base
+
+
+def _saved_edits(path: Path, n_passages: int, n_edits: int) -> list[list[str | None]] | None:
+    """Self-edits saved by an earlier launch of this bench (a resume), if complete; else None."""
+    if not path.is_file():
+        return None
+    rows = read_json(path)
+    if len(rows) != n_passages or any(len(row["completions"]) < n_edits for row in rows):
+        return None
+    return [list(row["completions"][:n_edits]) for row in rows]
+
+
+def _sample_sources(sources: list[Source], recipe: Recipe, passages, n_edits: int, seed: int, run: RunDir, bar, reuse: bool = False) -> None:
+    """Sample policy:/prompt: sources' self-edits once; save each as a SEAL-format file.
+
+    ``reuse`` (a resume): a source whose file an earlier launch saved is read back, not sampled again.
+    """
+    for s in sources:
+        if reuse and s.edits is None:
+            s.edits = _saved_edits(run.path / "self_edits" / f"{_file_part(s.name)}.json", len(passages), n_edits)
     todo = [s for s in sources if s.edits is None]
     if not todo:
         return

@@ -149,9 +149,9 @@ def get_dist() -> Dist:
 def main_process_first():
     """Run the block on the main process first, then on the others (e.g. building a tiny model
     that every rank then loads)."""
-    d = get_dist()
-    if not d.is_main:
-        d.barrier()
+    dist = get_dist()
+    if not dist.is_main:
+        dist.barrier()
     yield
-    if d.is_main:
-        d.barrier()
+    if dist.is_main:
+        dist.barrier()

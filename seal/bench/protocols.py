@@ -82,10 +82,10 @@ def protocol_recipe(recipe: Recipe, name: str, proto: ProtocolConfig) -> Recipe:
     inner = merged_inner(recipe.inner, proto.inner)
     reps = proto.repetitions or (inner.eval_times if name == "single" else 1)
     inner = inner.model_copy(update={"eval_times": reps})
-    se = recipe.self_edit
+    self_edit = recipe.self_edit
     if proto.split_newlines is not None:
-        se = se.model_copy(update={"split_newlines": proto.split_newlines})
-    return recipe.model_copy(update={"inner": inner, "self_edit": se})
+        self_edit = self_edit.model_copy(update={"split_newlines": proto.split_newlines})
+    return recipe.model_copy(update={"inner": inner, "self_edit": self_edit})
 
 
 def _single_key(row: dict) -> tuple:

@@ -103,19 +103,19 @@ def _note_resume(run: RunDir) -> None:
     write_json_atomic(path, info)
 
 
-def _ensure_student(recipe: Recipe, st: StudentSpec) -> None:
+def _ensure_student(recipe: Recipe, student: StudentSpec) -> None:
     """Build a student's tiny model if it asks for one and it does not exist yet (as for ``model``)."""
-    if st.build_tiny is None or Path(st.name_or_path).exists():
+    if student.build_tiny is None or Path(student.name_or_path).exists():
         return
-    model = recipe.model.model_copy(update={"name_or_path": st.name_or_path, "build_tiny": st.build_tiny})
+    model = recipe.model.model_copy(update={"name_or_path": student.name_or_path, "build_tiny": student.build_tiny})
     ensure_model(recipe.model_copy(update={"model": model}))
 
 
 def _describe(recipe: Recipe, proto) -> str:
-    i = recipe.inner
+    inner = recipe.inner
     return (
-        f"LoRA r={i.lora.rank} alpha={i.lora.alpha:g} on {','.join(i.lora.target_modules)}, {i.epochs} epochs, lr {i.lr:g}, "
-        f"batch {i.batch_size}, {proto.n_self_edits} self-edit(s) per passage, {i.eval_times} repetition(s), "
+        f"LoRA r={inner.lora.rank} alpha={inner.lora.alpha:g} on {','.join(inner.lora.target_modules)}, {inner.epochs} epochs, lr {inner.lr:g}, "
+        f"batch {inner.batch_size}, {proto.n_self_edits} self-edit(s) per passage, {inner.eval_times} repetition(s), "
         f"split_newlines={recipe.self_edit.split_newlines}"
     )
 
@@ -161,8 +161,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     n_edits = max(p.n_self_edits for _, p in protocols)
     recipes = {name: protocol_recipe(recipe, name, p) for name, p in protocols}
     students = cfg.students or [StudentSpec(name_or_path=recipe.model.name_or_path)]
-    for st in students:
-        _ensure_student(recipe, st)
+    for student in students:
+        _ensure_student(recipe, student)
     specs, train_metrics = list(cfg.sources), []
     if cfg.train_run:
         round_specs, train_metrics = train_run_sources(cfg.train_run)
@@ -194,36 +194,40 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
 
         # 4. every student x protocol x source --------------------------------------------
         outcomes, base_verdicts = {}, {}
-        for st in students:
-            model, tok = load_model(st.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
-            task = bar.add_task(f"{st.name}: baseline", total=1)
-            base = _baselines(model, tok, passages, recipe, judge, st.name, journaled_baselines[st.name], run)
+        for student in students:
+            model, tok = load_model(student.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+            task = bar.add_task(f"{student.name}: baseline", total=1)
+            base = _baselines(model, tok, passages, recipe, judge, student.name, journaled_baselines[student.name], run)
             bar.advance(task)
             for name, proto in protocols:
-                pr, n = recipes[name], sizes[name]
-                cut = {s.name: [e[: proto.n_self_edits] for e in s.edits[:n]] for s in sources}
-                total = sum(n_steps(name, s.spec.source, passages[:n], cut[s.name], pr) for s in sources)
-                task = bar.add_task(f"{st.name}: {name}", total=max(total, 1))
-                for s in sources:
-                    outcomes[(name, st.name, s.name)] = PROTOCOL_RUNNERS[name](
-                        model, tok, pr, s.spec.source, passages[:n], cut[s.name], base[:n], seed, judge,
-                        key={"kind": name, "student": st.name, "source_label": s.name},
-                        on_record=lambda rec: append_jsonl(run.journal, rec),
-                        progress=lambda k, task=task: bar.advance(task, k), done=journaled[(name, st.name, s.name)],
+                proto_recipe, n = recipes[name], sizes[name]
+                cut = {source.name: [edits[: proto.n_self_edits] for edits in source.edits[:n]] for source in sources}
+                total = sum(n_steps(name, source.spec.source, passages[:n], cut[source.name], proto_recipe) for source in sources)
+                task = bar.add_task(f"{student.name}: {name}", total=max(total, 1))
+                for source in sources:
+                    cell = (name, student.name, source.name)
+                    outcomes[cell] = PROTOCOL_RUNNERS[name](
+                        model, tok, proto_recipe, source.spec.source, passages[:n], cut[source.name], base[:n], seed, judge,
+                        key={"kind": name, "student": student.name, "source_label": source.name},
+                        on_record=lambda record: append_jsonl(run.journal, record),
+                        progress=lambda k, task=task: bar.advance(task, k), done=journaled[cell],
                     )  # fmt: skip
                 bar.update(task, completed=max(total, 1))
-                base_verdicts[(name, st.name)] = [list(b["scores"]) for b in base[:n]]
+                base_verdicts[(name, student.name)] = [list(row["scores"]) for row in base[:n]]
             del model, tok
             gc.collect()
 
     # 5. statistics and outputs ----------------------------------------------------------
-    rows = [Row(s.name, s.spec.source, dict(s.spec.expected), {st.name: same_model(s.author, st.name_or_path) for st in students}, s.author) for s in sources]
+    rows = [
+        Row(source.name, source.spec.source, dict(source.spec.expected), {student.name: same_model(source.author, student.name_or_path) for student in students}, source.author)
+        for source in sources
+    ]  # fmt: skip
     boot_seed = derive_seed(seed, "bootstrap")
-    results = analyze(rows, [st.name for st in students], [(n, sizes[n]) for n, _ in protocols], outcomes, base_verdicts, cfg, boot_seed)
+    results = analyze(rows, [student.name for student in students], [(n, sizes[n]) for n, _ in protocols], outcomes, base_verdicts, cfg, boot_seed)
     setup = {
         "name": recipe.name,
-        "students": [st.name for st in students],
-        "student_paths": [st.name_or_path for st in students],
+        "students": [student.name for student in students],
+        "student_paths": [student.name_or_path for student in students],
         "grader": recipe.qa.grader,
         "seed": seed,
         "bootstrap_seed": boot_seed,
@@ -234,12 +238,12 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         "passages": [{"passage_id": p.id, "title": p.title, "n_questions": len(p.questions)} for p in passages],
         "seconds": None,
         # source label -> ReST-EM rounds behind it: the report opens with the round comparison
-        "rounds": {s.name: s.spec.round for s in sources if s.spec.round is not None},
+        "rounds": {source.name: source.spec.round for source in sources if source.spec.round is not None},
     }
     rounds = setup["rounds"]
     plots = write_plots(run.path, results, rounds, train_metrics)
     setup["seconds"] = round(time.perf_counter() - t_start, 1)
-    verdicts = {k: o.verdicts for k, o in outcomes.items()}
+    verdicts = {cell: outcome.verdicts for cell, outcome in outcomes.items()}
     write_tables(run.path, results, setup, verdicts, [p.id for p in passages], plots)
     _print_summary(console, results, rounds)
     console.print(f"report: {run.path / 'report.md'}  ({setup['seconds']:.0f} s)")
@@ -273,20 +277,20 @@ def _sample_sources(sources: list[Source], recipe: Recipe, passages, n_edits: in
 
     ``reuse`` (a resume): a source whose file an earlier launch saved is read back, not sampled again.
     """
-    for s in sources:
-        if reuse and s.edits is None:
-            s.edits = _saved_edits(run.path / "self_edits" / f"{_file_part(s.name)}.json", len(passages), n_edits)
-    todo = [s for s in sources if s.edits is None]
+    for source in sources:
+        if reuse and source.edits is None:
+            source.edits = _saved_edits(run.path / "self_edits" / f"{_file_part(source.name)}.json", len(passages), n_edits)
+    todo = [source for source in sources if source.edits is None]
     if not todo:
         return
     task = bar.add_task("sampling self-edits", total=len(todo))
     base = None
-    if any(s.kind == "prompt" for s in todo):
+    if any(source.kind == "prompt" for source in todo):
         base = load_model_from_config(recipe.model)
-    for s in todo:
-        sample_source(s, recipe, passages, n_edits, seed, base=base)
-        note = f"sampled by seal bench from {s.author} ({s.spec.source}), seed {seed}"
-        write_json_atomic(run.path / "self_edits" / f"{_file_part(s.name)}.json", seal_format(passages, s.edits, note))
+    for source in todo:
+        sample_source(source, recipe, passages, n_edits, seed, base=base)
+        note = f"sampled by seal bench from {source.author} ({source.spec.source}), seed {seed}"
+        write_json_atomic(run.path / "self_edits" / f"{_file_part(source.name)}.json", seal_format(passages, source.edits, note))
         bar.advance(task)
     del base
     gc.collect()
@@ -298,12 +302,14 @@ def _file_part(label: str) -> str:
 
 def _print_summary(console: Console, results: dict, rounds: dict[str, int]) -> None:
     for name, proto in results["protocols"].items():
-        for st, table in proto["tables"].items():
-            t = Table(title=f"{name}, student {st}, {proto['n_passages']} passages (points, 95 % CI)")
-            for col in ("source", "accuracy", "gain over base", "reference"):
-                t.add_column(col)
-            for c in table["cells"]:
-                t.add_row(c["source"], ci(c["accuracy"]), ci(c["gain"], signed=True), "" if c["expected"] is None else pct(c["expected"]))
-            console.print(t)
-            for line in round_lines(name, st, table, rounds):
+        for student, table in proto["tables"].items():
+            summary = Table(title=f"{name}, student {student}, {proto['n_passages']} passages (points, 95 % CI)")
+            for column in ("source", "accuracy", "gain over base", "reference"):
+                summary.add_column(column)
+            for cell in table["cells"]:
+                summary.add_row(
+                    cell["source"], ci(cell["accuracy"]), ci(cell["gain"], signed=True), "" if cell["expected"] is None else pct(cell["expected"])
+                )
+            console.print(summary)
+            for line in round_lines(name, student, table, rounds):
                 console.print(line.replace("**", ""))

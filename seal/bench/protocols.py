@@ -99,7 +99,7 @@ def mean_question_scores(runs: Sequence[Sequence[float | None]], n_questions: in
     """
     out: list[float | None] = []
     for q in range(n_questions):
-        vals = [r[q] for r in runs if r]
+        vals = [run[q] for run in runs if run]
         vals = [0.0 if v is None else v for v in vals] if ungraded == "wrong" else [v for v in vals if v is not None]
         out.append(fmean(vals) if vals else None)
     return out
@@ -145,7 +145,7 @@ def run_single(
     for ev in evals:
         ev.key = {**(key or {}), **ev.key}
     if not evals:  # source 'none': the un-adapted model answers
-        return Outcome([list(b["scores"]) for b in baseline])
+        return Outcome([list(base["scores"]) for base in baseline])
     journaled = {_single_key(row): row for row in done}
     todo = [ev for ev in evals if _single_key(ev.key) not in journaled]
     if progress and len(todo) < len(evals):
@@ -164,8 +164,8 @@ def run_single(
     return Outcome(
         verdicts,
         n_runs=len(records),
-        n_failed=sum(r["error"] is not None for r in records),
-        seconds=sum(r["seconds"] for r in records),
+        n_failed=sum(record["error"] is not None for record in records),
+        seconds=sum(record["seconds"] for record in records),
     )
 
 
@@ -227,7 +227,7 @@ def run_multi(
     texts = _texts_per_passage(source, passages, edits, recipe)
     jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template)
     if not jobs:
-        return Outcome([list(b["scores"]) for b in baseline])
+        return Outcome([list(base["scores"]) for base in baseline])
     records = {row["repetition"]: row for row in done}
     todo = [rep for rep in range(len(jobs)) if rep not in records]
     if progress and len(todo) < len(jobs):
@@ -294,9 +294,9 @@ def run_continual(
     texts = _texts_per_passage(source, passages, edits, recipe)
     reps = recipe.inner.eval_times
     if not any(texts):  # source 'none': nothing changes, every row is the baseline
-        row = [b["accuracy"] if b["accuracy"] is not None else math.nan for b in baseline]
+        row = [base["accuracy"] if base["accuracy"] is not None else math.nan for base in baseline]
         matrix = [[row[j] if j <= i else math.nan for j in range(n)] for i in range(n)]
-        return Outcome([list(b["scores"]) for b in baseline], matrix=matrix)
+        return Outcome([list(base["scores"]) for base in baseline], matrix=matrix)
     journaled = {(row["repetition"], row["step"]): row for row in done}
     sums, counts = [[0.0] * n for _ in range(n)], [[0] * n for _ in range(n)]
     final_runs: list[list[list[float | None]]] = [[] for _ in passages]

@@ -175,3 +175,21 @@ def test_each_protocol_reads_back_part_of_a_cell(protocol, recipe, tiny_squad_mo
     for field in ("verdicts", "n_runs", "n_failed"):
         assert getattr(part, field) == getattr(whole, field)
     assert json.dumps(part.matrix) == json.dumps(whole.matrix)  # NaN above the diagonal
+
+
+def test_a_partially_written_last_line_is_dropped_and_recomputed(reference, recipe, tmp_path):
+    """A kill in the middle of an append leaves half a record: the resume cuts it off and
+    computes that record again; the rest of the journal is read back."""
+    import shutil
+
+    out = shutil.copytree(reference, tmp_path / "bench")
+    lines = (out / "journal.jsonl").read_text().splitlines(keepends=True)
+    (out / "journal.jsonl").write_text("".join(lines[:KILL_AT]) + lines[KILL_AT][:40])
+    for name in ("results.json", "report.md"):
+        (out / name).unlink()
+    with one_thread():
+        bench(load_recipe(recipe), out, console=Console(file=io.StringIO()), resume=True)
+    assert (out / "journal.jsonl").read_text().splitlines(keepends=True)[:KILL_AT] == lines[:KILL_AT]
+    assert without_timings(read_jsonl(out / "journal.jsonl")) == without_timings(read_jsonl(reference / "journal.jsonl"))
+    resumed, expected = (json.loads((folder / "results.json").read_text()) for folder in (out, reference))
+    assert without_timings(resumed) == without_timings(expected)

@@ -10,6 +10,14 @@ one does not break importing, but it still means two layers know each other; the
 
 Run as a script (``python tests/test_imports.py``) to print the graph's cycles and the
 function-local imports.
+
+Before the one-way renovation (issue 11): one module-level cycle (``seal.config`` imported
+``seal.bench.config`` at its bottom, which imported ``seal.config``; ``seal.bench`` imported
+``seal.config``), one ten-module cycle through function-local imports (``seal.models`` ->
+``seal.microworld.pretrain`` -> ``seal.inner_loop`` -> ``seal.config`` -> ... ), and 30
+function-local import statements of seal modules. After: no cycle, 14 statements: the CLI's
+commands importing what they run (fast ``--help`` and errors), ``seal.train`` helpers
+imported by the bench (``progress_bar``, ``resolve_policy``), and three in the trainer's modules.
 """
 
 from __future__ import annotations

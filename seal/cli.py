@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from seal.config import Recipe, RecipeError, load_recipe, parse_override
@@ -146,8 +147,6 @@ def microworld_pretrain(
 
     Prints the entry directory: model/, train.json, eval.json, oracle_*.json, meta.json.
     """
-    from pydantic import ValidationError
-
     from seal.microworld.pretrain import ensure_microworld
 
     try:

@@ -50,6 +50,7 @@ class Dist:
     """
 
     def __init__(self):
+        # torch and accelerate are imported where used: the CLI imports this module at start-up.
         import torch
         from accelerate import PartialState
 

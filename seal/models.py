@@ -24,6 +24,8 @@ TINY_CHAT_TEMPLATE = (
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# transformers and tokenizers are imported inside the functions that use them (seconds to import).
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' is CUDA when available, else CPU."""

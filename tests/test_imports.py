@@ -23,6 +23,8 @@ imported by the bench (``progress_bar``, ``resolve_policy``), and three in the t
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +175,13 @@ def test_all_imports_have_no_cycle():
     found = cycles(import_edges())
     if found:
         pytest.xfail(f"cycles through function-local imports remain: {found}")
+
+
+def test_the_command_line_and_recipes_load_without_torch():
+    """``seal --help``, a recipe's validation and its errors need neither torch nor transformers."""
+    code = "import sys, seal.cli, seal.config; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=SEAL.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_graph_reader_sees_cycles(tmp_path):

@@ -109,8 +109,8 @@ def _texts_per_passage(source: str, passages: list[Passage], edits, recipe: Reci
     """Per passage, the concatenated training texts of all its self-edits (built by evaluations_for)."""
     one = recipe.model_copy(update={"inner": recipe.inner.model_copy(update={"eval_times": 1})})
     out: list[list[str]] = [[] for _ in passages]
-    for ev in evaluations_for(source, passages, edits, one, seed=0):
-        out[ev.key["passage"]] += ev.texts
+    for evaluation in evaluations_for(source, passages, edits, one, seed=0):
+        out[evaluation.key["passage"]] += evaluation.texts
     return out
 
 
@@ -141,25 +141,25 @@ def run_single(
         key: extra fields of every journal record (protocol, student).
         done: journaled records of this run (a resume): those evaluations are read back, not rerun.
     """
-    evals = evaluations_for(source, passages, edits, recipe, seed)
-    for ev in evals:
-        ev.key = {**(key or {}), **ev.key}
-    if not evals:  # source 'none': the un-adapted model answers
+    evaluations = evaluations_for(source, passages, edits, recipe, seed)
+    for evaluation in evaluations:
+        evaluation.key = {**(key or {}), **evaluation.key}
+    if not evaluations:  # source 'none': the un-adapted model answers
         return Outcome([list(base["scores"]) for base in baseline])
     journaled = {_single_key(row): row for row in done}
-    todo = [ev for ev in evals if _single_key(ev.key) not in journaled]
-    if progress and len(todo) < len(evals):
-        progress(len(evals) - len(todo))
+    todo = [evaluation for evaluation in evaluations if _single_key(evaluation.key) not in journaled]
+    if progress and len(todo) < len(evaluations):
+        progress(len(evaluations) - len(todo))
     computed = run_evaluations(
-        model, tokenizer, todo, lambda ev: baseline[ev.key["passage"]]["accuracy"], recipe.inner, recipe.qa, judge,
+        model, tokenizer, todo, lambda evaluation: baseline[evaluation.key["passage"]]["accuracy"], recipe.inner, recipe.qa, judge,
         on_record=on_record, progress=progress,
     )  # fmt: skip
     by_key = {**journaled, **{_single_key(row): row for row in computed}}
-    records = [by_key[_single_key(ev.key)] for ev in evals]
+    records = [by_key[_single_key(evaluation.key)] for evaluation in evaluations]
     runs: list[list[list[float | None]]] = [[] for _ in passages]
-    for rec in records:
-        if rec["error"] is None:
-            runs[rec["passage"]].append(rec["scores"])
+    for record in records:
+        if record["error"] is None:
+            runs[record["passage"]].append(record["scores"])
     verdicts = [mean_question_scores(runs[i], len(p.questions), recipe.qa.ungraded) for i, p in enumerate(passages)]
     return Outcome(
         verdicts,
@@ -241,14 +241,14 @@ def run_multi(
             for i, (p, ans) in enumerate(zip(passages, split_answers(res.answers, passages), strict=True)):
                 scores = grade_answers(p, ans, recipe.qa, judge)
                 per_passage.append({"passage": i, "passage_id": p.id, "answers": ans, "scores": scores})
-        rec = {
+        record = {
             **(key or {}), "source": source, "repetition": rep, "seed": jobs[rep].seed,
             "n_passages": len(passages), "n_train_texts": len(jobs[rep].texts), "n_train_tokens": res.n_train_tokens,
             "epoch_losses": res.epoch_losses, "seconds": res.seconds, "error": res.error, "per_passage": per_passage,
         }  # fmt: skip
-        records[rep] = rec
+        records[rep] = record
         if on_record:
-            on_record(rec)
+            on_record(record)
     runs: list[list[list[float | None]]] = [[] for _ in passages]
     for rep in range(len(jobs)):
         for row in records[rep]["per_passage"]:

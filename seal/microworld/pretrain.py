@@ -255,8 +255,8 @@ class Pretrainer:
     def encode(self, docs: Sequence[Doc]) -> tuple[list[list[int]], list[int]]:
         """Token ids (EOS appended, truncated to ``max_length``) and each document's loss start."""
         eos = self.tok.eos_token_id
-        ids = [(x + [eos])[: self.cfg.max_length] for x in self.tok([d.text for d in docs])["input_ids"]]
-        heads = self.tok([d.text[: d.prompt_chars] for d in docs])["input_ids"]
+        ids = [(x + [eos])[: self.cfg.max_length] for x in self.tok([doc.text for doc in docs])["input_ids"]]
+        heads = self.tok([doc.text[: doc.prompt_chars] for doc in docs])["input_ids"]
         # Loss from the first token after the prompt (token boundaries agree at "\n").
         starts = [len(h) if d.prompt_chars and x[: len(h)] == h else 0 for d, x, h in zip(docs, ids, heads, strict=True)]
         self.n_tokens_corpus += sum(len(x) for x in ids)
@@ -367,7 +367,7 @@ def _train_tokenizer(world: World, cfg: PretrainConfig):
     for ep in range(min(2, cfg.memory_epochs)):
         docs += memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template)
     rng = random.Random(derive_seed(cfg.seed, "microworld", "tokenizer"))
-    return train_tokenizer((d.text for d in rng.sample(docs, min(len(docs), 20000))), cfg.vocab_size)
+    return train_tokenizer((doc.text for doc in rng.sample(docs, min(len(docs), 20000))), cfg.vocab_size)
 
 
 def final_copy_skill(model, tok, records: Sequence[dict], cfg: PretrainConfig) -> dict:

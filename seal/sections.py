@@ -83,7 +83,7 @@ class InnerLoopConfig(Section):
     )
 
 
-
+#: Kinds of source of inner-loop training data (``seal evaluate``'s ``evaluate.source``, ``seal bench``'s sources).
 SOURCE_KINDS = ("none", "passage", "file", "policy", "prompt")
 
 

@@ -193,3 +193,15 @@ def test_a_partially_written_last_line_is_dropped_and_recomputed(reference, reci
     assert without_timings(read_jsonl(out / "journal.jsonl")) == without_timings(read_jsonl(reference / "journal.jsonl"))
     resumed, expected = (json.loads((folder / "results.json").read_text()) for folder in (out, reference))
     assert without_timings(resumed) == without_timings(expected)
+
+
+def test_resuming_a_finished_bench_computes_nothing(reference, recipe, tmp_path):
+    import shutil
+
+    out = shutil.copytree(reference, tmp_path / "bench")
+    journal = (out / "journal.jsonl").read_text()
+    with one_thread():
+        bench(load_recipe(recipe), out, console=Console(file=io.StringIO()), resume=True)
+    assert (out / "journal.jsonl").read_text() == journal
+    resumed, expected = (json.loads((folder / "results.json").read_text()) for folder in (out, reference))
+    assert without_timings(resumed) == without_timings(expected)

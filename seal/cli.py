@@ -11,12 +11,18 @@ import os
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from seal.config import Recipe, RecipeError, load_recipe
+from seal.config import Recipe, RecipeError, load_recipe, parse_override
 from seal.data import DataError
+from seal.distributed import get_dist, main_process_first
 from seal.microworld.config import CopySkillError
 from seal.prompts import PromptError
+from seal.rundir import default_run_dir
+
+# Each command imports the modules it runs (torch, transformers and the trainer) when it runs,
+# so `seal --help` and a bad recipe's error stay fast.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SEAL: self-adapting language models.")
 console = Console()
@@ -50,22 +56,17 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
 ) -> None:
     """Run ReST-EM rounds of SEAL on the recipe's training passages."""
-    from seal.models import ensure_model
-    from seal.rundir import default_run_dir
+    from seal.prepare import ensure_model
     from seal.train import train as run_train
 
     try:
-        r = _load(recipe, overrides)
-        target = resume or run_dir or default_run_dir(r.output_dir, r.name)
-        from seal.distributed import main_process_first
-
+        loaded = _load(recipe, overrides)
+        target = resume or run_dir or default_run_dir(loaded.output_dir, loaded.name)
         with main_process_first():  # under accelerate launch, one rank builds a tiny model
-            ensure_model(r, console.print)
-        path = run_train(r, target, resume=resume is not None, console=console)
+            ensure_model(loaded, console.print)
+        path = run_train(loaded, target, resume=resume is not None, console=console)
     except USER_ERRORS as e:
         _fail(e)
-    from seal.distributed import get_dist
-
     if get_dist().is_main:
         console.print(f"[bold green]done:[/] {path}")
 
@@ -78,13 +79,12 @@ def evaluate(
 ) -> None:
     """Score one source of inner-loop training data on evaluation passages (single-passage protocol)."""
     from seal.evaluate import evaluate as run_evaluate
-    from seal.models import ensure_model
-    from seal.rundir import default_run_dir
+    from seal.prepare import ensure_model
 
     try:
-        r = _load(recipe, overrides)
-        ensure_model(r, console.print)
-        run_evaluate(r, out or default_run_dir(r.output_dir, f"{r.name}-eval"), console=console)
+        loaded = _load(recipe, overrides)
+        ensure_model(loaded, console.print)
+        run_evaluate(loaded, out or default_run_dir(loaded.output_dir, f"{loaded.name}-eval"), console=console)
     except USER_ERRORS as e:
         _fail(e)
 
@@ -94,16 +94,18 @@ def bench(
     recipe: Path = typer.Argument(..., help="Recipe YAML with a 'bench' section, e.g. recipes/bench_squad_tiny_cpu.yaml."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. bench.bootstrap_samples=2000"),
     out: Path = typer.Option(None, "--out", help="Results directory (default runs/<recipe>-bench-<timestamp>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the bench in --out: journaled results are read back, only missing ones computed."),
 ) -> None:
     """Compare sources of inner-loop training data across protocols: report, CSV/JSON and plots with CIs."""
     from seal.bench.run import bench as run_bench
-    from seal.models import ensure_model
-    from seal.rundir import default_run_dir
+    from seal.prepare import ensure_model
 
     try:
-        r = _load(recipe, overrides)
-        ensure_model(r, console.print)
-        path = run_bench(r, out or default_run_dir(r.output_dir, f"{r.name}-bench"), console=console)
+        if resume and out is None:
+            raise RecipeError("--resume needs --out DIR, the bench to continue")
+        loaded = _load(recipe, overrides)
+        ensure_model(loaded, console.print)
+        path = run_bench(loaded, out or default_run_dir(loaded.output_dir, f"{loaded.name}-bench"), console=console, resume=resume)
     except USER_ERRORS as e:
         _fail(e)
     console.print(f"[bold green]done:[/] {path}")
@@ -145,9 +147,6 @@ def microworld_pretrain(
 
     Prints the entry directory: model/, train.json, eval.json, oracle_*.json, meta.json.
     """
-    from pydantic import ValidationError
-
-    from seal.config import parse_override
     from seal.microworld.pretrain import ensure_microworld
 
     try:
@@ -174,8 +173,8 @@ def microworld_demo(
     from seal.microworld.demo import run_demo
 
     try:
-        for r in (train_recipe, bench_recipe):
-            _load(r, overrides)  # validate both (and set the thread count) before any work
+        for path in (train_recipe, bench_recipe):
+            _load(path, overrides)  # validate both (and set the thread count) before any work
         out = run_demo(train_recipe, bench_recipe, run_dir, overrides, console=console)
     except USER_ERRORS as e:
         _fail(e)

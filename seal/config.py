@@ -1,7 +1,8 @@
 """Recipe configuration: one documented field per knob, validated on load.
 
 A recipe is a YAML file (see ``recipes/``) whose sections map one-to-one onto the
-classes below. Unknown or mistyped keys are errors that name the key and the file;
+classes below and those they import: :mod:`seal.sections` (the base class and the sections
+shared with ``bench``), :mod:`seal.bench.config`, :mod:`seal.microworld.config`. Unknown or mistyped keys are errors that name the key and the file;
 command-line overrides use dotted paths (``inner.lora.rank=16``).
 
 Defaults are the paper's (Zweiger et al. 2025, Section 4.2 and Appendix B) unless a
@@ -16,31 +17,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-
-class RecipeError(ValueError):
-    """A recipe file or override is invalid. The message names the file and the key."""
-
-
-class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, values are re-validated on set."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TinyModelConfig(Section):
-    """A tiny random Llama-architecture model built locally (``seal tiny-model``) for CPUs and tests."""
-
-    data: list[str] = Field(
-        default_factory=lambda: ["squad/train_100.json"],
-        description="SEAL-format files whose text trains the BPE tokenizer (relative to data.root).",
-    )
-    vocab_size: int = Field(2048, ge=300)
-    hidden_size: int = Field(64, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    seed: int = Field(0)
+from seal.bench.config import BenchConfig
+from seal.microworld.config import MicroworldSection
+from seal.prompts import check_qa_template
+from seal.sections import (  # noqa: F401 (re-exported: seal.config is where callers import them from)
+    SOURCE_KINDS,
+    InnerLoopConfig,
+    LoraConfig,
+    RecipeError,
+    Section,
+    TinyModelConfig,
+    parse_source,
+)
 
 
 class ModelConfig(Section):
@@ -103,51 +93,6 @@ class SelfEditConfig(Section):
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call when sampling self-edits.")
 
 
-class LoraConfig(Section):
-    """A LoRA adapter's shape (Hu et al. 2021)."""
-
-    rank: int = Field(32, ge=1)
-    alpha: float = Field(64, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        description="Names of the linear layers to adapt. ['q_proj', 'v_proj'] is PEFT's default for Llama/Qwen2.",
-    )
-
-
-class InnerLoopConfig(Section):
-    """The inner loop: a fresh LoRA adapter trained on one self-edit's texts (paper Section 4.2)."""
-
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(1, ge=1, description="Training texts per optimizer step, per adapter.")
-    max_grad_norm: float | None = Field(
-        1.0, description="Per-adapter gradient clipping (HF Trainer's default, which the reference inherits). None: off."
-    )
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["linear", "constant"] = Field(
-        "linear", description="Per-adapter schedule over its own steps (HF Trainer's default: linear decay to 0)."
-    )
-    max_length: int = Field(1024, ge=8, description="Training texts are truncated to this many tokens.")
-    train_on_padding: bool = Field(
-        False,
-        description="Reproduce the reference's loss on padded positions (sequences padded to max_length). Off: loss on real tokens only.",
-    )
-    eval_times: int = Field(3, ge=1, description="Repetitions of (train adapter, answer questions) per self-edit.")
-    batch_adapters: int = Field(
-        1, ge=1, description="Adapters trained and scored together in one pass over the base model (1: sequential)."
-    )
-    failure_reward: float | None = Field(
-        None,
-        description="Reward of a failed evaluation (non-finite loss, nothing to train on). None: left out of the self-edit's mean; a self-edit whose every repetition failed is never kept.",
-    )
-    learner: Literal["policy", "base"] = Field(
-        "policy",
-        description="The model the inner loop adapts and questions in `seal train`: 'policy' (each round's policy learns from its own self-edits, SEAL's self-adaptation) or 'base' (model.name_or_path stays the learner every round and only the writing of self-edits is trained: a teacher-student variant; one more model in memory).",
-    )
-
-
 class JudgeConfig(Section):
     """An LLM judge behind an OpenAI-compatible chat-completions endpoint (paper: GPT-4.1)."""
 
@@ -184,8 +129,6 @@ class QAConfig(Section):
     @field_validator("template")
     @classmethod
     def _known_template(cls, v: str) -> str:
-        from seal.prompts import check_qa_template
-
         return check_qa_template(v)  # PromptError is a ValueError: reported under the key
 
 
@@ -225,6 +168,16 @@ class RLConfig(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
 
 
+class EvaluateConfig(Section):
+    """`seal evaluate`: score one source of inner-loop training data on evaluation passages."""
+
+    source: str = Field(
+        "passage",
+        description="'none' (base model), 'passage' (passage only), 'policy:<model dir or hub id>', 'file:<SEAL-format JSON>'.",
+    )
+    n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
+
+
 class Recipe(Section):
     """A whole `seal train` / `seal evaluate` recipe."""
 
@@ -252,23 +205,6 @@ class Recipe(Section):
         if not v or "/" in v or v.startswith("."):
             raise ValueError("must be a non-empty file-name part without '/'")
         return v
-
-
-class EvaluateConfig(Section):
-    """`seal evaluate`: score one source of inner-loop training data on evaluation passages."""
-
-    source: str = Field(
-        "passage",
-        description="'none' (base model), 'passage' (passage only), 'policy:<model dir or hub id>', 'file:<SEAL-format JSON>'.",
-    )
-    n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
-
-
-# Imported here, after the sections it builds on: seal.bench.config imports them from this module.
-from seal.bench.config import BenchConfig  # noqa: E402
-from seal.microworld.config import MicroworldSection  # noqa: E402
-
-Recipe.model_rebuild()
 
 
 # ----------------------------------------------------------------------------- loading
@@ -371,7 +307,7 @@ def resolve_microworld(recipe: Recipe, raw: dict, where: str) -> Recipe:
     """Replace ``{microworld}`` in every string of the recipe by its world's directory.
 
     The directory (``<cache_dir>/<settings key>``) is computed from the settings alone; the
-    world is pretrained later, by ``seal.models.ensure_model``, if it is not cached.
+    world is pretrained later, by ``seal.prepare.ensure_model``, if it is not cached.
 
     Raises:
         RecipeError: ``{microworld}`` is used but the recipe has no ``microworld`` section.

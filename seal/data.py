@@ -130,7 +130,7 @@ def load_squad_from_hub(name: str = "rajpurkar/squad", split: str = "train", n: 
 
     Passages keep the hub's order of first appearance.
     """
-    from datasets import load_dataset
+    from datasets import load_dataset  # here: the hub reader is heavy and only this path needs it
 
     ds = load_dataset(name, split=split)
     groups: dict[tuple[str, str], list[QA]] = {}

@@ -50,6 +50,7 @@ class Dist:
     """
 
     def __init__(self):
+        # torch and accelerate are imported where used: the CLI imports this module at start-up.
         import torch
         from accelerate import PartialState
 
@@ -149,9 +150,9 @@ def get_dist() -> Dist:
 def main_process_first():
     """Run the block on the main process first, then on the others (e.g. building a tiny model
     that every rank then loads)."""
-    d = get_dist()
-    if not d.is_main:
-        d.barrier()
+    dist = get_dist()
+    if not dist.is_main:
+        dist.barrier()
     yield
-    if d.is_main:
-        d.barrier()
+    if dist.is_main:
+        dist.barrier()

@@ -25,7 +25,7 @@ from statistics import fmean
 from rich.console import Console
 from rich.table import Table
 
-from seal.config import Recipe, RecipeError, recipe_to_dict
+from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
 from seal.models import load_model, load_model_from_config
@@ -34,24 +34,6 @@ from seal.rundir import RunDir, append_jsonl, write_json_atomic
 from seal.scoring import Evaluation, EvaluationRecord, baselines, make_judge, score_evaluations
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits, train_texts
-
-SOURCE_KINDS = ("none", "passage", "file", "policy", "prompt")
-
-
-def parse_source(source: str) -> tuple[str, str | None]:
-    """Split ``kind:arg`` into (kind, arg).
-
-    Raises:
-        RecipeError: unknown kind, or a missing/extra argument.
-    """
-    kind, _, arg = source.partition(":")
-    if kind not in SOURCE_KINDS:
-        raise RecipeError(f"unknown source {source!r}; expected one of none, passage, file:<path>, policy:<model>, prompt:<template>")
-    if kind in ("none", "passage") and arg:
-        raise RecipeError(f"source {kind!r} takes no argument (got {source!r})")
-    if kind in ("file", "policy", "prompt") and not arg:
-        raise RecipeError(f"source {source!r} needs an argument: {kind}:<...>")
-    return kind, arg or None
 
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:

@@ -9,10 +9,12 @@ the ``tokenizers`` library), so nothing is ever downloaded in tests.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from seal.data import load_passages
 
 # A minimal chat template for tiny models, so the chat-template prompt variant works everywhere.
 TINY_CHAT_TEMPLATE = (
@@ -21,6 +23,8 @@ TINY_CHAT_TEMPLATE = (
 )
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# transformers and tokenizers are imported inside the functions that use them (seconds to import).
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -168,32 +172,8 @@ def passage_texts(paths: Iterable[str], root: str | None) -> list[str]:
     Raises:
         DataError / FileNotFoundError: a file is missing or malformed (named).
     """
-    from seal.data import load_passages
-
     texts = []
     for path in paths:
         for p in load_passages(path, root=root, require_questions=False):
             texts += [p.title, p.context, *(q.question + " " + q.answer for q in p.questions), *p.completions]
     return texts
-
-
-def ensure_model(recipe, log: Callable[[str], None] = print) -> None:
-    """Make the recipe's model exist: pretrain its microworld (``recipe.microworld``, cached) or
-    build its tiny model (``model.build_tiny``) if the directory is missing; otherwise nothing.
-
-    ``recipe`` is a :class:`seal.config.Recipe`; ``log`` gets one line before a tiny model is built
-    (microworld pretraining reports its own progress on stderr).
-    """
-    if recipe.microworld is not None:
-        from seal.microworld.pretrain import ensure_microworld
-
-        mw = recipe.microworld
-        ensure_microworld(mw.cache_dir, seed=mw.seed, cfg=mw.pretrain_config())
-    m = recipe.model
-    if m.build_tiny is None or Path(m.name_or_path).exists():
-        return
-    t = m.build_tiny
-    log(f"building tiny model at {m.name_or_path}")
-    build_tiny_model(
-        m.name_or_path, passage_texts(t.data, recipe.data.root), t.vocab_size, t.hidden_size, t.num_layers, t.num_heads, seed=t.seed
-    )

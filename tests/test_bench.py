@@ -12,11 +12,11 @@ import yaml
 
 from seal.bench.config import BenchConfig, merged_inner
 from seal.bench.stats import (
-    accuracy,
     adjusted_confidence,
     bootstrap_accuracy,
     pair_verdicts,
     paired_bootstrap,
+    verdict_accuracy,
 )
 from seal.config import InnerLoopConfig, RecipeError, load_recipe
 from seal.data import DataError, load_passages
@@ -68,7 +68,7 @@ def test_symmetric_case_agrees_with_normal_approximation():
 
 def test_macro_weighs_passages_micro_weighs_questions():
     v = [[1.0], [0.0, 0.0, 0.0]]
-    assert accuracy(v, "macro") == 0.5 and accuracy(v, "micro") == 0.25
+    assert verdict_accuracy(v, "macro") == 0.5 and verdict_accuracy(v, "micro") == 0.25
     iv = bootstrap_accuracy(v, "micro", n_samples=500)
     assert iv.value == 0.25 and 0.0 <= iv.lo <= iv.hi <= 1.0
 
@@ -79,7 +79,7 @@ def test_bootstrap_is_deterministic_and_rejects_misaligned_tables():
     with pytest.raises(ValueError, match="same passages"):
         paired_bootstrap(a, [[0.0], [1.0]])
     with pytest.raises(ValueError, match="no scored questions"):
-        accuracy([[1.0], []])
+        verdict_accuracy([[1.0], []])
 
 
 def test_pairing_drops_ungraded_questions_and_empty_passages():

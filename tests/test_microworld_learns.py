@@ -26,7 +26,7 @@ from seal.cli import app
 from seal.config import load_recipe
 from seal.microworld.config import CopySkillError
 from seal.microworld.demo import REDUCED, seed_overrides
-from seal.models import ensure_model
+from seal.prepare import ensure_model
 from seal.rundir import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,3 @@ Modules, read in this order:
 * :mod:`seal.bench.plots`     -- bar charts with CI whiskers, continual and compatibility heatmaps;
 * :mod:`seal.bench.run`       -- :func:`bench`, the command's body.
 """
-
-# seal.config imports seal.bench.config at its bottom (Recipe has a ``bench`` section); importing
-# seal.config first here makes either import order resolve that cycle the same way.
-import seal.config  # noqa: F401,E402

@@ -83,7 +83,7 @@ def pairwise(rows: list[Row], verdicts: dict[str, Verdicts], bench: BenchConfig,
     = 'bonferroni'`` each interval is widened for the number of pairs in this table.
     ``verdict``: 'a' (a better: whole interval above 0), 'b', or 'tie'.
     """
-    pairs = list(itertools.combinations([r.label for r in rows], 2))
+    pairs = list(itertools.combinations([row.label for row in rows], 2))
     conf = adjusted_confidence(bench.confidence, len(pairs), bench.multiple_comparisons)
     out = []
     for la, lb in pairs:
@@ -121,18 +121,18 @@ def analyze(
     out: dict = {"protocols": {}, "compatibility": {}}
     for name, n in protocols:
         tables = {}
-        for st in students:
-            base = baselines[(name, st)]
-            b_own, _, _ = pair_verdicts(base, base)
-            cells = [cell_summary(r, st, name, outcomes[(name, st, r.label)], base, bench, seed) for r in rows]
-            tables[st] = {
-                "baseline": _interval(bootstrap_accuracy(b_own, "macro", bench.bootstrap_samples, bench.confidence, seed)) if b_own else None,
-                "baseline_micro": _interval(bootstrap_accuracy(b_own, "micro", bench.bootstrap_samples, bench.confidence, seed)) if b_own else None,
+        for student in students:
+            base = baselines[(name, student)]
+            base_scored, _, _ = pair_verdicts(base, base)
+            cells = [cell_summary(row, student, name, outcomes[(name, student, row.label)], base, bench, seed) for row in rows]
+            tables[student] = {
+                "baseline": _interval(bootstrap_accuracy(base_scored, "macro", bench.bootstrap_samples, bench.confidence, seed)) if base_scored else None,
+                "baseline_micro": _interval(bootstrap_accuracy(base_scored, "micro", bench.bootstrap_samples, bench.confidence, seed)) if base_scored else None,
                 "cells": cells,
-                "comparisons": pairwise(rows, {r.label: outcomes[(name, st, r.label)].verdicts for r in rows}, bench, seed),
+                "comparisons": pairwise(rows, {row.label: outcomes[(name, student, row.label)].verdicts for row in rows}, bench, seed),
             }
         out["protocols"][name] = {"n_passages": n, "tables": tables}
-        out["compatibility"][name] = [c for st in students for c in tables[st]["cells"]]
+        out["compatibility"][name] = [c for student in students for c in tables[student]["cells"]]
     return out
 
 
@@ -143,9 +143,9 @@ def comparison(table: dict, a: str, b: str) -> dict | None:
             return c
         if (c["a"], c["b"]) == (b, a):
             flip = {"a": "b", "b": "a", "tie": "tie", None: None}[c["verdict"]]
-            m = c["macro"]
-            iv = None if m is None else {**m, "value": -m["value"], "lo": -m["hi"], "hi": -m["lo"]}
-            return {**c, "a": a, "b": b, "macro": iv, "verdict": flip}
+            macro = c["macro"]
+            flipped = None if macro is None else {**macro, "value": -macro["value"], "lo": -macro["hi"], "hi": -macro["lo"]}
+            return {**c, "a": a, "b": b, "macro": flipped, "verdict": flip}
     return None
 
 
@@ -161,21 +161,21 @@ def headline(table: dict) -> dict:
         return {"best": None, "tied": [], "below": [], "own_vs_other": []}
     best = max(cells, key=lambda c: c["accuracy"]["value"])
     tied, below = [], []
-    for c in cells:
-        if c is best:
+    for cell in cells:
+        if cell is best:
             continue
-        d = comparison(table, c["source"], best["source"])
-        if d is None or d["macro"] is None:
+        diff = comparison(table, cell["source"], best["source"])
+        if diff is None or diff["macro"] is None:
             continue
-        (tied if d["verdict"] == "tie" else below).append((c["source"], d["macro"]))
+        (tied if diff["verdict"] == "tie" else below).append((cell["source"], diff["macro"]))
     own = [c for c in cells if c["own_data"]]
     other = [c for c in cells if c.get("author") and not c["own_data"]]
     pairs = []
-    for o in own:
-        for x in other:
-            d = comparison(table, o["source"], x["source"])
-            if d is not None and d["macro"] is not None:
-                pairs.append((o["source"], x["source"], d["macro"]))
+    for own_cell in own:
+        for other_cell in other:
+            diff = comparison(table, own_cell["source"], other_cell["source"])
+            if diff is not None and diff["macro"] is not None:
+                pairs.append((own_cell["source"], other_cell["source"], diff["macro"]))
     return {"best": best, "tied": tied, "below": below, "own_vs_other": pairs}
 
 
@@ -195,7 +195,7 @@ def round_comparisons(table: dict, rounds: dict[str, int]) -> list[tuple[str, st
     pairs += [(b, a) for (_, a), (_, b) in zip(order, order[1:], strict=False) if (b, a) != pairs[0]]
     out = []
     for later, earlier in pairs:
-        d = comparison(table, later, earlier)
-        if d is not None and d["macro"] is not None:
-            out.append((later, earlier, d["macro"]))
+        diff = comparison(table, later, earlier)
+        if diff is not None and diff["macro"] is not None:
+            out.append((later, earlier, diff["macro"]))
     return out

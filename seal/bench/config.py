@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from seal.config import InnerLoopConfig, Section, TinyModelConfig
+from seal.prompts import check_template
+from seal.sections import InnerLoopConfig, Section, TinyModelConfig, parse_source
 
 PROTOCOLS = ("single", "multi", "continual")
 
@@ -101,9 +102,6 @@ class SourceSpec(Section):
     @field_validator("source")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from seal.evaluate import parse_source
-        from seal.prompts import check_template
-
         kind, arg = parse_source(v)  # RecipeError is a ValueError: pydantic reports it under the key
         if kind == "prompt":
             check_template(arg)

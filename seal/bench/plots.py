@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from seal.bench.report import pct, points  # noqa: E402
 from seal.rundir import atomic_dir  # noqa: E402
 
 _COLORS = plt.get_cmap("tab10").colors
@@ -46,24 +47,24 @@ def accuracy_bars(proto: dict, name: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, 1.4 + 0.45 * n_s * max(1, n_st * 0.8)))
     y0 = np.arange(n_s)[::-1]  # first source on top
     xmax = 0.0
-    for k, st in enumerate(students):
+    for k, student in enumerate(students):
         color = _COLORS[k % len(_COLORS)]
-        cells = tables[st]["cells"]
+        cells = tables[student]["cells"]
         y = y0 + (n_st - 1) / 2 * height - k * height
         vals = np.array([100 * c["accuracy"]["value"] if c["accuracy"] else np.nan for c in cells])
         lo = np.array([100 * c["accuracy"]["lo"] if c["accuracy"] else np.nan for c in cells])
         hi = np.array([100 * c["accuracy"]["hi"] if c["accuracy"] else np.nan for c in cells])
         hatch = ["//" if c["own_data"] else "" for c in cells]
-        bars = ax.barh(y, np.nan_to_num(vals), height=height * 0.9, color=color, alpha=0.85, label=f"student {st}")
+        bars = ax.barh(y, np.nan_to_num(vals), height=height * 0.9, color=color, alpha=0.85, label=f"student {student}")
         for b, h in zip(bars, hatch, strict=True):
             b.set_hatch(h)
         ax.errorbar(vals, y, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1.2)
         for yy, v, h in zip(y, vals, hi, strict=True):
             if not np.isnan(v):
                 ax.text(h + 0.4, yy, f"{v:.1f}", va="center", fontsize=8)
-        base = tables[st]["baseline"]
+        base = tables[student]["baseline"]
         if base is not None:
-            ax.axvline(100 * base["value"], color=color, ls="--", lw=1, label=f"{st}: no update ({100 * base['value']:.1f})")
+            ax.axvline(100 * base["value"], color=color, ls="--", lw=1, label=f"{student}: no update ({100 * base['value']:.1f})")
         # Reference figures are the recipe model's (the first student's): drawn on its bars only.
         exp = [(yy, 100 * c["expected"]) for yy, c in zip(y, cells, strict=True) if c["expected"] is not None] if k == 0 else []
         if exp:
@@ -109,7 +110,7 @@ def continual_heatmaps(table: dict, student: str, path: Path) -> None:
                     if np.isfinite(m[i, j]):
                         ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white" if m[i, j] < 0.6 * vmax else "black")
         k = c["continual"]
-        ax.set_title(f"{c['source']}\nend {_p(k['final'])} %, forgot {_p(k['forgetting'])} pts", fontsize=8)
+        ax.set_title(f"{c['source']}\nend {pct(k['final'])} %, forgot {pct(k['forgetting'])} pts", fontsize=8)
         ax.set_xlabel("passage j", fontsize=8)
         ax.set_ylabel("after step i", fontsize=8)
         ax.set_xticks(range(size))
@@ -123,10 +124,6 @@ def continual_heatmaps(table: dict, student: str, path: Path) -> None:
     fig.colorbar(im, cax=cax, label="accuracy (%)")
     fig.savefig(path, dpi=130)
     plt.close(fig)
-
-
-def _p(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 def compatibility_heatmap(cells: list[dict], name: str, path: Path) -> None:
@@ -146,7 +143,7 @@ def compatibility_heatmap(cells: list[dict], name: str, path: Path) -> None:
             iv = c["gain"]
             bold = iv["lo"] > 0 or iv["hi"] < 0
             dark = abs(100 * iv["value"]) > 0.6 * lim
-            ax.text(j, i, f"{100 * iv['value']:+.1f}\n[{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}]", ha="center", va="center",
+            ax.text(j, i, f"{points(iv['value'], True)}\n[{points(iv['lo'], True)}, {points(iv['hi'], True)}]", ha="center", va="center",
                     fontsize=7, fontweight="bold" if bold else "normal", color="white" if dark else "black")  # fmt: skip
             if c["own_data"]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
@@ -212,17 +209,17 @@ def write_plots(out: Path, results: dict, rounds: dict[str, int] | None = None, 
     with atomic_dir(out / "plots") as tmp:
         single = results["protocols"].get("single")
         if rounds and single:
-            st, table = next(iter(single["tables"].items()))
-            rounds_plot(table, rounds, train_metrics or [], f"student {st}, {single['n_passages']} held-out passages", tmp / "rounds.png")
+            student, table = next(iter(single["tables"].items()))
+            rounds_plot(table, rounds, train_metrics or [], f"student {student}, {single['n_passages']} held-out passages", tmp / "rounds.png")
             names.append("rounds.png")
         for name, proto in results["protocols"].items():
             f = f"accuracy_{name}.png"
             accuracy_bars(proto, name, tmp / f)
             names.append(f)
             if name == "continual":
-                for st, table in proto["tables"].items():
-                    f = f"continual_{_slug(st)}.png"
-                    continual_heatmaps(table, st, tmp / f)
+                for student, table in proto["tables"].items():
+                    f = f"continual_{_slug(student)}.png"
+                    continual_heatmaps(table, student, tmp / f)
                     names.append(f)
             cells = results["compatibility"][name]
             if len({c["student"] for c in cells}) > 1:

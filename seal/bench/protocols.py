@@ -17,6 +17,13 @@ was never graded), which :mod:`seal.bench.stats` turns into accuracies and inter
 
 Seeds depend on the bench seed and the evaluation's identity, never on the source or the
 student, so two sources are compared under the same adapter seeds (common random numbers).
+
+Resuming (``seal bench --resume``): every runner takes ``done``, the journal records this
+(protocol, student, source) already holds, and reads them back instead of recomputing them:
+single reuses each journaled adapter, multi each journaled repetition, continual each
+repetition whose every step is journaled (a repetition cut off mid-sequence is recomputed,
+its journaled steps not journaled again). Since each adapter's seed is its identity's, the
+outcome equals an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -75,10 +82,14 @@ def protocol_recipe(recipe: Recipe, name: str, proto: ProtocolConfig) -> Recipe:
     inner = merged_inner(recipe.inner, proto.inner)
     reps = proto.repetitions or (inner.eval_times if name == "single" else 1)
     inner = inner.model_copy(update={"eval_times": reps})
-    se = recipe.self_edit
+    self_edit = recipe.self_edit
     if proto.split_newlines is not None:
-        se = se.model_copy(update={"split_newlines": proto.split_newlines})
-    return recipe.model_copy(update={"inner": inner, "self_edit": se})
+        self_edit = self_edit.model_copy(update={"split_newlines": proto.split_newlines})
+    return recipe.model_copy(update={"inner": inner, "self_edit": self_edit})
+
+
+def _single_key(row: dict) -> tuple:
+    return row["passage"], row["self_edit"], row["repetition"]
 
 
 def mean_question_scores(runs: Sequence[Sequence[float | None]], n_questions: int, ungraded: str) -> list[float | None]:
@@ -88,7 +99,7 @@ def mean_question_scores(runs: Sequence[Sequence[float | None]], n_questions: in
     """
     out: list[float | None] = []
     for q in range(n_questions):
-        vals = [r[q] for r in runs if r]
+        vals = [run[q] for run in runs if run]
         vals = [0.0 if v is None else v for v in vals] if ungraded == "wrong" else [v for v in vals if v is not None]
         out.append(fmean(vals) if vals else None)
     return out
@@ -98,8 +109,8 @@ def _texts_per_passage(source: str, passages: list[Passage], edits, recipe: Reci
     """Per passage, the concatenated training texts of all its self-edits (built by evaluations_for)."""
     one = recipe.model_copy(update={"inner": recipe.inner.model_copy(update={"eval_times": 1})})
     out: list[list[str]] = [[] for _ in passages]
-    for ev in evaluations_for(source, passages, edits, one, seed=0):
-        out[ev.key["passage"]] += ev.texts
+    for evaluation in evaluations_for(source, passages, edits, one, seed=0):
+        out[evaluation.key["passage"]] += evaluation.texts
     return out
 
 
@@ -119,6 +130,7 @@ def run_single(
     key: dict | None = None,
     on_record: OnRecord | None = None,
     progress: Callable[[int], None] | None = None,
+    done: Sequence[dict] = (),
 ) -> Outcome:
     """Protocol 1 on ``passages``: one adapter per (passage, self-edit, repetition).
 
@@ -127,26 +139,33 @@ def run_single(
         edits: per passage, the self-edits to use (already cut to the protocol's n_self_edits).
         baseline: :func:`seal.scoring.baselines` of this model on ``passages`` (the ``none`` answer).
         key: extra fields of every journal record (protocol, student).
+        done: journaled records of this run (a resume): those evaluations are read back, not rerun.
     """
-    evals = evaluations_for(source, passages, edits, recipe, seed)
-    for ev in evals:
-        ev.key = {**(key or {}), **ev.key}
-    if not evals:  # source 'none': the un-adapted model answers
-        return Outcome([list(b["scores"]) for b in baseline])
-    records = run_evaluations(
-        model, tokenizer, evals, lambda ev: baseline[ev.key["passage"]]["accuracy"], recipe.inner, recipe.qa, judge,
+    evaluations = evaluations_for(source, passages, edits, recipe, seed)
+    for evaluation in evaluations:
+        evaluation.key = {**(key or {}), **evaluation.key}
+    if not evaluations:  # source 'none': the un-adapted model answers
+        return Outcome([list(base["scores"]) for base in baseline])
+    journaled = {_single_key(row): row for row in done}
+    todo = [evaluation for evaluation in evaluations if _single_key(evaluation.key) not in journaled]
+    if progress and len(todo) < len(evaluations):
+        progress(len(evaluations) - len(todo))
+    computed = run_evaluations(
+        model, tokenizer, todo, lambda evaluation: baseline[evaluation.key["passage"]]["accuracy"], recipe.inner, recipe.qa, judge,
         on_record=on_record, progress=progress,
     )  # fmt: skip
+    by_key = {**journaled, **{_single_key(row): row for row in computed}}
+    records = [by_key[_single_key(evaluation.key)] for evaluation in evaluations]
     runs: list[list[list[float | None]]] = [[] for _ in passages]
-    for rec in records:
-        if rec["error"] is None:
-            runs[rec["passage"]].append(rec["scores"])
+    for record in records:
+        if record["error"] is None:
+            runs[record["passage"]].append(record["scores"])
     verdicts = [mean_question_scores(runs[i], len(p.questions), recipe.qa.ungraded) for i, p in enumerate(passages)]
     return Outcome(
         verdicts,
         n_runs=len(records),
-        n_failed=sum(r["error"] is not None for r in records),
-        seconds=sum(r["seconds"] for r in records),
+        n_failed=sum(record["error"] is not None for record in records),
+        seconds=sum(record["seconds"] for record in records),
     )
 
 
@@ -197,38 +216,49 @@ def run_multi(
     key: dict | None = None,
     on_record: OnRecord | None = None,
     progress: Callable[[int], None] | None = None,
+    done: Sequence[dict] = (),
 ) -> Outcome:
     """Protocol 2: one adapter per repetition trained on the pooled texts of all ``passages``.
 
     ``recipe.inner.eval_times`` is the number of repetitions (independent adapter seeds).
-    One journal record per repetition, with every passage's answers and scores.
+    One journal record per repetition, with every passage's answers and scores; journaled
+    repetitions (``done``) are read back, not retrained.
     """
     texts = _texts_per_passage(source, passages, edits, recipe)
     jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template)
     if not jobs:
-        return Outcome([list(b["scores"]) for b in baseline])
-    results = run_inner_loop(model, tokenizer, jobs, recipe.inner, recipe.qa.max_new_tokens, recipe.qa.batch_size, progress=progress)
-    runs: list[list[list[float | None]]] = [[] for _ in passages]
-    for rep, res in enumerate(results):
+        return Outcome([list(base["scores"]) for base in baseline])
+    records = {row["repetition"]: row for row in done}
+    todo = [rep for rep in range(len(jobs)) if rep not in records]
+    if progress and len(todo) < len(jobs):
+        progress(len(jobs) - len(todo))
+    results = run_inner_loop(
+        model, tokenizer, [jobs[rep] for rep in todo], recipe.inner, recipe.qa.max_new_tokens, recipe.qa.batch_size, progress=progress
+    ) if todo else []  # fmt: skip
+    for rep, res in zip(todo, results, strict=True):
         per_passage = []
         if res.error is None:
             for i, (p, ans) in enumerate(zip(passages, split_answers(res.answers, passages), strict=True)):
                 scores = grade_answers(p, ans, recipe.qa, judge)
-                runs[i].append(scores)
                 per_passage.append({"passage": i, "passage_id": p.id, "answers": ans, "scores": scores})
-        rec = {
+        record = {
             **(key or {}), "source": source, "repetition": rep, "seed": jobs[rep].seed,
             "n_passages": len(passages), "n_train_texts": len(jobs[rep].texts), "n_train_tokens": res.n_train_tokens,
             "epoch_losses": res.epoch_losses, "seconds": res.seconds, "error": res.error, "per_passage": per_passage,
         }  # fmt: skip
+        records[rep] = record
         if on_record:
-            on_record(rec)
+            on_record(record)
+    runs: list[list[list[float | None]]] = [[] for _ in passages]
+    for rep in range(len(jobs)):
+        for row in records[rep]["per_passage"]:
+            runs[row["passage"]].append(row["scores"])
     verdicts = [mean_question_scores(runs[i], len(p.questions), recipe.qa.ungraded) for i, p in enumerate(passages)]
     return Outcome(
         verdicts,
-        n_runs=len(results),
-        n_failed=sum(r.error is not None for r in results),
-        seconds=sum(r.seconds for r in results),
+        n_runs=len(jobs),
+        n_failed=sum(records[rep]["error"] is not None for rep in range(len(jobs))),
+        seconds=sum(records[rep]["seconds"] for rep in range(len(jobs))),
         extra={"n_train_texts": len(jobs[0].texts)},
     )
 
@@ -249,58 +279,85 @@ def run_continual(
     key: dict | None = None,
     on_record: OnRecord | None = None,
     progress: Callable[[int], None] | None = None,
+    done: Sequence[dict] = (),
 ) -> Outcome:
     """Protocol 3: merge passage i's self-edit update into the model at step i; score passages 0..i.
 
     ``model`` itself is never changed: each repetition works on a deep copy. Step i's texts are
     those of all of passage i's self-edits together. A step whose training fails leaves the
     model as it was (recorded as failed) and is still scored. ``verdicts`` are the last step's.
-    One journal record per (repetition, step).
+    One journal record per (repetition, step). A repetition whose every step is journaled
+    (``done``) is read back; one cut off mid-sequence is recomputed from its start, and only
+    its steps missing from the journal are recorded.
     """
     n = len(passages)
     texts = _texts_per_passage(source, passages, edits, recipe)
     reps = recipe.inner.eval_times
     if not any(texts):  # source 'none': nothing changes, every row is the baseline
-        row = [b["accuracy"] if b["accuracy"] is not None else math.nan for b in baseline]
+        row = [base["accuracy"] if base["accuracy"] is not None else math.nan for base in baseline]
         matrix = [[row[j] if j <= i else math.nan for j in range(n)] for i in range(n)]
-        return Outcome([list(b["scores"]) for b in baseline], matrix=matrix)
+        return Outcome([list(base["scores"]) for base in baseline], matrix=matrix)
+    journaled = {(row["repetition"], row["step"]): row for row in done}
     sums, counts = [[0.0] * n for _ in range(n)], [[0] * n for _ in range(n)]
     final_runs: list[list[list[float | None]]] = [[] for _ in passages]
     n_runs = n_failed = 0
     for rep in range(reps):
-        current = copy.deepcopy(model)
-        for i in range(n):
-            error, losses = None, []
-            if texts[i]:
-                n_runs += 1
-                try:
-                    losses = train_and_merge(current, tokenizer, texts[i], recipe.inner, derive_seed(seed, "bench-continual", rep, i))
-                except InnerLoopError as e:
-                    error, n_failed = str(e), n_failed + 1
-            seen = passages[: i + 1]
-            prompts = [pr for p in seen for pr in question_prompts(p, recipe.qa.template)]
-            answers = answer_questions(current, tokenizer, prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
-            scored = []
-            for j, (p, ans) in enumerate(zip(seen, split_answers(answers, seen), strict=True)):
-                scores = grade_answers(p, ans, recipe.qa, judge)
-                acc = accuracy(scores, recipe.qa.ungraded)
-                if acc is not None:
-                    sums[i][j] += acc
+        if all((rep, i) in journaled for i in range(n)):
+            steps = [journaled[(rep, i)] for i in range(n)]
+            if progress:
+                progress(n)
+        else:
+            steps = _continual_repetition(model, tokenizer, recipe, source, passages, texts, rep, seed, judge, key, on_record, progress, journaled)
+        for i, step in enumerate(steps):
+            n_runs += bool(texts[i])
+            n_failed += step["error"] is not None
+            for j, row in enumerate(step["scored"]):
+                if row["accuracy"] is not None:
+                    sums[i][j] += row["accuracy"]
                     counts[i][j] += 1
                 if i == n - 1:
-                    final_runs[j].append(scores)
-                scored.append({"passage": j, "passage_id": p.id, "accuracy": acc, "answers": ans, "scores": scores})
-            if on_record:
-                on_record({
-                    **(key or {}), "source": source, "repetition": rep, "step": i, "passage_id": passages[i].id,
-                    "n_train_texts": len(texts[i]), "epoch_losses": losses, "error": error, "scored": scored,
-                })  # fmt: skip
-            if progress:
-                progress(1)
-        del current
+                    final_runs[j].append(row["scores"])
     matrix = [[sums[i][j] / counts[i][j] if j <= i and counts[i][j] else math.nan for j in range(n)] for i in range(n)]
     verdicts = [mean_question_scores(final_runs[j], len(p.questions), recipe.qa.ungraded) for j, p in enumerate(passages)]
     return Outcome(verdicts, n_runs=n_runs, n_failed=n_failed, matrix=matrix)
+
+
+def _continual_repetition(
+    model, tokenizer, recipe: Recipe, source: str, passages: list[Passage], texts: list[list[str]], rep: int, seed: int,
+    judge, key: dict | None, on_record: OnRecord | None, progress: Callable[[int], None] | None, journaled: dict,
+) -> list[dict]:
+    """One repetition of protocol 3 on a copy of ``model``: its step records, in order.
+
+    Steps already in ``journaled`` (keyed ``(repetition, step)``) are recomputed, since the
+    later steps need the merged model, but not recorded again.
+    """
+    current = copy.deepcopy(model)
+    steps = []
+    for i in range(len(passages)):
+        error, losses = None, []
+        if texts[i]:
+            try:
+                losses = train_and_merge(current, tokenizer, texts[i], recipe.inner, derive_seed(seed, "bench-continual", rep, i))
+            except InnerLoopError as e:
+                error = str(e)
+        seen = passages[: i + 1]
+        prompts = [pr for p in seen for pr in question_prompts(p, recipe.qa.template)]
+        answers = answer_questions(current, tokenizer, prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
+        scored = []
+        for j, (p, ans) in enumerate(zip(seen, split_answers(answers, seen), strict=True)):
+            scores = grade_answers(p, ans, recipe.qa, judge)
+            scored.append({"passage": j, "passage_id": p.id, "accuracy": accuracy(scores, recipe.qa.ungraded), "answers": ans, "scores": scores})
+        step = {
+            **(key or {}), "source": source, "repetition": rep, "step": i, "passage_id": passages[i].id,
+            "n_train_texts": len(texts[i]), "epoch_losses": losses, "error": error, "scored": scored,
+        }  # fmt: skip
+        steps.append(step)
+        if on_record and (rep, i) not in journaled:
+            on_record(step)
+        if progress:
+            progress(1)
+    del current
+    return steps
 
 
 def continual_summary(matrix: list[list[float]]) -> dict:

@@ -30,44 +30,46 @@ PROTOCOL_TITLES = {
 }
 
 
-def _points(x: float, signed: bool = False) -> str:
-    v = round(100 * x, 1) + 0.0  # + 0.0 turns -0.0 into 0.0: no "-0.0" in tables
-    return f"{v:+.1f}" if signed else f"{v:.1f}"
+def points(x: float, signed: bool = False) -> str:
+    """A fraction in points with one decimal: 0.4104 -> '41.0' ('+41.0' with ``signed``)."""
+    value = round(100 * x, 1) + 0.0  # + 0.0 turns -0.0 into 0.0: no "-0.0" in tables
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
 def pct(x: float | None) -> str:
-    return "n/a" if x is None else _points(x)
+    """The percent formatter of every bench output: :func:`points`, or 'n/a' for None."""
+    return "n/a" if x is None else points(x)
 
 
 def ci(iv: dict | None, signed: bool = False) -> str:
     """'41.0 [38.2, 43.9]' (or '+4.4 [+1.1, +7.6]' with ``signed``), in points."""
     if iv is None:
         return "n/a"
-    return f"{_points(iv['value'], signed)} [{_points(iv['lo'], signed)}, {_points(iv['hi'], signed)}]"
+    return f"{points(iv['value'], signed)} [{points(iv['lo'], signed)}, {points(iv['hi'], signed)}]"
 
 
 def answer_lines(name: str, n_passages: int, student: str, table: dict) -> list[str]:
     """The Answer section's bullet for one (protocol, student): best source, its ties, own vs others."""
-    h = headline(table)
-    if h["best"] is None:
+    answer = headline(table)
+    if answer["best"] is None:
         return [f"- **{name}**, student `{student}`: nothing was scored"]
-    b = h["best"]
-    line = f"- **{name}**, student `{student}`, {n_passages} passages: best **{b['source']}** {ci(b['accuracy'])}"
-    if h["tied"] and not h["below"]:
-        line = f"- **{name}**, student `{student}`, {n_passages} passages: every source is tied with the highest, {b['source']} {ci(b['accuracy'])}"
-    elif h["tied"]:
-        line += "; tied with it: " + ", ".join(f"{s} ({ci(d, signed=True)})" for s, d in h["tied"])
-    if h["below"]:
-        line += "; below it: " + ", ".join(f"{s} ({ci(d, signed=True)})" for s, d in h["below"])
+    best = answer["best"]
+    line = f"- **{name}**, student `{student}`, {n_passages} passages: best **{best['source']}** {ci(best['accuracy'])}"
+    if answer["tied"] and not answer["below"]:
+        line = f"- **{name}**, student `{student}`, {n_passages} passages: every source is tied with the highest, {best['source']} {ci(best['accuracy'])}"
+    elif answer["tied"]:
+        line += "; tied with it: " + ", ".join(f"{source} ({ci(diff, signed=True)})" for source, diff in answer["tied"])
+    if answer["below"]:
+        line += "; below it: " + ", ".join(f"{source} ({ci(diff, signed=True)})" for source, diff in answer["below"])
     out = [line + "."]
-    for own, other, d in h["own_vs_other"]:
-        verdict = "own data better" if d["lo"] > 0 else "other model's data better" if d["hi"] < 0 else "tie"
-        out.append(f"  - own vs other: {own} − {other} = {ci(d, signed=True)} points: **{verdict}**")
+    for own, other, diff in answer["own_vs_other"]:
+        verdict = "own data better" if diff["lo"] > 0 else "other model's data better" if diff["hi"] < 0 else "tie"
+        out.append(f"  - own vs other: {own} − {other} = {ci(diff, signed=True)} points: **{verdict}**")
     return out
 
 
-def _verdict(d: dict) -> str:
-    return "better" if d["lo"] > 0 else "worse" if d["hi"] < 0 else "tie"
+def _verdict(diff: dict) -> str:
+    return "better" if diff["lo"] > 0 else "worse" if diff["hi"] < 0 else "tie"
 
 
 def round_lines(name: str, student: str, table: dict, rounds: dict[str, int]) -> list[str]:
@@ -76,19 +78,19 @@ def round_lines(name: str, student: str, table: dict, rounds: dict[str, int]) ->
     comps = round_comparisons(table, rounds)
     if not comps:
         return []
-    later, earlier, d = comps[0]
-    out = [f"- **Did ReST-EM improve the policy?** ({name}, student `{student}`) {later} − {earlier} = {ci(d, signed=True)} points: **{_verdict(d)}**."]
-    for later, earlier, d in comps[1:]:
-        out.append(f"  - {later} − {earlier} = {ci(d, signed=True)}: {_verdict(d)}")
+    later, earlier, diff = comps[0]
+    out = [f"- **Did ReST-EM improve the policy?** ({name}, student `{student}`) {later} − {earlier} = {ci(diff, signed=True)} points: **{_verdict(diff)}**."]
+    for later, earlier, diff in comps[1:]:
+        out.append(f"  - {later} − {earlier} = {ci(diff, signed=True)}: {_verdict(diff)}")
     return out
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue()
 
 
@@ -122,9 +124,9 @@ def summary_rows(results: dict) -> list[dict]:
 
 def comparison_rows(results: dict) -> list[dict]:
     return [
-        {"protocol": name, "student": st, **c, **_flat(c["macro"], "diff"), **_flat(c["micro"], "micro_diff")}
+        {"protocol": name, "student": student, **c, **_flat(c["macro"], "diff"), **_flat(c["micro"], "micro_diff")}
         for name, proto in results["protocols"].items()
-        for st, table in proto["tables"].items()
+        for student, table in proto["tables"].items()
         for c in table["comparisons"]
     ]
 
@@ -134,18 +136,18 @@ def continual_rows(results: dict) -> list[dict]:
     if not proto:
         return []
     rows = []
-    for st, table in proto["tables"].items():
+    for student, table in proto["tables"].items():
         for c in table["cells"]:
             for i, row in enumerate(c["continual"]["matrix"]):
                 for j, acc in enumerate(row[: i + 1]):
-                    rows.append({"student": st, "source": c["source"], "step": i, "passage": j, "accuracy": acc})
+                    rows.append({"student": student, "source": c["source"], "step": i, "passage": j, "accuracy": acc})
     return rows
 
 
 def verdict_rows(verdicts: dict[tuple[str, str, str], list[list[float | None]]], passage_ids: list[str]) -> list[dict]:
     return [
-        {"protocol": p, "student": st, "source": src, "passage": i, "passage_id": passage_ids[i], "question": q, "score": s}
-        for (p, st, src), table in verdicts.items()
+        {"protocol": p, "student": student, "source": src, "passage": i, "passage_id": passage_ids[i], "question": q, "score": s}
+        for (p, student, src), table in verdicts.items()
         for i, qs in enumerate(table)
         for q, s in enumerate(qs)
     ]
@@ -233,8 +235,8 @@ def _compatibility(results: dict, students: list[str]) -> list[str]:
         lines += ["| data from ↓ / student → | " + " | ".join(students) + " |", "|---|" + "---|" * len(students)]
         for s in sources:
             row = []
-            for st in students:
-                c = by[(s, st)]
+            for student in students:
+                c = by[(s, student)]
                 text = ci(c["gain"], signed=True)
                 if c["gain"] is not None and c["gain"]["lo"] > 0:
                     text = f"**{text}**"
@@ -267,16 +269,16 @@ def markdown(results: dict, setup: dict, plots: list[str]) -> str:
     lines += ["", "## Answer", ""]
     rounds = setup.get("rounds") or {}
     for name, proto in results["protocols"].items():
-        for st, table in proto["tables"].items():
-            lines += round_lines(name, st, table, rounds)
+        for student, table in proto["tables"].items():
+            lines += round_lines(name, student, table, rounds)
     for name, proto in results["protocols"].items():
-        for st, table in proto["tables"].items():
-            lines += answer_lines(name, proto["n_passages"], st, table)
+        for student, table in proto["tables"].items():
+            lines += answer_lines(name, proto["n_passages"], student, table)
     lines += ["", "Differences are other − best (or own − other), macro accuracy, points [95 % CI]; a tie when the interval contains 0."]
     for name, proto in results["protocols"].items():
         lines += ["", f"## {PROTOCOL_TITLES[name]}", "", f"{proto['n_passages']} passages; inner loop: {setup['protocols'][name]}."]
-        for st, table in proto["tables"].items():
-            lines += ["", f"### student `{st}`", "", f"Baseline (no update): {ci(table['baseline'])} (micro {ci(table['baseline_micro'])}).", ""]
+        for student, table in proto["tables"].items():
+            lines += ["", f"### student `{student}`", "", f"Baseline (no update): {ci(table['baseline'])} (micro {ci(table['baseline_micro'])}).", ""]
             lines += _accuracy_table(table, name)
             lines += ["", "Which source beats which (macro accuracy, points):", ""]
             lines += _beats(table)

@@ -10,6 +10,13 @@ Reading order of :func:`bench`:
    record is appended to ``journal.jsonl`` as soon as it is graded;
 5. statistics (:mod:`seal.bench.analysis`), plots, ``report.md``, CSV and JSON.
 
+``resume=True`` (``seal bench RECIPE --out DIR --resume``) continues a bench that stopped
+(killed, out of time): with a recipe that agrees with ``DIR/config.yaml`` in everything that
+changes results, the sampled self-edits (``self_edits/``), baselines and adapters already in
+``journal.jsonl`` are read back (a partially written last line is dropped) and only what is
+missing is computed; see :mod:`seal.bench.protocols` for what each protocol reuses. Every
+seed derives from an identity, so the results equal an uninterrupted run's.
+
 Cost: per student, single = passages x self-edits x repetitions adapters per source,
 multi = repetitions adapters on all passages' texts per source, continual = passages x
 repetitions merged updates per source plus a growing QA pass after each.
@@ -17,8 +24,10 @@ repetitions merged updates per source plus a growing QA pass after each.
 
 from __future__ import annotations
 
+import datetime as _dt
 import gc
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
@@ -37,39 +46,92 @@ from seal.bench.sources import (
     seal_format,
     train_run_sources,
 )
-from seal.config import Recipe, RecipeError, recipe_to_dict
+from seal.config import Recipe, RecipeError, diff_recipes, recipe_to_dict
+from seal.display import progress_bar
 from seal.evaluate import load_eval_passages
 from seal.models import load_model, load_model_from_config
-from seal.rundir import RunDir, append_jsonl, write_json_atomic
+from seal.prepare import ensure_model
+from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
 
+# Keys that change speed or bookkeeping but not results: a resume may change them.
+RESUMABLE_KEYS = {
+    "name",
+    "output_dir",
+    "model.device",
+    "inner.batch_adapters",
+    "qa.batch_size",
+    "qa.judge.max_concurrency",
+    "qa.judge.timeout_s",
+    "qa.judge.max_retries",
+    "qa.judge.backoff_s",
+}
 
-def _ensure_student(recipe: Recipe, st: StudentSpec) -> None:
+# Fields of a baseline's journal record around :func:`seal.scoring.baselines`' own.
+_BASELINE_KEY = ("kind", "student", "passage", "passage_id")
+
+
+def check_resume(run: RunDir, config: dict) -> None:
+    """Refuse to resume a directory without a bench, or with a recipe that changes results.
+
+    Raises:
+        RecipeError: no ``config.yaml`` in the directory, or the differing keys.
+    """
+    if not run.exists():
+        raise RecipeError(f"cannot resume: {run.path} holds no bench results (no config.yaml)")
+    diffs = [k for k in diff_recipes(run.recorded_config(), config) if k not in RESUMABLE_KEYS]
+    if diffs:
+        raise RecipeError(f"refusing to resume {run.path}: the recipe differs from the recorded one in: {', '.join(diffs)}")
+
+
+def reopen_journal(run: RunDir) -> list[dict]:
+    """The journal's records, after cutting off a partially written last line (a kill mid-append)."""
+    path = run.journal
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    return read_jsonl(path)
+
+
+def _note_resume(run: RunDir) -> None:
+    """Add this launch's time to ``run.json``'s ``resumed`` list."""
+    path = run.path / "run.json"
+    info = read_json(path) if path.exists() else {}
+    info.setdefault("resumed", []).append(_dt.datetime.now().isoformat(timespec="seconds"))
+    write_json_atomic(path, info)
+
+
+def _ensure_student(recipe: Recipe, student: StudentSpec) -> None:
     """Build a student's tiny model if it asks for one and it does not exist yet (as for ``model``)."""
-    if st.build_tiny is None or Path(st.name_or_path).exists():
+    if student.build_tiny is None or Path(student.name_or_path).exists():
         return
-    from seal.models import ensure_model
-
-    model = recipe.model.model_copy(update={"name_or_path": st.name_or_path, "build_tiny": st.build_tiny})
+    model = recipe.model.model_copy(update={"name_or_path": student.name_or_path, "build_tiny": student.build_tiny})
     ensure_model(recipe.model_copy(update={"model": model}))
 
 
 def _describe(recipe: Recipe, proto) -> str:
-    i = recipe.inner
+    inner = recipe.inner
     return (
-        f"LoRA r={i.lora.rank} alpha={i.lora.alpha:g} on {','.join(i.lora.target_modules)}, {i.epochs} epochs, lr {i.lr:g}, "
-        f"batch {i.batch_size}, {proto.n_self_edits} self-edit(s) per passage, {i.eval_times} repetition(s), "
+        f"LoRA r={inner.lora.rank} alpha={inner.lora.alpha:g} on {','.join(inner.lora.target_modules)}, {inner.epochs} epochs, lr {inner.lr:g}, "
+        f"batch {inner.batch_size}, {proto.n_self_edits} self-edit(s) per passage, {inner.eval_times} repetition(s), "
         f"split_newlines={recipe.self_edit.split_newlines}"
     )
 
 
-def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> Path:
+def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False) -> Path:
     """Run the recipe's ``bench`` section into ``out_dir``; returns the results directory.
+
+    ``resume``: continue the bench in ``out_dir``, reading back what its journal holds (see
+    the module docstring).
 
     Raises:
         RecipeError: no bench section, a protocol asks for more passages than the data
-            section loads, a missing policy checkpoint or student, ``out_dir`` already holds results.
+            section loads, a missing policy checkpoint or student, ``out_dir`` already holds
+            results (without ``resume``), or (with it) holds none or was started with a recipe
+            that differs in result-changing keys.
         DataError: a file: source lacks a passage of the evaluation set (named) or has too few self-edits.
         PromptError: unknown template.
     """
@@ -79,8 +141,11 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
         raise RecipeError("the recipe has no 'bench' section (see recipes/bench_squad_tiny_cpu.yaml)")
     seed = recipe.seed if cfg.seed is None else cfg.seed
     run = RunDir(out_dir)
-    if run.exists():
-        raise RecipeError(f"{run.path} already holds results; choose another --out")
+    config = recipe_to_dict(recipe)
+    if resume:
+        check_resume(run, config)
+    elif run.exists():
+        raise RecipeError(f"{run.path} already holds results; choose another --out, or pass --resume to continue it")
 
     # 1. checks -------------------------------------------------------------------------
     protocols = cfg.protocols.enabled()
@@ -97,8 +162,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
     n_edits = max(p.n_self_edits for _, p in protocols)
     recipes = {name: protocol_recipe(recipe, name, p) for name, p in protocols}
     students = cfg.students or [StudentSpec(name_or_path=recipe.model.name_or_path)]
-    for st in students:
-        _ensure_student(recipe, st)
+    for student in students:
+        _ensure_student(recipe, student)
     specs, train_metrics = list(cfg.sources), []
     if cfg.train_run:
         round_specs, train_metrics = train_run_sources(cfg.train_run)
@@ -106,50 +171,62 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
     sources = check_sources(specs, recipe, passages, n_edits, students)
 
     # 2. record ------------------------------------------------------------------------
-    run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed, "bench_seed": seed})
+    journaled_baselines: dict[str, dict[int, dict]] = defaultdict(dict)
+    journaled: dict[tuple, list[dict]] = defaultdict(list)  # (protocol, student, source label) -> records
+    if resume:
+        records = reopen_journal(run)
+        for row in records:
+            if row.get("kind") == "baseline":
+                journaled_baselines[row["student"]][row["passage"]] = row
+            else:
+                journaled[(row["kind"], row["student"], row["source_label"])].append(row)
+        _note_resume(run)
+        console.print(f"resuming {run.path}: {len(records)} journaled records read back")
+    else:
+        run.start(config, seeds={"seed": recipe.seed, "bench_seed": seed})
     seed_everything(seed)
     t_start = time.perf_counter()
     judge = make_judge(recipe.qa)
-    from seal.display import progress_bar
-
     with progress_bar(console) as bar:
         # 3. self-edits sampled now -----------------------------------------------------
-        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar)
+        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume)
 
         # 4. every student x protocol x source --------------------------------------------
         outcomes, base_verdicts = {}, {}
-        for st in students:
-            model, tok = load_model(st.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
-            task = bar.add_task(f"{st.name}: baseline", total=1)
-            base = baselines(model, tok, passages, recipe.qa, judge)
-            for i, b in enumerate(base):
-                append_jsonl(run.journal, {"kind": "baseline", "student": st.name, "passage": i, "passage_id": passages[i].id, **b})
+        for student in students:
+            model, tok = load_model(student.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+            task = bar.add_task(f"{student.name}: baseline", total=1)
+            base = _baselines(model, tok, passages, recipe, judge, student.name, journaled_baselines[student.name], run)
             bar.advance(task)
             for name, proto in protocols:
-                pr, n = recipes[name], sizes[name]
-                cut = {s.name: [e[: proto.n_self_edits] for e in s.edits[:n]] for s in sources}
-                total = sum(n_steps(name, s.spec.source, passages[:n], cut[s.name], pr) for s in sources)
-                task = bar.add_task(f"{st.name}: {name}", total=max(total, 1))
-                for s in sources:
-                    outcomes[(name, st.name, s.name)] = PROTOCOL_RUNNERS[name](
-                        model, tok, pr, s.spec.source, passages[:n], cut[s.name], base[:n], seed, judge,
-                        key={"kind": name, "student": st.name, "source_label": s.name},
-                        on_record=lambda rec: append_jsonl(run.journal, rec),
-                        progress=lambda k, task=task: bar.advance(task, k),
+                proto_recipe, n = recipes[name], sizes[name]
+                cut = {source.name: [edits[: proto.n_self_edits] for edits in source.edits[:n]] for source in sources}
+                total = sum(n_steps(name, source.spec.source, passages[:n], cut[source.name], proto_recipe) for source in sources)
+                task = bar.add_task(f"{student.name}: {name}", total=max(total, 1))
+                for source in sources:
+                    cell = (name, student.name, source.name)
+                    outcomes[cell] = PROTOCOL_RUNNERS[name](
+                        model, tok, proto_recipe, source.spec.source, passages[:n], cut[source.name], base[:n], seed, judge,
+                        key={"kind": name, "student": student.name, "source_label": source.name},
+                        on_record=lambda record: append_jsonl(run.journal, record),
+                        progress=lambda k, task=task: bar.advance(task, k), done=journaled[cell],
                     )  # fmt: skip
                 bar.update(task, completed=max(total, 1))
-                base_verdicts[(name, st.name)] = [list(b["scores"]) for b in base[:n]]
+                base_verdicts[(name, student.name)] = [list(row["scores"]) for row in base[:n]]
             del model, tok
             gc.collect()
 
     # 5. statistics and outputs ----------------------------------------------------------
-    rows = [Row(s.name, s.spec.source, dict(s.spec.expected), {st.name: same_model(s.author, st.name_or_path) for st in students}, s.author) for s in sources]
+    rows = [
+        Row(source.name, source.spec.source, dict(source.spec.expected), {student.name: same_model(source.author, student.name_or_path) for student in students}, source.author)
+        for source in sources
+    ]  # fmt: skip
     boot_seed = derive_seed(seed, "bootstrap")
-    results = analyze(rows, [st.name for st in students], [(n, sizes[n]) for n, _ in protocols], outcomes, base_verdicts, cfg, boot_seed)
+    results = analyze(rows, [student.name for student in students], [(n, sizes[n]) for n, _ in protocols], outcomes, base_verdicts, cfg, boot_seed)
     setup = {
         "name": recipe.name,
-        "students": [st.name for st in students],
-        "student_paths": [st.name_or_path for st in students],
+        "students": [student.name for student in students],
+        "student_paths": [student.name_or_path for student in students],
         "grader": recipe.qa.grader,
         "seed": seed,
         "bootstrap_seed": boot_seed,
@@ -160,31 +237,59 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -
         "passages": [{"passage_id": p.id, "title": p.title, "n_questions": len(p.questions)} for p in passages],
         "seconds": None,
         # source label -> ReST-EM rounds behind it: the report opens with the round comparison
-        "rounds": {s.name: s.spec.round for s in sources if s.spec.round is not None},
+        "rounds": {source.name: source.spec.round for source in sources if source.spec.round is not None},
     }
     rounds = setup["rounds"]
     plots = write_plots(run.path, results, rounds, train_metrics)
     setup["seconds"] = round(time.perf_counter() - t_start, 1)
-    verdicts = {k: o.verdicts for k, o in outcomes.items()}
+    verdicts = {cell: outcome.verdicts for cell, outcome in outcomes.items()}
     write_tables(run.path, results, setup, verdicts, [p.id for p in passages], plots)
     _print_summary(console, results, rounds)
     console.print(f"report: {run.path / 'report.md'}  ({setup['seconds']:.0f} s)")
     return run.path
 
 
-def _sample_sources(sources: list[Source], recipe: Recipe, passages, n_edits: int, seed: int, run: RunDir, bar) -> None:
-    """Sample policy:/prompt: sources' self-edits once; save each as a SEAL-format file."""
-    todo = [s for s in sources if s.edits is None]
+def _baselines(model, tok, passages, recipe: Recipe, judge, student: str, journaled: dict[int, dict], run: RunDir) -> list[dict]:
+    """The student's baselines: read back when the journal holds every passage's, else
+    computed (one batched generation) and the passages' missing from the journal appended."""
+    if all(i in journaled for i in range(len(passages))):
+        return [{k: v for k, v in journaled[i].items() if k not in _BASELINE_KEY} for i in range(len(passages))]
+    base = baselines(model, tok, passages, recipe.qa, judge)
+    for i, row in enumerate(base):
+        if i not in journaled:
+            append_jsonl(run.journal, {"kind": "baseline", "student": student, "passage": i, "passage_id": passages[i].id, **row})
+    return base
+
+
+def _saved_edits(path: Path, n_passages: int, n_edits: int) -> list[list[str | None]] | None:
+    """Self-edits saved by an earlier launch of this bench (a resume), if complete; else None."""
+    if not path.is_file():
+        return None
+    rows = read_json(path)
+    if len(rows) != n_passages or any(len(row["completions"]) < n_edits for row in rows):
+        return None
+    return [list(row["completions"][:n_edits]) for row in rows]
+
+
+def _sample_sources(sources: list[Source], recipe: Recipe, passages, n_edits: int, seed: int, run: RunDir, bar, reuse: bool = False) -> None:
+    """Sample policy:/prompt: sources' self-edits once; save each as a SEAL-format file.
+
+    ``reuse`` (a resume): a source whose file an earlier launch saved is read back, not sampled again.
+    """
+    for source in sources:
+        if reuse and source.edits is None:
+            source.edits = _saved_edits(run.path / "self_edits" / f"{_file_part(source.name)}.json", len(passages), n_edits)
+    todo = [source for source in sources if source.edits is None]
     if not todo:
         return
     task = bar.add_task("sampling self-edits", total=len(todo))
     base = None
-    if any(s.kind == "prompt" for s in todo):
+    if any(source.kind == "prompt" for source in todo):
         base = load_model_from_config(recipe.model)
-    for s in todo:
-        sample_source(s, recipe, passages, n_edits, seed, base=base)
-        note = f"sampled by seal bench from {s.author} ({s.spec.source}), seed {seed}"
-        write_json_atomic(run.path / "self_edits" / f"{_file_part(s.name)}.json", seal_format(passages, s.edits, note))
+    for source in todo:
+        sample_source(source, recipe, passages, n_edits, seed, base=base)
+        note = f"sampled by seal bench from {source.author} ({source.spec.source}), seed {seed}"
+        write_json_atomic(run.path / "self_edits" / f"{_file_part(source.name)}.json", seal_format(passages, source.edits, note))
         bar.advance(task)
     del base
     gc.collect()
@@ -196,12 +301,14 @@ def _file_part(label: str) -> str:
 
 def _print_summary(console: Console, results: dict, rounds: dict[str, int]) -> None:
     for name, proto in results["protocols"].items():
-        for st, table in proto["tables"].items():
-            t = Table(title=f"{name}, student {st}, {proto['n_passages']} passages (points, 95 % CI)")
-            for col in ("source", "accuracy", "gain over base", "reference"):
-                t.add_column(col)
-            for c in table["cells"]:
-                t.add_row(c["source"], ci(c["accuracy"]), ci(c["gain"], signed=True), "" if c["expected"] is None else pct(c["expected"]))
-            console.print(t)
-            for line in round_lines(name, st, table, rounds):
+        for student, table in proto["tables"].items():
+            summary = Table(title=f"{name}, student {student}, {proto['n_passages']} passages (points, 95 % CI)")
+            for column in ("source", "accuracy", "gain over base", "reference"):
+                summary.add_column(column)
+            for cell in table["cells"]:
+                summary.add_row(
+                    cell["source"], ci(cell["accuracy"]), ci(cell["gain"], signed=True), "" if cell["expected"] is None else pct(cell["expected"])
+                )
+            console.print(summary)
+            for line in round_lines(name, student, table, rounds):
                 console.print(line.replace("**", ""))

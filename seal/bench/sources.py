@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seal.bench.config import SourceSpec, StudentSpec, looks_like_hub_id
-from seal.config import Recipe, RecipeError
+from seal.config import Recipe, RecipeError, parse_source
 from seal.data import Passage
-from seal.evaluate import parse_source, source_self_edits
+from seal.evaluate import source_self_edits
 from seal.prompts import check_template
+from seal.rundir import RunDir, read_jsonl, resolve_policy
 from seal.seeding import derive_seed
 
 # Kinds whose self-edits are read or built without a model (cheap: resolved during the checks).
@@ -29,7 +30,7 @@ class Source:
 
     Attributes:
         spec: the recipe entry (label, expected figures).
-        kind, arg: :func:`seal.evaluate.parse_source` of ``spec.source``.
+        kind, arg: :func:`seal.config.parse_source` of ``spec.source``.
         author: the model that wrote the self-edits (None for none/passage, and for a file:
             source without an ``author``); decides the "own data" cells of the compatibility matrix.
         edits: per passage, its self-edits (``None`` = passage only, ``[]`` = no training);
@@ -135,7 +136,6 @@ def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]
     Raises:
         RecipeError: the directory is not a train run or has no finished round.
     """
-    from seal.rundir import RunDir, read_jsonl, resolve_policy
 
     run = RunDir(run_dir)
     metrics = read_jsonl(run.path / "metrics.jsonl")

@@ -48,8 +48,8 @@ class Interval:
         return "tie"
 
 
-def accuracy(verdicts: Verdicts, statistic: Statistic = "macro") -> float:
-    """Macro (mean over passages of per-passage means) or micro (mean over questions) accuracy.
+def verdict_accuracy(verdicts: Verdicts, statistic: Statistic = "macro") -> float:
+    """A verdict table's macro (mean over passages of per-passage means) or micro (mean over questions) accuracy.
 
     Raises:
         ValueError: no passages, a passage without questions, or an unknown statistic.
@@ -111,17 +111,17 @@ def paired_bootstrap(
         raise ValueError("paired bootstrap needs the same passages and questions on both sides")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    sa, counts = _passage_sums(a)
-    sb, _ = _passage_sums(b)
+    sums_a, counts = _passage_sums(a)
+    sums_b, _ = _passage_sums(b)
     # Both statistics are linear in the per-passage sums for fixed counts, so the paired
     # difference is the statistic of the per-passage difference of sums.
-    d = sa - sb
-    value = float(_stat(d[None, :], counts[None, :], statistic)[0])
-    idx = _resample_indices(len(d), n_samples, seed)
-    dist = _stat(d[idx], counts[idx], statistic)
+    diff = sums_a - sums_b
+    value = float(_stat(diff[None, :], counts[None, :], statistic)[0])
+    resamples = _resample_indices(len(diff), n_samples, seed)
+    distribution = _stat(diff[resamples], counts[resamples], statistic)
     alpha = 1 - confidence
-    lo, hi = np.quantile(dist, [alpha / 2, 1 - alpha / 2])
-    return Interval(value, float(lo), float(hi), confidence, len(d))
+    lo, hi = np.quantile(distribution, [alpha / 2, 1 - alpha / 2])
+    return Interval(value, float(lo), float(hi), confidence, len(diff))
 
 
 def bootstrap_accuracy(
@@ -143,8 +143,8 @@ def pair_verdicts(
         (a', b', kept passage indices): aligned verdict tables ready for :func:`paired_bootstrap`.
     """
     out_a, out_b, kept = [], [], []
-    for i, (qa, qb) in enumerate(zip(a, b, strict=True)):
-        pairs = [(x, y) for x, y in zip(qa, qb, strict=True) if x is not None and y is not None]
+    for i, (scores_a, scores_b) in enumerate(zip(a, b, strict=True)):
+        pairs = [(x, y) for x, y in zip(scores_a, scores_b, strict=True) if x is not None and y is not None]
         if pairs:
             out_a.append([x for x, _ in pairs])
             out_b.append([y for _, y in pairs])

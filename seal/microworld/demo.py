@@ -2,7 +2,7 @@
 
 The README's first demo, as a plain recipe of three steps that each exist on their own:
 
-1. ``seal.models.ensure_model``: the world of the train recipe's ``microworld`` section is
+1. ``seal.prepare.ensure_model``: the world of the train recipe's ``microworld`` section is
    pretrained once (cached under ``.cache/microworld/<settings key>``) and reused after;
 2. ``seal.train.train``: ``rl.rounds`` ReST-EM rounds into ``<run_dir>`` (resumed when the
    directory already holds a run, so an interrupted demo continues where it stopped);
@@ -22,7 +22,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from seal.bench.run import bench as run_bench
 from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
+from seal.prepare import ensure_model
+from seal.train import train as run_train
 
 #: The reduced demo of CI (``tests/test_microworld_learns.py``) and of the seed spread
 #: (``benchmarks/microworld_seeds.py``): the demo's world and policy, but 64 RL-training people,
@@ -48,17 +51,19 @@ def check_same_setting(train: Recipe, bench: Recipe) -> None:
     Raises:
         RecipeError: a recipe has no ``microworld`` section, or the recipes differ (keys listed).
     """
-    for what, r in (("train", train), ("bench", bench)):
-        if r.microworld is None:
+    for what, recipe in (("train", train), ("bench", bench)):
+        if recipe.microworld is None:
             raise RecipeError(f"the {what} recipe has no 'microworld' section")
-    a, b = train.microworld.entry_dir(), bench.microworld.entry_dir()
-    if a != b:
-        raise RecipeError(f"the train and bench recipes name different microworlds ({a} vs {b}); give them the same 'microworld' section")
-    ta = {k: getattr(train, k).model_dump(mode="json") for k in SHARED}
-    tb = {k: getattr(bench, k).model_dump(mode="json") for k in SHARED}
-    for t in (ta, tb):
-        t["inner"].pop("learner")
-    differ = diff_recipes(ta, tb)
+    train_world, bench_world = train.microworld.entry_dir(), bench.microworld.entry_dir()
+    if train_world != bench_world:
+        raise RecipeError(
+            f"the train and bench recipes name different microworlds ({train_world} vs {bench_world}); give them the same 'microworld' section"
+        )
+    train_sections = {k: getattr(train, k).model_dump(mode="json") for k in SHARED}
+    bench_sections = {k: getattr(bench, k).model_dump(mode="json") for k in SHARED}
+    for sections in (train_sections, bench_sections):
+        sections["inner"].pop("learner")
+    differ = diff_recipes(train_sections, bench_sections)
     if differ:
         raise RecipeError(f"the train and bench recipes differ in {', '.join(differ)}; the bench must score with the training's settings")
 
@@ -70,11 +75,11 @@ def copy_skill_summary(world_dir: str | Path) -> str:
     Raises ``FileNotFoundError`` if the world has no ``meta.json``.
     """
     meta = json.loads((Path(world_dir) / "meta.json").read_text())
-    c, s = meta["copy_skill"], meta["settings"]
+    skill, settings = meta["copy_skill"], meta["settings"]
     return (
-        f"base policy's copy skill on {s['n_copy_eval']} held-out people (sampled self-edits): "
-        f"{100 * c['value_precision']:.0f} % of attribute values copied right (gate: {100 * s['min_copy_precision']:.0f} %), "
-        f"{100 * c['value_recall']:.0f} % of a passage's values stated, open-book accuracy {100 * c['openbook']:.0f} %; "
+        f"base policy's copy skill on {settings['n_copy_eval']} held-out people (sampled self-edits): "
+        f"{100 * skill['value_precision']:.0f} % of attribute values copied right (gate: {100 * settings['min_copy_precision']:.0f} %), "
+        f"{100 * skill['value_recall']:.0f} % of a passage's values stated, open-book accuracy {100 * skill['openbook']:.0f} %; "
         f"copy curriculum {meta['copy_steps']} of {meta['steps']} pretraining steps, {meta['seconds']['total']:.0f} s"
     )
 
@@ -95,25 +100,21 @@ def run_demo(
     Raises:
         RecipeError: bad recipes or overrides, or the two recipes name different worlds.
     """
-    from seal.bench.run import bench
-    from seal.models import ensure_model
-    from seal.train import train
-
     console = console or Console()
     overrides = list(overrides or [])
     run_dir = Path(run_dir)
-    tr = load_recipe(train_recipe, overrides)
-    br = load_recipe(bench_recipe, overrides + [f"bench.train_run={run_dir}"])
-    check_same_setting(tr, br)
+    train_config = load_recipe(train_recipe, overrides)
+    bench_config = load_recipe(bench_recipe, overrides + [f"bench.train_run={run_dir}"])
+    check_same_setting(train_config, bench_config)
 
     console.rule("1/3 the microworld")
-    ensure_model(tr, console.print)
-    console.print(f"world and base policy: {tr.microworld.entry_dir()}")
-    console.print(copy_skill_summary(tr.microworld.entry_dir()))
+    ensure_model(train_config, console.print)
+    console.print(f"world and base policy: {train_config.microworld.entry_dir()}")
+    console.print(copy_skill_summary(train_config.microworld.entry_dir()))
 
-    console.rule(f"2/3 ReST-EM: {tr.rl.rounds} rounds")
+    console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
     resume = (run_dir / "run.json").is_file()
-    train(tr, run_dir, resume=resume, console=console)
+    run_train(train_config, run_dir, resume=resume, console=console)
 
     console.rule("3/3 held-out no-passage QA, every round's policy")
     out = run_dir / "bench"
@@ -122,6 +123,6 @@ def run_demo(
         return out
     if out.exists():  # an interrupted bench: its results are incomplete, so it is redone
         shutil.rmtree(out)
-    bench(br, out, console=console)
+    run_bench(bench_config, out, console=console)
     console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
     return out

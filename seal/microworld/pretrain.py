@@ -84,22 +84,22 @@ def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]]) -> d
     styles: Counter = Counter()
     mentions = correct = 0
     rec_sum, rec_n, name_ok, total = 0.0, 0, 0, 0
-    ps_m: Counter = Counter()
-    ps_c: Counter = Counter()
-    for r, ss in zip(records, samples, strict=True):
-        e = entity_from_record(r)
-        for s in ss:
-            st = classify_style(s)
-            c = copy_stats(s, e)
-            styles[st] += 1
-            mentions += c["mentions"]
-            correct += c["correct"]
-            ps_m[st] += c["mentions"]
-            ps_c[st] += c["correct"]
-            if st in ("qa", "paraphrase", "facts", "verbatim"):
-                rec_sum += c["recall"]
+    style_mentions: Counter = Counter()
+    style_correct: Counter = Counter()
+    for record, record_samples in zip(records, samples, strict=True):
+        entity = entity_from_record(record)
+        for sample in record_samples:
+            style = classify_style(sample)
+            stats = copy_stats(sample, entity)
+            styles[style] += 1
+            mentions += stats["mentions"]
+            correct += stats["correct"]
+            style_mentions[style] += stats["mentions"]
+            style_correct[style] += stats["correct"]
+            if style in ("qa", "paraphrase", "facts", "verbatim"):
+                rec_sum += stats["recall"]
                 rec_n += 1
-            name_ok += c["name_ok"]
+            name_ok += stats["name_ok"]
             total += 1
     return {
         "n": total,
@@ -107,7 +107,7 @@ def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]]) -> d
         "value_recall": rec_sum / rec_n if rec_n else 0.0,
         "name_ok": name_ok / total if total else 0.0,
         "styles": {k: v / total for k, v in sorted(styles.items())} if total else {},
-        "per_style_precision": {k: ps_c[k] / ps_m[k] for k in sorted(ps_m) if ps_m[k]},
+        "per_style_precision": {k: style_correct[k] / style_mentions[k] for k in sorted(style_mentions) if style_mentions[k]},
     }
 
 
@@ -138,9 +138,9 @@ def openbook_accuracy(model, tok, records: Sequence[dict]) -> float:
     answers to ``"{title}\n{passage}\nQ: {question} A:"``, the open-book format of the copy
     curriculum. The purest measure of the copy skill: finding a value in the context."""
     prompts, golds = [], []
-    for r in records:
-        for q in r["questions"]:
-            prompts.append(f"{r['title']}\n{r['context']}\nQ: {q['question']} A:")
+    for record in records:
+        for q in record["questions"]:
+            prompts.append(f"{record['title']}\n{record['context']}\nQ: {q['question']} A:")
             golds.append(q["answer"])
     answers = answer_questions(model, tok, prompts, max_new_tokens=8, batch_size=128)
     return sum(contains(a, g) for a, g in zip(answers, golds, strict=True)) / len(golds)
@@ -151,12 +151,12 @@ def copy_check(model, tok, records: Sequence[dict], seed: int) -> dict:
     and the :func:`copy_metrics` of one greedy self-edit each. Leaves the model in train mode."""
     model.eval()
     try:
-        m = copy_metrics(records, sample_on_records(model, tok, records, 1, None, seed))
-        m["openbook"] = openbook_accuracy(model, tok, records)
+        metrics = copy_metrics(records, sample_on_records(model, tok, records, 1, None, seed))
+        metrics["openbook"] = openbook_accuracy(model, tok, records)
     finally:
         model.train()
-    m.pop("per_style_precision")
-    return m
+    metrics.pop("per_style_precision")
+    return metrics
 
 
 def _batches(ids: list[list[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -212,10 +212,10 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_tmp(out: Path) -> None:
     """Delete ``<out>.tmp-<pid>`` directories left by killed pretrainings (their pid is gone)."""
-    for d in out.parent.glob(f"{out.name}.tmp-*"):
-        pid = d.name.rsplit("-", 1)[-1]
+    for tmp in out.parent.glob(f"{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Pretrainer:
@@ -255,8 +255,8 @@ class Pretrainer:
     def encode(self, docs: Sequence[Doc]) -> tuple[list[list[int]], list[int]]:
         """Token ids (EOS appended, truncated to ``max_length``) and each document's loss start."""
         eos = self.tok.eos_token_id
-        ids = [(x + [eos])[: self.cfg.max_length] for x in self.tok([d.text for d in docs])["input_ids"]]
-        heads = self.tok([d.text[: d.prompt_chars] for d in docs])["input_ids"]
+        ids = [(x + [eos])[: self.cfg.max_length] for x in self.tok([doc.text for doc in docs])["input_ids"]]
+        heads = self.tok([doc.text[: doc.prompt_chars] for doc in docs])["input_ids"]
         # Loss from the first token after the prompt (token boundaries agree at "\n").
         starts = [len(h) if d.prompt_chars and x[: len(h)] == h else 0 for d, x, h in zip(docs, ids, heads, strict=True)]
         self.n_tokens_corpus += sum(len(x) for x in ids)
@@ -315,12 +315,12 @@ def copy_phase(pt: Pretrainer, world: World, check_recs: list[dict]) -> list[dic
             lr_at,
         )
         block += 1
-        m = copy_check(pt.model, pt.tok, check_recs, cfg.seed)
-        checks.append({"step": pt.step, **m})
-        is_open = m["openbook"] >= cfg.copy_gate and pt.step >= cfg.copy_min_steps
+        gate = copy_check(pt.model, pt.tok, check_recs, cfg.seed)
+        checks.append({"step": pt.step, **gate})
+        is_open = gate["openbook"] >= cfg.copy_gate and pt.step >= cfg.copy_min_steps
         pt.log(
-            f"copy gate @ step {pt.step}: open-book accuracy {m['openbook']:.2f} (gate {cfg.copy_gate:.2f}), "
-            f"self-edit value precision {m['value_precision']:.2f} recall {m['value_recall']:.2f}"
+            f"copy gate @ step {pt.step}: open-book accuracy {gate['openbook']:.2f} (gate {cfg.copy_gate:.2f}), "
+            f"self-edit value precision {gate['value_precision']:.2f} recall {gate['value_recall']:.2f}"
             + (": open" if is_open else "")
         )
         if is_open:
@@ -328,7 +328,7 @@ def copy_phase(pt: Pretrainer, world: World, check_recs: list[dict]) -> list[dic
         if pt.step + cfg.copy_block_steps > cfg.copy_max_steps:
             raise CopySkillError(
                 f"pretraining did not learn to copy: after {pt.step} steps of the copy curriculum, "
-                f"open-book accuracy on {len(check_recs)} fresh people is {m['openbook']:.2f}, below "
+                f"open-book accuracy on {len(check_recs)} fresh people is {gate['openbook']:.2f}, below "
                 f"the gate {cfg.copy_gate:.2f} (microworld seed {cfg.seed}). Nothing was cached. Try "
                 f"another microworld.seed, or a larger microworld.copy_max_steps."
             )
@@ -367,7 +367,7 @@ def _train_tokenizer(world: World, cfg: PretrainConfig):
     for ep in range(min(2, cfg.memory_epochs)):
         docs += memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template)
     rng = random.Random(derive_seed(cfg.seed, "microworld", "tokenizer"))
-    return train_tokenizer((d.text for d in rng.sample(docs, min(len(docs), 20000))), cfg.vocab_size)
+    return train_tokenizer((doc.text for doc in rng.sample(docs, min(len(docs), 20000))), cfg.vocab_size)
 
 
 def final_copy_skill(model, tok, records: Sequence[dict], cfg: PretrainConfig) -> dict:
@@ -376,24 +376,24 @@ def final_copy_skill(model, tok, records: Sequence[dict], cfg: PretrainConfig) -
 
     Raises :class:`CopySkillError` if the value precision is below ``cfg.min_copy_precision``.
     """
-    ev = list(records[: cfg.n_copy_eval])
-    if not ev:
+    held_out = list(records[: cfg.n_copy_eval])
+    if not held_out:
         return {}
     t1 = time.perf_counter()
-    s = sample_on_records(model, tok, ev, 2, 1.0, cfg.seed)
-    m = copy_metrics(ev, s)
-    m["openbook"] = openbook_accuracy(model, tok, ev)
-    m["seconds"] = round(time.perf_counter() - t1, 1)
-    m["examples"] = [x[0] for x in s[:3]]
-    if m["value_precision"] < cfg.min_copy_precision:
+    samples = sample_on_records(model, tok, held_out, 2, 1.0, cfg.seed)
+    metrics = copy_metrics(held_out, samples)
+    metrics["openbook"] = openbook_accuracy(model, tok, held_out)
+    metrics["seconds"] = round(time.perf_counter() - t1, 1)
+    metrics["examples"] = [x[0] for x in samples[:3]]
+    if metrics["value_precision"] < cfg.min_copy_precision:
         raise CopySkillError(
-            f"pretraining did not learn to copy: the finished policy copies {100 * m['value_precision']:.0f} % of "
-            f"attribute values right in self-edits about {len(ev)} held-out people (needed: "
-            f"{100 * cfg.min_copy_precision:.0f} %; open-book accuracy {100 * m['openbook']:.0f} %), "
+            f"pretraining did not learn to copy: the finished policy copies {100 * metrics['value_precision']:.0f} % of "
+            f"attribute values right in self-edits about {len(held_out)} held-out people (needed: "
+            f"{100 * cfg.min_copy_precision:.0f} %; open-book accuracy {100 * metrics['openbook']:.0f} %), "
             f"microworld seed {cfg.seed}. Nothing was cached. Try another microworld.seed, or a "
             f"stricter microworld.copy_gate."
         )
-    return m
+    return metrics
 
 
 def _write_passages(tmp: Path, world: World, cfg: PretrainConfig) -> dict[str, list[dict]]:

@@ -1,0 +1,41 @@
+"""Making a recipe's model exist before a command runs: pretrain its microworld or build its tiny
+model.
+
+Above both :mod:`seal.models` and :mod:`seal.microworld` (which builds on ``seal.models``), so
+neither imports the other's caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from seal.config import Recipe
+from seal.microworld.pretrain import ensure_microworld
+from seal.models import build_tiny_model, passage_texts
+
+
+def ensure_model(recipe: Recipe, log: Callable[[str], None] = print) -> None:
+    """Make the recipe's model exist: pretrain its microworld (``recipe.microworld``, cached) or
+    build its tiny model (``model.build_tiny``) if the directory is missing; otherwise nothing.
+
+    ``log`` gets one line before a tiny model is built (microworld pretraining reports its own
+    progress on stderr).
+    """
+    if recipe.microworld is not None:
+        world = recipe.microworld
+        ensure_microworld(world.cache_dir, seed=world.seed, cfg=world.pretrain_config())
+    model = recipe.model
+    if model.build_tiny is None or Path(model.name_or_path).exists():
+        return
+    tiny = model.build_tiny
+    log(f"building tiny model at {model.name_or_path}")
+    build_tiny_model(
+        model.name_or_path,
+        passage_texts(tiny.data, recipe.data.root),
+        tiny.vocab_size,
+        tiny.hidden_size,
+        tiny.num_layers,
+        tiny.num_heads,
+        seed=tiny.seed,
+    )

@@ -1,0 +1,103 @@
+"""The bottom layer of recipe configuration: the base :class:`Section`, :class:`RecipeError`, and
+the sections that more than one recipe part builds on (the inner loop's settings, tiny models,
+source strings).
+
+``seal.config`` (the whole :class:`~seal.config.Recipe`), ``seal.bench.config`` and
+``seal.microworld.config`` import from here; this module imports no other seal module, so the
+configuration modules import one way. Everything here is re-exported by ``seal.config``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is invalid. The message names the file and the key."""
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, values are re-validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """A tiny random Llama-architecture model built locally (``seal tiny-model``) for CPUs and tests."""
+
+    data: list[str] = Field(
+        default_factory=lambda: ["squad/train_100.json"],
+        description="SEAL-format files whose text trains the BPE tokenizer (relative to data.root).",
+    )
+    vocab_size: int = Field(2048, ge=300)
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    seed: int = Field(0)
+
+
+class LoraConfig(Section):
+    """A LoRA adapter's shape (Hu et al. 2021)."""
+
+    rank: int = Field(32, ge=1)
+    alpha: float = Field(64, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Names of the linear layers to adapt. ['q_proj', 'v_proj'] is PEFT's default for Llama/Qwen2.",
+    )
+
+
+class InnerLoopConfig(Section):
+    """The inner loop: a fresh LoRA adapter trained on one self-edit's texts (paper Section 4.2)."""
+
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(1, ge=1, description="Training texts per optimizer step, per adapter.")
+    max_grad_norm: float | None = Field(
+        1.0, description="Per-adapter gradient clipping (HF Trainer's default, which the reference inherits). None: off."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "constant"] = Field(
+        "linear", description="Per-adapter schedule over its own steps (HF Trainer's default: linear decay to 0)."
+    )
+    max_length: int = Field(1024, ge=8, description="Training texts are truncated to this many tokens.")
+    train_on_padding: bool = Field(
+        False,
+        description="Reproduce the reference's loss on padded positions (sequences padded to max_length). Off: loss on real tokens only.",
+    )
+    eval_times: int = Field(3, ge=1, description="Repetitions of (train adapter, answer questions) per self-edit.")
+    batch_adapters: int = Field(
+        1, ge=1, description="Adapters trained and scored together in one pass over the base model (1: sequential)."
+    )
+    failure_reward: float | None = Field(
+        None,
+        description="Reward of a failed evaluation (non-finite loss, nothing to train on). None: left out of the self-edit's mean; a self-edit whose every repetition failed is never kept.",
+    )
+    learner: Literal["policy", "base"] = Field(
+        "policy",
+        description="The model the inner loop adapts and questions in `seal train`: 'policy' (each round's policy learns from its own self-edits, SEAL's self-adaptation) or 'base' (model.name_or_path stays the learner every round and only the writing of self-edits is trained: a teacher-student variant; one more model in memory).",
+    )
+
+
+#: Kinds of source of inner-loop training data (``seal evaluate``'s ``evaluate.source``, ``seal bench``'s sources).
+SOURCE_KINDS = ("none", "passage", "file", "policy", "prompt")
+
+
+def parse_source(source: str) -> tuple[str, str | None]:
+    """Split a source of inner-loop training data, ``kind:arg``, into (kind, arg).
+
+    Raises:
+        RecipeError: unknown kind, or a missing/extra argument.
+    """
+    kind, _, arg = source.partition(":")
+    if kind not in SOURCE_KINDS:
+        raise RecipeError(f"unknown source {source!r}; expected one of none, passage, file:<path>, policy:<model>, prompt:<template>")
+    if kind in ("none", "passage") and arg:
+        raise RecipeError(f"source {kind!r} takes no argument (got {source!r})")
+    if kind in ("file", "policy", "prompt") and not arg:
+        raise RecipeError(f"source {source!r} needs an argument: {kind}:<...>")
+    return kind, arg or None

@@ -17,7 +17,6 @@ Equivalent commands: ``seal train recipes/microworld_cpu.yaml --run-dir D`` then
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -95,7 +94,7 @@ def run_demo(
 
     ``overrides`` (dotted ``key=value``) apply to both recipes, so ``rl.rounds=3`` or
     ``microworld.seed=1`` change the whole demo consistently. A finished bench is kept and
-    reported again; one without ``report.md`` (interrupted) is redone.
+    reported again; one without ``report.md`` (interrupted) resumes from its journal.
 
     Raises:
         RecipeError: bad recipes or overrides, or the two recipes name different worlds.
@@ -121,8 +120,7 @@ def run_demo(
     if (out / "report.md").is_file():
         console.print(f"bench already finished: {out / 'report.md'}")
         return out
-    if out.exists():  # an interrupted bench: its results are incomplete, so it is redone
-        shutil.rmtree(out)
-    run_bench(bench_config, out, console=console)
+    # an interrupted bench continues from its journal (seal bench --resume)
+    run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file())
     console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
     return out

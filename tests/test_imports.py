@@ -15,9 +15,9 @@ Before the one-way renovation (issue 11): one module-level cycle (``seal.config`
 ``seal.bench.config`` at its bottom, which imported ``seal.config``; ``seal.bench`` imported
 ``seal.config``), one ten-module cycle through function-local imports (``seal.models`` ->
 ``seal.microworld.pretrain`` -> ``seal.inner_loop`` -> ``seal.config`` -> ... ), and 30
-function-local import statements of seal modules. After: no cycle, 14 statements: the CLI's
-commands importing what they run (fast ``--help`` and errors), ``seal.train`` helpers
-imported by the bench (``progress_bar``, ``resolve_policy``), and three in the trainer's modules.
+function-local import statements of seal modules. After: no cycle, 11 statements: the CLI's
+commands importing what they run (fast ``--help`` and errors) and ``seal.scoring`` importing
+``seal.judge`` (the judge's HTTP client) only when ``qa.grader`` is ``judge``.
 """
 
 from __future__ import annotations

@@ -325,6 +325,23 @@ def recipe_to_dict(recipe: BaseModel) -> dict:
     return recipe.model_dump(mode="json")
 
 
+#: Dotted recipe keys that change speed or bookkeeping but not results: a resumed
+#: ``seal train`` or ``seal bench`` may change them (any other difference is refused).
+RESULT_NEUTRAL_KEYS = frozenset(
+    {
+        "name",
+        "output_dir",
+        "model.device",
+        "inner.batch_adapters",
+        "qa.batch_size",
+        "qa.judge.max_concurrency",
+        "qa.judge.timeout_s",
+        "qa.judge.max_retries",
+        "qa.judge.backoff_s",
+    }
+)
+
+
 def diff_recipes(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two resolved recipes (dicts)."""
     keys = sorted(set(a) | set(b))

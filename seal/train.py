@@ -84,7 +84,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.config import Recipe, RecipeError, diff_recipes, recipe_to_dict
+from seal.config import RESULT_NEUTRAL_KEYS, Recipe, RecipeError, diff_recipes, recipe_to_dict
 from seal.data import Passage, load_passages, load_squad_from_hub
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
@@ -103,19 +103,9 @@ from seal.stages import (
     selection_stage,
 )
 
-# Keys that change speed or bookkeeping but not results: a resume may change them.
-RESUMABLE_KEYS = {
-    "name",
-    "output_dir",
-    "model.device",
-    "inner.batch_adapters",
-    "qa.batch_size",
-    "qa.judge.max_concurrency",
-    "qa.judge.timeout_s",
-    "qa.judge.max_retries",
-    "qa.judge.backoff_s",
-    "rl.rounds",  # more rounds extend a run; finished rounds are unaffected
-}
+# Keys a resume may change: those of speed or bookkeeping, and rl.rounds (more rounds extend a
+# run; finished rounds are unaffected).
+RESUMABLE_KEYS = RESULT_NEUTRAL_KEYS | {"rl.rounds"}
 
 TIMING_FIELDS = {
     "journal": ("seconds",),

@@ -46,7 +46,7 @@ from seal.bench.sources import (
     seal_format,
     train_run_sources,
 )
-from seal.config import Recipe, RecipeError, diff_recipes, recipe_to_dict
+from seal.config import RESULT_NEUTRAL_KEYS, Recipe, RecipeError, diff_recipes, recipe_to_dict
 from seal.display import progress_bar
 from seal.evaluate import load_eval_passages
 from seal.models import load_model, load_model_from_config
@@ -55,18 +55,8 @@ from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
 
-# Keys that change speed or bookkeeping but not results: a resume may change them.
-RESUMABLE_KEYS = {
-    "name",
-    "output_dir",
-    "model.device",
-    "inner.batch_adapters",
-    "qa.batch_size",
-    "qa.judge.max_concurrency",
-    "qa.judge.timeout_s",
-    "qa.judge.max_retries",
-    "qa.judge.backoff_s",
-}
+# A bench adds no keys of its own that a resume may change.
+RESUMABLE_KEYS = RESULT_NEUTRAL_KEYS
 
 # Fields of a baseline's journal record around :func:`seal.scoring.baselines`' own.
 _BASELINE_KEY = ("kind", "student", "passage", "passage_id")

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from rich.console import Console
-from train_helpers import REPO, one_thread, subprocess_env
+from train_helpers import REPO, kill_when, one_thread, subprocess_env
 
 from seal.bench.run import bench
 from seal.config import RecipeError, load_recipe
@@ -92,21 +90,8 @@ def killed(tmp_path_factory, recipe) -> Path:
     """``seal bench`` in a subprocess, SIGKILLed once ``KILL_AT`` records are journaled."""
     out = tmp_path_factory.mktemp("killed") / "bench"
     log = out.parent / "log.txt"
-    with open(log, "w") as stream:
-        proc = subprocess.Popen(bench_cmd(recipe, out), cwd=REPO, env=subprocess_env(), stdout=stream, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        try:
-            while complete_lines(out / "journal.jsonl") < KILL_AT:
-                if proc.poll() is not None:
-                    pytest.fail(f"seal bench exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail("seal bench journaled too little in time")
-                time.sleep(0.005)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = kill_when(bench_cmd(recipe, out), log, lambda: complete_lines(out / "journal.jsonl") >= KILL_AT, "journaling enough records", poll_s=0.005)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists(), "killed too late: the bench had finished"
     assert KILL_AT <= complete_lines(out / "journal.jsonl") < N_RECORDS

@@ -26,8 +26,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import time
 import zlib
 from pathlib import Path
 
@@ -38,11 +36,11 @@ from train_helpers import (
     REPO,
     count_evaluations,
     journal,
+    kill_when,
     metrics,
     one_thread,
     run_cli,
     seal_train_cmd,
-    subprocess_env,
     tiny_overrides,
     tiny_recipe,
 )
@@ -94,21 +92,7 @@ def killed(tmp_path_factory, tiny_squad_model, data_root) -> Path:
     run = tmp_path_factory.mktemp("killed") / "run"
     log = run.parent / "log.txt"
     cmd = seal_train_cmd(tiny_overrides(tiny_squad_model, data_root, rl__rounds=2), run_dir=run)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        try:
-            while count_evaluations(run / "journal.jsonl") < 2:
-                if proc.poll() is not None:
-                    pytest.fail(f"seal train exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail("seal train journaled no evaluation in time")
-                time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+    proc = kill_when(cmd, log, lambda: count_evaluations(run / "journal.jsonl") >= 2, "journaling an evaluation")
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "round_0" / "metrics.json").exists(), "killed too late: round 0 had finished"
     assert 2 <= count_evaluations(run / "journal.jsonl") < 6

@@ -7,11 +7,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 from seal.config import Recipe, load_recipe
@@ -134,3 +137,27 @@ def count_evaluations(path: Path) -> int:
         except ValueError:
             pass
     return n
+
+
+def kill_when(cmd: list[str], log: Path, reached, what: str, timeout_s: float = 240, poll_s: float = 0.01) -> subprocess.Popen:
+    """Run ``cmd`` (stdout and stderr to ``log``) and SIGKILL it as soon as ``reached()`` is true.
+
+    Fails the test if the process exits first or ``reached()`` stays false for ``timeout_s``
+    seconds (``what`` names the awaited event). Returns the finished (killed) process.
+    """
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not reached():
+                if proc.poll() is not None:
+                    pytest.fail(f"{cmd[3]} exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{what} did not happen in time")
+                time.sleep(poll_s)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return proc

@@ -1,7 +1,7 @@
 """SEAL visibly learns in the microworld: a reduced `seal microworld demo`, through the CLI.
 
 The world and its policy are the demo's own (default ``PretrainConfig``, about 6-7 minutes of
-pretraining on one core, once; the cache under ``.cache/microworld`` is reused by later runs
+pretraining on one idle core, once; the cache under ``.cache/microworld`` is reused by later runs
 and by the demo). The RL part is reduced (``seal.microworld.demo.REDUCED``): 64 RL-training
 people, 5 self-edits each, 3 rounds (two ReST-EM updates, the second updated policy's samples
 scored), and a 48-passage bench.
@@ -32,15 +32,19 @@ from seal.rundir import read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("SEAL_MICROWORLD_CACHE", REPO / ".cache" / "microworld"))
 
-#: Value precision of the pretrained policy's sampled self-edits on 48 held-out people, seeds
-#: 0-4, measured on the 2-core dev box (AMD EPYC, torch 2.13.0 CPU, 1 thread).
-COPY_SPREAD = {0: None, 1: None, 2: None, 3: None, 4: None}
-#: Half the smallest measured copy precision (a policy that never learned to copy reads 0.02-0.07).
+#: Value precision of the pretrained policy's sampled self-edits on 48 held-out people, world
+#: seeds 0-4, measured with benchmarks/microworld_seeds.py on the 2-core dev box (AMD EPYC,
+#: family 25 model 1; torch 2.13.0 CPU, 1 thread). On a second AMD EPYC (model 17): seed 0
+#: 0.71, seed 1 0.47, seed 4 0.44. A policy that never learned to copy reads 0.02-0.05.
+COPY_SPREAD = {0: 0.536, 1: 0.288, 2: 0.660, 3: 0.617, 4: 0.457}
+#: Half the smallest measured copy precision: 0.144.
 COPY_THRESHOLD = min(COPY_SPREAD.values()) / 2
-#: Mean reward of round 2's samples minus round 0's (points of accuracy), this reduction, seeds 0-4.
-SPREAD = {0: None, 1: None, 2: None, 3: None, 4: None}
-#: Half the smallest measured gain.
-THRESHOLD = min(SPREAD.values()) / 2
+#: Mean reward of round 2's samples minus round 0's (points of accuracy), this reduction, same
+#: box and seeds. Round 0 / 1 / 2: 13.5/22.5/24.7, 14.7/20.2/24.3, 26.8/32.9/42.4,
+#: 26.8/40.4/45.7, 14.0/21.3/28.2. On the second box: seed 0 +17.1, seed 1 +8.7.
+SPREAD = {0: 11.21, 1: 9.55, 2: 15.59, 3: 18.88, 4: 14.20}
+#: Half the smallest gain measured on either box: 4.35 points.
+THRESHOLD = min([*SPREAD.values(), 8.7]) / 2
 
 
 def reduced_overrides(seed: int, cache_dir: Path = CACHE) -> list[str]:
@@ -57,7 +61,7 @@ def run_reduced(seed: int, run_dir: Path) -> tuple[list[dict], Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3000)  # a hang guard, not a speed goal (pretraining alone: 6-20 min, by load)
 def test_reduced_demo_improves_the_reward(tmp_path):
     # 1. the base policy can copy values from a passage (pretrains the world once if needed)
     recipe = load_recipe(REPO / "recipes" / "microworld_cpu.yaml", reduced_overrides(0))

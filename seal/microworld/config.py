@@ -43,7 +43,7 @@ class PretrainConfig(BaseModel):
 
     Finally the policy's sampled self-edits on ``n_copy_eval`` held-out people must copy at
     least ``min_copy_precision`` of their values right, else ``CopySkillError`` and nothing is
-    cached. About 2600-2800 steps and 2.4 M tokens in all. Before the gate (format version
+    cached. 2570-2820 steps in all on seeds 0-4. Before the gate (format version
     2), one fixed warm-up of 3-5-fact documents ended abruptly and copying emerged on some
     machines and seeds only (value precision 0.02-0.05 on seed 4 of our AMD box, seed 0 of an
     Intel one). Smaller corpora or models were measured not to learn to copy at all (under

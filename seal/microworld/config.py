@@ -93,7 +93,7 @@ class PretrainConfig(BaseModel):
         description="Budget of the copy curriculum: if the gate is still shut after this many steps, pretraining stops with CopySkillError and caches nothing.",
     )
     copy_gate: float = Field(
-        0.25,
+        0.40,
         ge=0,
         le=1,
         description="Open-book accuracy (greedy, passage in context) on n_check_people fresh people that ends the copy curriculum.",

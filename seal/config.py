@@ -168,6 +168,30 @@ class RLConfig(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
 
 
+class DiagnosticsConfig(Section):
+    """What the self-edits teach (``seal/diagnostics.py``): each round's metrics get a
+    ``diagnostics`` block (diversity, format shares, coverage of the passage's facts) and a
+    one-line summary, and a warning when the self-edits look collapsed. Read-only: no field
+    here changes a result, so a resumed run may change any of them."""
+
+    enabled: bool = Field(True, description="Compute, record and print the diagnostics of every round.")
+    min_distinct_2: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Collapse warning when a round's distinct-2 (per passage, averaged) is below this; k identical samples score at most 1/k (0.2 at k=5).",
+    )
+    max_diversity_drop: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Collapse warning when distinct-2 falls by more than this fraction of the previous round's (0.5: to under half).",
+    )
+    max_pairs: int = Field(
+        2000, ge=1, description="Pairs of self-edits of different passages compared at most (a fixed-seed subsample beyond)."
+    )
+
+
 class EvaluateConfig(Section):
     """`seal evaluate`: score one source of inner-loop training data on evaluation passages."""
 
@@ -190,6 +214,9 @@ class Recipe(Section):
     inner: InnerLoopConfig = Field(default_factory=InnerLoopConfig)
     qa: QAConfig = Field(default_factory=QAConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    diagnostics: DiagnosticsConfig = Field(
+        default_factory=DiagnosticsConfig, description="Diagnostics of each `seal train` round's self-edits (result-neutral)."
+    )
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
     microworld: MicroworldSection | None = Field(
@@ -338,6 +365,9 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "qa.judge.timeout_s",
         "qa.judge.max_retries",
         "qa.judge.backoff_s",
+        # read-only observers; "diagnostics" itself: a run recorded before the section existed
+        "diagnostics",
+        *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),
     }
 )
 

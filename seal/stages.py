@@ -3,7 +3,7 @@
 ``seal.train.run_round`` is the script over them: :func:`sample_stage` (self-edits) ->
 :func:`baselines_stage` -> :func:`evaluations_stage` (inner loop, rewards) ->
 :func:`selection_stage` (ReST-EM E-step) -> :func:`policy_update_stage` (M-step) ->
-:func:`metrics_stage`. They share a :class:`Round` (the recipe, run directory, round index,
+:func:`diagnostics_stage` (what the self-edits teach, read-only) -> :func:`metrics_stage`. They share a :class:`Round` (the recipe, run directory, round index,
 process group, console, the loaded model...) and two helpers: :meth:`Round.saved` (a stage
 finished in an earlier launch: its file, read by the main process) and :func:`run_stage`
 (units of work not yet journaled, dealt round-robin to the ranks, computed and gathered).
@@ -27,6 +27,7 @@ from rich.progress import Progress
 
 from seal.config import Recipe
 from seal.data import Passage
+from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
 from seal.inner_loop import adapter_chunks, free_memory
@@ -454,7 +455,30 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     return sft_stats, str(next_policy)
 
 
-# ----------------------------------------------------------------------------- 6. metrics
+# ----------------------------------------------------------------------------- 6. diagnostics
+
+
+@timed("diagnostics_s")
+def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection: Selection) -> dict | None:
+    """Step 6: what the round's self-edits teach (``seal.diagnostics``): diversity, format
+    shares, coverage of the passage's facts and its relation to the reward, and a collapse
+    warning against the thresholds and the previous round's diagnostics. Read-only; None when
+    ``diagnostics.enabled`` is off."""
+    config = round_.recipe.diagnostics
+    if not config.enabled:
+        return None
+    diagnostics = round_diagnostics(
+        round_.passages, [[e.text for e in edits] for edits in self_edits], domain="microworld" if round_.recipe.microworld else "text",
+        rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
+    )  # fmt: skip
+    previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None
+    diagnostics["collapse_warning"] = collapse_warning(
+        diagnostics, (previous or {}).get("diagnostics"), config.min_distinct_2, config.max_diversity_drop
+    )
+    return diagnostics
+
+
+# ----------------------------------------------------------------------------- 7. metrics
 
 
 def round_metrics(
@@ -465,6 +489,7 @@ def round_metrics(
     selection: Selection,
     sft_stats: dict | None,
     next_policy: str,
+    diagnostics: dict | None = None,
 ) -> dict:
     """A round's summary (``round_k/metrics.json``, a line of ``metrics.jsonl``).
 
@@ -475,6 +500,8 @@ def round_metrics(
     evaluations (by reason), ``n_ungraded`` the evaluations' questions the grader could not
     grade, ``n_truncated_self_edits`` the self-edits cut off by ``self_edit.max_new_tokens``.
     ``sft`` is the policy update's ``{train_loss, steps, seconds, rows}`` (None: no update).
+    ``diagnostics`` (when given): :func:`diagnostics_stage`'s block, ``collapse_warning``
+    (None or the reason) included; ``seal.diagnostics.round_diagnostics`` defines its fields.
     Timing fields: see ``seal.train.TIMING_FIELDS``.
     """
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
@@ -501,7 +528,7 @@ def round_metrics(
         "seconds": time.perf_counter() - round_.started,
         "next_policy": portable_path(round_.run, next_policy),
         "timing": round_.timing,
-    }
+    } | ({"diagnostics": diagnostics} if diagnostics is not None else {})
 
 
 def write_metrics_jsonl(run: RunDir) -> None:
@@ -517,8 +544,9 @@ def write_metrics_jsonl(run: RunDir) -> None:
 
 
 def metrics_stage(round_: Round, metrics: dict) -> None:
-    """Step 6: write ``round_k/metrics.json`` (which marks the round finished) and
-    ``metrics.jsonl``, and print the round's summary line."""
+    """Step 7: write ``round_k/metrics.json`` (which marks the round finished) and
+    ``metrics.jsonl``, and print the round's summary line, its diagnostics' line and any
+    collapse warning."""
     if round_.dist.is_main:
         write_json_atomic(round_.dir / "metrics.json", metrics)
         write_metrics_jsonl(round_.run)
@@ -528,3 +556,8 @@ def metrics_stage(round_: Round, metrics: dict) -> None:
         f"mean reward {percent(metrics['mean_reward'], points=True)}, best-of-k {percent(metrics['best_of_k_reward'], points=True)}, "
         f"kept {metrics['n_kept']}, failed {metrics['n_failed']}, ungraded {metrics['n_ungraded']}, {metrics['seconds']:.0f} s"
     )
+    diagnostics = metrics.get("diagnostics")
+    if diagnostics is not None:
+        round_.console.print(f"round {round_.index}: self-edits: {summary_line(diagnostics)}", highlight=False)
+        if diagnostics["collapse_warning"]:
+            round_.console.print(f"[bold yellow]round {round_.index}: collapse warning: {diagnostics['collapse_warning']}[/]")

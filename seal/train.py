@@ -93,6 +93,7 @@ from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_ato
 from seal.stages import (
     Round,
     baselines_stage,
+    diagnostics_stage,
     evaluations_stage,
     finished_round,
     metrics_stage,
@@ -158,7 +159,8 @@ def run_round(
     records = evaluations_stage(round_, self_edits, baseline_records)
     selection = selection_stage(round_, self_edits, records)
     sft_stats, next_policy = policy_update_stage(round_, selection.rows)
-    metrics_stage(round_, round_metrics(round_, self_edits, baseline_records, records, selection, sft_stats, next_policy))
+    diagnostics = diagnostics_stage(round_, self_edits, selection)
+    metrics_stage(round_, round_metrics(round_, self_edits, baseline_records, records, selection, sft_stats, next_policy, diagnostics))
     return next_policy
 
 

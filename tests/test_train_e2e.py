@@ -65,6 +65,12 @@ def test_seal_train_round_writes_the_whole_run_directory(tiny_squad_model, data_
     m = json.loads((rdir / "metrics.json").read_text())
     assert m["n_evaluations"] == 8 and m["n_kept"] == 2 and m["sft"]["rows"] == 2
     assert read_jsonl(run / "metrics.jsonl") == [m]
+    # what the self-edits teach (seal.diagnostics): recorded and printed, on by default
+    d = m["diagnostics"]
+    assert d["n_self_edits"] == 4 and d["format"] == "line" and sum(d["format_shares"].values()) == pytest.approx(1.0)
+    assert 0 <= d["distinct_2"] <= 1 and 0 <= d["coverage"] <= 1 and "collapse_warning" in d
+    assert sum(b["n"] for b in d["reward_by_coverage"].values()) == 4
+    assert "round 0: self-edits: distinct-2" in res.output
     assert json.loads((run / "final.json").read_text())["policy"] == "round_0/policy"
     assert not list(rdir.glob(".*"))  # no temporary or work folders left behind
 

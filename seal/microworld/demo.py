@@ -20,10 +20,13 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from seal.bench.run import bench as run_bench
 from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
+from seal.display import percent
 from seal.prepare import ensure_model
+from seal.rundir import read_jsonl
 from seal.train import train as run_train
 
 #: The reduced demo of CI (``tests/test_microworld_learns.py``) and of the seed spread
@@ -83,6 +86,32 @@ def copy_skill_summary(world_dir: str | Path) -> str:
     )
 
 
+def diagnostics_table(metrics: list[dict]) -> Table:
+    """What each round's self-edits taught (``metrics.jsonl`` rows, ``seal.diagnostics``): the
+    mean reward, distinct-2, the similarity of a passage's samples, the style shares (all
+    samples, and those ReST-EM kept), the coverage of the passage's facts and its correlation
+    with the reward, and any collapse warning. "n/a" for a round recorded without diagnostics."""
+    table = Table(title="what the self-edits teach, per round")
+    for column in ("round", "mean reward", "distinct-2", "similarity within", "styles", "styles kept", "coverage", "r(coverage, reward)", "collapse warning"):
+        table.add_column(column)
+
+    def shares(block: dict | None) -> str:
+        top = sorted(((v, k) for k, v in (block or {}).items() if v > 0), reverse=True)[:3]
+        return ", ".join(f"{k} {100 * v:.0f} %" for v, k in top) or "n/a"
+
+    def num(x: float | None, fmt: str = ".2f") -> str:
+        return "n/a" if x is None else format(x, fmt)
+
+    for m in metrics:
+        d = m.get("diagnostics") or {}
+        table.add_row(
+            str(m["round"]), percent(m.get("mean_reward"), points=True), num(d.get("distinct_2")), num(d.get("similarity_within_passage")),
+            shares(d.get("format_shares")), shares(d.get("kept_format_shares")), percent(d.get("coverage")),
+            num(d.get("coverage_reward_pearson"), "+.2f"), d.get("collapse_warning") or "-",
+        )  # fmt: skip
+    return table
+
+
 def run_demo(
     train_recipe: str | Path,
     bench_recipe: str | Path,
@@ -114,6 +143,7 @@ def run_demo(
     console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
     resume = (run_dir / "run.json").is_file()
     run_train(train_config, run_dir, resume=resume, console=console)
+    console.print(diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
 
     console.rule("3/3 held-out no-passage QA, every round's policy")
     out = run_dir / "bench"

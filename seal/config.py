@@ -155,6 +155,17 @@ class SFTConfig(Section):
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config path (e.g. launch/ds_zero3.json).")
 
 
+class CurationWeights(Section):
+    """Weights of ``rl.curation: weighted``: a self-edit's score is gain x gain + coverage x
+    coverage + novelty x novelty (``seal.restem.curation_scores`` defines the three)."""
+
+    gain: float = Field(1.0, description="Weight of the reward: adapted minus baseline accuracy, in [-1, 1].")
+    coverage: float = Field(0.25, description="Weight of the share of the passage's gold answers the self-edit states, in [0, 1].")
+    novelty: float = Field(
+        0.25, description="Weight of 1 - mean word-bigram Jaccard similarity to the passage's other self-edits, in [0, 1]."
+    )
+
+
 class RLConfig(Section):
     """The outer loop: ReST-EM rounds (paper Section 3.1)."""
 
@@ -165,6 +176,11 @@ class RLConfig(Section):
         False,
         description="Keep the best k_best self-edits whatever their reward (the reference's behaviour).",
     )
+    curation: Literal["gain", "weighted", "pareto"] = Field(
+        "gain",
+        description="How the best self-edits are chosen. gain: by reward (the paper's). weighted: by curation_weights' sum of gain, coverage and novelty. pareto: Pareto fronts over (gain, coverage, novelty), ties by gain, coverage, novelty, index. Only gains above reward_threshold compete under all three.",
+    )
+    curation_weights: CurationWeights = Field(default_factory=CurationWeights)
     sft: SFTConfig = Field(default_factory=SFTConfig)
 
 
@@ -370,6 +386,18 @@ RESULT_NEUTRAL_KEYS = frozenset(
         *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),
     }
 )
+
+
+def with_defaults(recorded: dict) -> dict:
+    """A recorded resolved recipe with the fields added to the recipe since, at their defaults.
+
+    A new field's default is what a run recorded before it existed did (``rl.curation: gain``),
+    so a resume compares like with like. A recording that no longer validates is returned as is.
+    """
+    try:
+        return recipe_to_dict(Recipe.model_validate(recorded))
+    except ValidationError:
+        return recorded
 
 
 def diff_recipes(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -9,6 +9,15 @@ model is the next round's policy and base model.
 Difference from the reference: it keeps the best self-edit whatever its reward; here only
 rewards strictly above ``rl.reward_threshold`` are kept, and ``rl.keep_regardless``
 restores the reference's behaviour.
+
+Curation (``rl.curation``): ``gain`` (the default, the paper's and the reference's) ranks a
+passage's self-edits by their reward alone. Curating self-generated data by one reward can
+collapse the policy onto a few forms (arXiv 2605.07724), so two multi-reward curations rank
+by the reward (*gain*), the share of the passage's facts stated (*coverage*) and the
+difference from the passage's other self-edits (*novelty*), :func:`curation_scores`:
+``weighted`` by a weighted sum (:func:`weighted_score`), ``pareto`` by Pareto fronts
+(:func:`pareto_order`). The threshold keeps its meaning under all three: only a *gain*
+strictly above ``rl.reward_threshold`` is kept (unless ``rl.keep_regardless``).
 """
 
 from __future__ import annotations
@@ -16,10 +25,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import fmean
 
 import torch
 
-from seal.config import SFTConfig
+from seal.config import CurationWeights, SFTConfig
+from seal.data import Passage
+from seal.diagnostics import coverage, similarity
 from seal.models import _DTYPES, load_tokenizer
 from seal.rundir import atomic_dir
 
@@ -47,6 +59,97 @@ def select_best(
         ranked = sorted((i for i, r in enumerate(rs) if r is not None), key=lambda i: (-rs[i], i))
         if not keep_regardless:
             ranked = [i for i in ranked if rs[i] > threshold]
+        if ranked[:k_best]:
+            kept[p] = ranked[:k_best]
+    return kept
+
+
+def curation_scores(passage: Passage, texts: Sequence[str], rewards: Sequence[float | None], domain: str = "text") -> list[dict | None]:
+    """Per self-edit of one passage, what a multi-reward curation ranks it by (None: failed):
+
+    * ``gain``: its mean reward (adapted minus baseline accuracy, in [-1, 1]);
+    * ``coverage``: share of the passage's gold answers it states (``seal.diagnostics.coverage``;
+      0 when the passage has none), in [0, 1];
+    * ``novelty``: 1 minus its mean similarity (Jaccard of word-bigram sets) to the passage's
+      other self-edits, failed ones included, in [0, 1]; 1 for a passage's only self-edit.
+    """
+    out: list[dict | None] = []
+    for i, (text, reward) in enumerate(zip(texts, rewards, strict=True)):
+        if reward is None:
+            out.append(None)
+            continue
+        others = [similarity(text, other) for j, other in enumerate(texts) if j != i]
+        out.append({
+            "gain": reward,
+            "coverage": coverage(text, passage, domain) or 0.0,
+            "novelty": 1.0 - fmean(others) if others else 1.0,
+        })  # fmt: skip
+    return out
+
+
+def weighted_score(scores: Mapping[str, float], weights: CurationWeights) -> float:
+    """``rl.curation: weighted``: gain x weights.gain + coverage x weights.coverage + novelty x weights.novelty."""
+    return weights.gain * scores["gain"] + weights.coverage * scores["coverage"] + weights.novelty * scores["novelty"]
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
+
+
+def pareto_fronts(points: Mapping[int, Sequence[float]]) -> list[list[int]]:
+    """Non-dominated sorting: the Pareto front of ``points`` (none dominated: no other point
+    at least as high in every coordinate and higher in one), then the front of the rest, ..."""
+    left, fronts = dict(points), []
+    while left:
+        front = [i for i, a in left.items() if not any(_dominates(b, a) for j, b in left.items() if j != i)]
+        fronts.append(sorted(front))
+        for i in front:
+            del left[i]
+    return fronts
+
+
+def pareto_order(scores: Mapping[int, Mapping[str, float]]) -> list[tuple[int, int]]:
+    """``rl.curation: pareto``: ``(self-edit index, front)`` best first, over (gain, coverage,
+    novelty). The Pareto front first, then the next front, ...; within a front (tie-break)
+    higher gain first, then higher coverage, then higher novelty, then the lower index."""
+    fronts = pareto_fronts({i: (s["gain"], s["coverage"], s["novelty"]) for i, s in scores.items()})
+    order = []
+    for rank, front in enumerate(fronts):
+        tie_break = sorted(front, key=lambda i: (-scores[i]["gain"], -scores[i]["coverage"], -scores[i]["novelty"], i))
+        order += [(i, rank) for i in tie_break]
+    return order
+
+
+def curate(
+    scores: Mapping[int, Sequence[dict | None]],
+    method: str,
+    weights: CurationWeights,
+    k_best: int = 1,
+    threshold: float = 0.0,
+    keep_regardless: bool = False,
+) -> dict[int, list[int]]:
+    """The E-step of a multi-reward curation (``weighted`` or ``pareto``): per passage, the
+    indices of the self-edits to keep, best first; passages with none kept are absent.
+
+    Only self-edits whose gain is strictly above ``threshold`` compete (all with a gain under
+    ``keep_regardless``), as in :func:`select_best`; failed ones (None) never. Each kept
+    self-edit's score dict gains its ``score`` (weighted: :func:`weighted_score`) or
+    ``front`` (pareto: 0 for the Pareto front), recorded in ``sft_rows.jsonl``.
+    """
+    kept: dict[int, list[int]] = {}
+    for p, per_edit in scores.items():
+        eligible = {i: s for i, s in enumerate(per_edit) if s is not None and (keep_regardless or s["gain"] > threshold)}
+        if method == "weighted":
+            for s in eligible.values():
+                s["score"] = weighted_score(s, weights)
+            ranked = sorted(eligible, key=lambda i: (-eligible[i]["score"], i))
+        elif method == "pareto":
+            ranked = []
+            for i, front in pareto_order(eligible):
+                eligible[i]["front"] = front
+                ranked.append(i)
+        else:
+            raise ValueError(f"unknown curation {method!r}; known: gain, weighted, pareto")
         if ranked[:k_best]:
             kept[p] = ranked[:k_best]
     return kept

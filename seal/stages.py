@@ -33,7 +33,7 @@ from seal.distributed import Dist
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
 from seal.models import load_model_from_config, resolve_device
-from seal.restem import select_best, sft_rows, update_policy
+from seal.restem import curate, curation_scores, select_best, sft_rows, update_policy
 from seal.rewards import mean_reward
 from seal.rundir import (
     RunDir,
@@ -395,15 +395,27 @@ def self_edit_rewards(records: list[EvaluationRecord], n_edits: list[int]) -> di
 
 
 def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: list[EvaluationRecord]) -> Selection:
-    """Step 4: keep the best self-edit(s) per passage and write ``round_k/sft_rows.jsonl``;
-    the round's model is released (the policy update loads its own)."""
+    """Step 4: keep the best self-edit(s) per passage (by reward, or by ``rl.curation``'s
+    scores: ``seal.restem.curate``) and write ``round_k/sft_rows.jsonl`` (with
+    ``rl.curation`` other than ``gain``, each row also records its ``curation`` scores; the
+    policy update learns from prompt and completion only); the round's model is released (the
+    policy update loads its own)."""
     config = round_.recipe.rl
     rewards = self_edit_rewards(records, [len(edits) for edits in self_edits])
-    kept = select_best(rewards, config.k_best, config.reward_threshold, config.keep_regardless)
+    texts = {p: [e.text for e in edits] for p, edits in enumerate(self_edits)}
+    if config.curation == "gain":
+        kept = select_best(rewards, config.k_best, config.reward_threshold, config.keep_regardless)
+    else:
+        domain = "microworld" if round_.recipe.microworld else "text"
+        scores = {p: curation_scores(round_.passages[p], texts[p], rewards[p], domain) for p in texts}
+        kept = curate(scores, config.curation, config.curation_weights, config.k_best, config.reward_threshold, config.keep_regardless)
     prompts = {p: edits[0].prompt for p, edits in enumerate(self_edits) if edits}
-    rows = sft_rows(prompts, {p: [e.text for e in edits] for p, edits in enumerate(self_edits)}, kept)
+    rows = sft_rows(prompts, texts, kept)
     if round_.dist.is_main:
-        write_jsonl_atomic(round_.dir / "sft_rows.jsonl", rows)
+        recorded = rows
+        if config.curation != "gain":  # each row with the scores it was kept by (sft_rows' order)
+            recorded = [row | {"curation": scores[p][i]} for row, (p, i) in zip(rows, [(p, i) for p in sorted(kept) for i in kept[p]], strict=True)]
+        write_jsonl_atomic(round_.dir / "sft_rows.jsonl", recorded)
     round_.unload_model()
     return Selection(rewards, kept, rows)
 

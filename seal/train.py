@@ -84,7 +84,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.config import RESULT_NEUTRAL_KEYS, Recipe, RecipeError, diff_recipes, recipe_to_dict
+from seal.config import (
+    RESULT_NEUTRAL_KEYS,
+    Recipe,
+    RecipeError,
+    diff_recipes,
+    recipe_to_dict,
+    with_defaults,
+)
 from seal.data import Passage, load_passages, load_squad_from_hub
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
@@ -139,7 +146,7 @@ def check_resume(run: RunDir, config: dict) -> None:
     """
     if not run.exists():
         raise RecipeError(f"cannot resume: {run.path} holds no run (no config.yaml)")
-    diffs = [k for k in diff_recipes(run.recorded_config(), config) if k not in RESUMABLE_KEYS]
+    diffs = [k for k in diff_recipes(with_defaults(run.recorded_config()), config) if k not in RESUMABLE_KEYS]
     if diffs:
         raise RecipeError(f"refusing to resume {run.path}: the recipe differs from the recorded one in: {', '.join(diffs)}")
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import random
 
 import pytest
+import yaml
 from rich.console import Console
 
-from seal.config import RESULT_NEUTRAL_KEYS, DiagnosticsConfig, Recipe, recipe_to_dict
+from seal.config import RESULT_NEUTRAL_KEYS, DiagnosticsConfig, Recipe, RecipeError, recipe_to_dict
 from seal.data import QA, Passage
 from seal.diagnostics import (
     across_passage_similarity,
@@ -35,7 +36,7 @@ from seal.microworld.world import WorldConfig, make_world, passage_record, rende
 from seal.rundir import RunDir, read_jsonl, write_json_atomic
 from seal.self_edits import SelfEdit
 from seal.stages import Round, Selection, diagnostics_stage, metrics_stage, round_metrics
-from seal.train import RESUMABLE_KEYS
+from seal.train import RESUMABLE_KEYS, check_resume
 
 
 def passage(*answers: str) -> Passage:
@@ -200,6 +201,20 @@ def test_the_diagnostics_section_is_result_neutral():
     assert set(recipe_to_dict(recipe)["diagnostics"]) == set(DiagnosticsConfig.model_fields)
     assert {"diagnostics", "diagnostics.enabled", "diagnostics.min_distinct_2", "diagnostics.max_diversity_drop"} <= RESULT_NEUTRAL_KEYS
     assert "diagnostics" in RESUMABLE_KEYS
+
+
+def test_a_run_recorded_before_the_new_fields_resumes(tmp_path):
+    """A config.yaml without ``diagnostics`` and ``rl.curation*`` (recorded before they existed)
+    resumes with their defaults or other diagnostics settings; another curation is refused."""
+    recipe = Recipe.model_validate({"model": {"name_or_path": "m"}})
+    old = recipe_to_dict(recipe)
+    del old["diagnostics"], old["rl"]["curation"], old["rl"]["curation_weights"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    run = RunDir(tmp_path)
+    check_resume(run, recipe_to_dict(recipe))
+    check_resume(run, recipe_to_dict(recipe.model_copy(update={"diagnostics": DiagnosticsConfig(min_distinct_2=0.5)})))
+    with pytest.raises(RecipeError, match="rl.curation"):
+        check_resume(run, recipe_to_dict(Recipe.model_validate({"model": {"name_or_path": "m"}, "rl": {"curation": "pareto"}})))
 
 
 def test_the_demo_prints_each_rounds_diagnostics():

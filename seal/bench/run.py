@@ -46,7 +46,14 @@ from seal.bench.sources import (
     seal_format,
     train_run_sources,
 )
-from seal.config import RESULT_NEUTRAL_KEYS, Recipe, RecipeError, diff_recipes, recipe_to_dict
+from seal.config import (
+    RESULT_NEUTRAL_KEYS,
+    Recipe,
+    RecipeError,
+    diff_recipes,
+    recipe_to_dict,
+    with_defaults,
+)
 from seal.display import progress_bar
 from seal.evaluate import load_eval_passages
 from seal.models import load_model, load_model_from_config
@@ -70,7 +77,7 @@ def check_resume(run: RunDir, config: dict) -> None:
     """
     if not run.exists():
         raise RecipeError(f"cannot resume: {run.path} holds no bench results (no config.yaml)")
-    diffs = [k for k in diff_recipes(run.recorded_config(), config) if k not in RESUMABLE_KEYS]
+    diffs = [k for k in diff_recipes(with_defaults(run.recorded_config()), config) if k not in RESUMABLE_KEYS]
     if diffs:
         raise RecipeError(f"refusing to resume {run.path}: the recipe differs from the recorded one in: {', '.join(diffs)}")
 

@@ -17,8 +17,9 @@ like (``round_k/metrics.json``'s ``diagnostics`` block, :func:`round_diagnostics
   simplest one: does stating more of the answers earn more reward?
 
 Every function is a pure function of its arguments: the diagnostics of a round are the same
-in a resumed run and an uninterrupted one, and they change no result (nothing reads them back
-but the next round's collapse warning).
+in a resumed run and an uninterrupted one, and they change no result (nothing reads the block
+back but the next round's collapse warning). Only ``rl.curation: weighted | pareto``, off by
+default, uses :func:`coverage` and :func:`similarity` to choose self-edits (``seal.restem``).
 
 Tokens are lower-cased whitespace-separated words (``text.lower().split()``); shares and
 similarities are fractions in [0, 1]; lengths are in words.

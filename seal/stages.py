@@ -377,7 +377,8 @@ class Selection:
 
     Attributes:
         rewards: passage index -> mean reward per self-edit over its repetitions (None: all failed).
-        kept: passage index -> kept self-edit indices, best first (``restem.select_best``).
+        kept: passage index -> kept self-edit indices, best first (``restem.select_best``, or
+            ``restem.curate`` with ``rl.curation`` other than ``gain``).
         rows: the ``{prompt, completion}`` SFT rows of the kept self-edits.
     """
 

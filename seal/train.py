@@ -7,7 +7,9 @@ One round, reading top to bottom:
 3. for every (passage, self-edit, repetition): train a fresh LoRA adapter on the self-edit's
    texts and score no-passage QA; reward = accuracy gain over the baseline (journaled);
 4. keep the best self-edit(s) per passage (E-step) and write ``{prompt, completion}`` rows;
-5. LoRA-SFT the policy on them with TRL and merge (M-step): the next round's policy and base.
+5. LoRA-SFT the policy on them with TRL and merge (M-step): the next round's policy and base;
+6. record what the round's self-edits teach (``seal.diagnostics``: diversity, formats,
+   coverage; a collapse warning), read-only, in the round's metrics.
 
 Distributed (``accelerate launch`` / torchrun, any number of processes and machines)
 ----------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 ``seal.train.run_round`` is the script over them: :func:`sample_stage` (self-edits) ->
 :func:`baselines_stage` -> :func:`evaluations_stage` (inner loop, rewards) ->
 :func:`selection_stage` (ReST-EM E-step) -> :func:`policy_update_stage` (M-step) ->
-:func:`diagnostics_stage` (what the self-edits teach, read-only) -> :func:`metrics_stage`. They share a :class:`Round` (the recipe, run directory, round index,
-process group, console, the loaded model...) and two helpers: :meth:`Round.saved` (a stage
+:func:`diagnostics_stage` (what the self-edits teach, read-only) -> :func:`metrics_stage`.
+They share a :class:`Round` (the recipe, run directory, round index, process group, console,
+the loaded model...) and two helpers: :meth:`Round.saved` (a stage
 finished in an earlier launch: its file, read by the main process) and :func:`run_stage`
 (units of work not yet journaled, dealt round-robin to the ranks, computed and gathered).
 The module docstring of ``seal.train`` describes the units, the journal and resumption.
@@ -114,6 +115,12 @@ class Round:
         """A stage's result saved by an earlier launch: ``path``'s JSON, read by the main process
         and given to every rank; None when it or any of ``requires`` does not exist."""
         return self.dist.main_decides(lambda: read_json_or_none(path) if all(p.exists() for p in requires) else None)
+
+    @property
+    def domain(self) -> str:
+        """``"microworld"`` (self-edits have exact styles and fact values, ``seal.diagnostics``)
+        when the recipe has a ``microworld`` section, else ``"text"``."""
+        return "microworld" if self.recipe.microworld is not None else "text"
 
     def share(self) -> str:
         """`` (rank 0's share of N)`` in progress descriptions when distributed, else empty."""
@@ -407,15 +414,15 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
     if config.curation == "gain":
         kept = select_best(rewards, config.k_best, config.reward_threshold, config.keep_regardless)
     else:
-        domain = "microworld" if round_.recipe.microworld else "text"
-        scores = {p: curation_scores(round_.passages[p], texts[p], rewards[p], domain) for p in texts}
+        scores = {p: curation_scores(round_.passages[p], texts[p], rewards[p], round_.domain) for p in texts}
         kept = curate(scores, config.curation, config.curation_weights, config.k_best, config.reward_threshold, config.keep_regardless)
     prompts = {p: edits[0].prompt for p, edits in enumerate(self_edits) if edits}
     rows = sft_rows(prompts, texts, kept)
     if round_.dist.is_main:
         recorded = rows
-        if config.curation != "gain":  # each row with the scores it was kept by (sft_rows' order)
-            recorded = [row | {"curation": scores[p][i]} for row, (p, i) in zip(rows, [(p, i) for p in sorted(kept) for i in kept[p]], strict=True)]
+        if config.curation != "gain":  # each row with the scores it was kept by
+            pairs = [(p, i) for p in sorted(kept) for i in kept[p]]  # sft_rows' order
+            recorded = [row | {"curation": scores[p][i]} for row, (p, i) in zip(rows, pairs, strict=True)]
         write_jsonl_atomic(round_.dir / "sft_rows.jsonl", recorded)
     round_.unload_model()
     return Selection(rewards, kept, rows)
@@ -481,7 +488,7 @@ def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection
     if not config.enabled:
         return None
     diagnostics = round_diagnostics(
-        round_.passages, [[e.text for e in edits] for edits in self_edits], domain="microworld" if round_.recipe.microworld else "text",
+        round_.passages, [[e.text for e in edits] for edits in self_edits], domain=round_.domain,
         rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
     )  # fmt: skip
     previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None

@@ -5,7 +5,9 @@ The README's first demo, as a plain recipe of three steps that each exist on the
 1. ``seal.prepare.ensure_model``: the world of the train recipe's ``microworld`` section is
    pretrained once (cached under ``.cache/microworld/<settings key>``) and reused after;
 2. ``seal.train.train``: ``rl.rounds`` ReST-EM rounds into ``<run_dir>`` (resumed when the
-   directory already holds a run, so an interrupted demo continues where it stopped);
+   directory already holds a run, so an interrupted demo continues where it stopped), then a
+   table of what each round's self-edits teach (:func:`diagnostics_table`: diversity, style
+   shares, coverage of the facts);
 3. ``seal.bench.run.bench`` with ``bench.train_run = <run_dir>``: no-passage QA accuracy on the
    held-out people for the bench recipe's sources plus each round's policy, with paired
    bootstrap intervals, into ``<run_dir>/bench`` (``report.md``, ``plots/rounds.png``).

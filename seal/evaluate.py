@@ -31,9 +31,16 @@ from seal.display import percent
 from seal.models import load_model, load_model_from_config
 from seal.prompts import check_template
 from seal.rundir import RunDir, append_jsonl, write_json_atomic
-from seal.scoring import Evaluation, EvaluationRecord, baselines, make_judge, score_evaluations
+from seal.scoring import (
+    Evaluation,
+    EvaluationRecord,
+    baselines,
+    make_judge,
+    score_evaluations,
+    self_edit_evaluation,
+)
 from seal.seeding import derive_seed
-from seal.self_edits import sample_self_edits, train_texts
+from seal.self_edits import sample_self_edits
 
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:
@@ -101,12 +108,15 @@ def evaluations_for(
     self_edit_config = recipe.self_edit
     template = parse_source(source)[1] if source.startswith("prompt:") else self_edit_config.template
     return [
-        Evaluation(
+        self_edit_evaluation(
             key={"source": source, "passage": p, "self_edit": e, "repetition": rep},
             passage=passages[p],
-            texts=train_texts(passages[p], c, self_edit_config.split_newlines, template),
+            completion=c,
+            self_edit=self_edit_config,
+            inner=recipe.inner,
             seed=derive_seed(seed, "adapter", p, e, rep),
             baseline_accuracy=baseline_accuracies[p] if baseline_accuracies is not None else None,
+            template=template,
         )
         for p in range(len(passages))
         for e, c in enumerate(edits[p])

@@ -29,6 +29,7 @@ from seal.config import Recipe
 from seal.data import Passage
 from seal.display import percent
 from seal.distributed import Dist
+from seal.hparams import round_summary as hparams_round_summary
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
 from seal.models import load_model_from_config, resolve_device
@@ -51,6 +52,7 @@ from seal.scoring import (
     baselines,
     make_judge,
     score_evaluations,
+    self_edit_evaluation,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
@@ -58,7 +60,6 @@ from seal.self_edits import (
     generate_self_edits,
     self_edits_from_json,
     self_edits_to_json,
-    train_texts,
 )
 
 Unit = TypeVar("Unit", bound=Sequence)
@@ -310,10 +311,12 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
     training texts, adapter seed and baseline accuracy."""
     recipe, passages = round_.recipe, round_.passages
     return [
-        Evaluation(
+        self_edit_evaluation(
             key={"kind": "evaluation", "round": round_.index, "passage": p, "self_edit": e, "repetition": repetition},
             passage=passages[p],
-            texts=train_texts(passages[p], self_edit.text, recipe.self_edit.split_newlines, recipe.self_edit.template),
+            completion=self_edit.text,
+            self_edit=recipe.self_edit,
+            inner=recipe.inner,
             seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
             baseline_accuracy=baseline_records[p].accuracy,
         )
@@ -475,13 +478,20 @@ def round_metrics(
     evaluations (by reason), ``n_ungraded`` the evaluations' questions the grader could not
     grade, ``n_truncated_self_edits`` the self-edits cut off by ``self_edit.max_new_tokens``.
     ``sft`` is the policy update's ``{train_loss, steps, seconds, rows}`` (None: no update).
-    Timing fields: see ``seal.train.TIMING_FIELDS``.
+    Timing fields: see ``seal.train.TIMING_FIELDS``. With hyperparameter self-edits on,
+    ``hparams`` is :func:`seal.hparams.round_summary`: the settings chosen by all self-edits
+    and by the kept ones (geometric mean lr, mean epochs, shares of loss_on and lora_rank).
     """
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
     eval_seconds = [record.seconds for record in records]
     baseline_accuracies = [record.accuracy for record in baseline_records if record.accuracy is not None]
     failures = Counter(record.error for record in records if record.error is not None)
+    extra = {}
+    if round_.recipe.self_edit.hparams.enabled:
+        # Per self-edit (its repetitions share the settings): what the policy chose, and what was kept.
+        chosen = {record.identity[:2]: record.hparams for record in records}
+        extra["hparams"] = hparams_round_summary(chosen, selection.kept)
     return {
         "round": round_.index,
         "policy": portable_path(round_.run, round_.policy),
@@ -501,6 +511,7 @@ def round_metrics(
         "seconds": time.perf_counter() - round_.started,
         "next_policy": portable_path(round_.run, next_policy),
         "timing": round_.timing,
+        **extra,
     }
 
 

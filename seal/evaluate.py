@@ -28,6 +28,7 @@ from rich.table import Table
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
+from seal.hparams import prompt_hint
 from seal.models import load_model, load_model_from_config
 from seal.prompts import check_template
 from seal.rundir import RunDir, append_jsonl, write_json_atomic
@@ -88,6 +89,7 @@ def source_self_edits(
     out = sample_self_edits(
         model, tok, passages, template, n, self_edit_config.temperature, self_edit_config.top_p, self_edit_config.max_new_tokens,
         seed=derive_seed(seed, "evaluate", template), batch_size=self_edit_config.batch_size, chat=self_edit_config.chat_template,
+        hint=prompt_hint(self_edit_config.hparams),
     )  # fmt: skip
     if kind == "policy":
         del model

@@ -266,3 +266,29 @@ def round_summary(chosen: dict[tuple[int, int], dict | None], kept: dict[int, li
         "kept": summarize([valid[k] for k in kept_keys if k in valid]),
         "n_refused": len(chosen) - len(valid),
     }
+
+
+# ----------------------------------------------------------------------------- prompt
+
+
+def prompt_hint(space: HparamsConfig) -> str:
+    """The paragraph the self-edit prompt gains (``space.prompt_hint``): where the block goes,
+    its format and the declared space. "" when hyperparameter self-edits are off, the hint is
+    off, or nothing is declared (the prompt is then the template's alone)."""
+    if not (space.enabled and space.prompt_hint) or not space.declared():
+        return ""
+    choices = {
+        "lr": lambda r: f"a number from {r.min:g} to {r.max:g}",
+        "epochs": lambda r: f"an integer from {r.min} to {r.max}",
+        "loss_on": lambda c: "one of " + ", ".join(f'"{v}"' for v in c),
+        "lora_rank": lambda c: "one of " + ", ".join(str(v) for v in c),
+    }
+    keys = "; ".join(f"{k}: {choices[k](getattr(space, k))}" for k in space.declared())
+    if space.format == "json":
+        form = 'a JSON object such as {"' + space.declared()[0] + '": ...}'
+    else:
+        form = "one 'key: value' per line"
+    return (
+        f"After your answer you may choose how it is learned: a line '{space.marker}' followed by "
+        f"{form}, with any of these keys ({keys}). Keys left out keep their defaults."
+    )

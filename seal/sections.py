@@ -136,6 +136,9 @@ class HparamsConfig(Section):
     )
     marker: str = Field("Hyperparameters:", min_length=1, description="The line that opens the block (the last such line of the self-edit).")
     required: bool = Field(False, description="A self-edit without a block fails (True) or trains with the recipe's inner values (False).")
+    prompt_hint: bool = Field(
+        True, description="Tell the policy, in the self-edit prompt, the block's format and the declared space (seal.hparams.prompt_hint)."
+    )
     max_chars: int = Field(512, ge=16, description="A longer block fails unread (bounds the parser's work on hostile text).")
     lr: FloatRange | None = Field(None, description="Allowed learning rates [min, max] (None: the policy may not set lr).")
     epochs: IntRange | None = Field(None, description="Allowed epoch counts [min, max] (None: the policy may not set epochs).")

@@ -29,6 +29,7 @@ from seal.config import Recipe
 from seal.data import Passage
 from seal.display import percent
 from seal.distributed import Dist
+from seal.hparams import prompt_hint
 from seal.hparams import round_summary as hparams_round_summary
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
@@ -235,13 +236,13 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     path = round_.dir / "self_edits.json"
     saved = round_.saved(path)
     if saved is not None:
-        return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template)
+        return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template, prompt_hint(config.hparams))
 
     def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
         drawn = generate_self_edits(
             round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
             config.top_p, config.max_new_tokens, seed=derive_seed(recipe.seed, "round", round_.index),
-            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit,
+            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit, hint=prompt_hint(config.hparams),
         )  # fmt: skip
         return dict(zip(unit, drawn, strict=True))
 

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from train_helpers import one_thread, tiny_recipe
 
 from seal.config import (
     HparamsConfig,
@@ -23,12 +24,16 @@ from seal.hparams import (
     HparamsError,
     parse_block,
     parse_self_edit,
+    prompt_hint,
     round_summary,
     split_block,
     summarize,
 )
 from seal.models import load_model
+from seal.prompts import self_edit_prompt
+from seal.rundir import read_jsonl
 from seal.scoring import EvaluationRecord, score_evaluations, self_edit_evaluation
+from seal.train import train
 
 SPACE = dict(
     enabled=True,
@@ -142,6 +147,17 @@ def test_the_recipe_section_validates_its_space():
     assert issubclass(RecipeError, ValueError)
 
 
+def test_the_prompt_hint_names_the_marker_format_and_space_and_is_empty_when_off():
+    assert prompt_hint(HparamsConfig()) == "" and prompt_hint(space(prompt_hint=False)) == ""
+    assert self_edit_prompt("implications", "T", "C", hint="") == self_edit_prompt("implications", "T", "C")
+    hint = prompt_hint(space())
+    for part in ("'Hyperparameters:'", "JSON object", "lr: a number from 0.0001 to 0.01", "epochs: an integer from 1 to 8", 'loss_on: one of "all", "answer"', "lora_rank: one of 4, 8"):
+        assert part in hint, part
+    assert "one 'key: value' per line" in prompt_hint(space(format="key-value"))
+    prompt = self_edit_prompt("implications", "T", "C", hint=hint)
+    assert prompt == self_edit_prompt("implications", "T", "C").replace("\n\nImplications:\n", f"\n\n{hint}\n\nImplications:\n")
+
+
 def test_round_summary_of_choices_among_all_and_kept():
     a = {"lr": 1e-3, "epochs": 2, "loss_on": "all", "lora_rank": 4}
     b = {"lr": 1e-2, "epochs": 4, "loss_on": "answer", "lora_rank": 4}
@@ -190,3 +206,41 @@ def test_a_refused_block_is_a_failure_record_with_the_failure_reward(tiny_squad_
     rows = {row["self_edit"]: row for row in journal}
     assert rows[0]["hparams"]["lora_rank"] == 8 and "hparams" not in rows[1]
     assert EvaluationRecord.from_json(json.loads(json.dumps(rows[0]))) == good
+
+
+@pytest.mark.timeout(180)
+def test_a_round_journals_refused_blocks_and_its_metrics_carry_the_choices(tiny_squad_model, data_root, squad_train, tmp_path):
+    """A real tiny ``seal train`` round over self-edits with blocks (written as the round's
+    ``self_edits.json``, as a finished sampling stage, so that their text is known): a refused
+    block is a journaled failure with ``inner.failure_reward``, the round does not crash, the
+    others train with their settings, and ``metrics.json`` summarizes the choices."""
+    recipe = tiny_recipe(tiny_squad_model, data_root, rl__rounds=0, inner__failure_reward=-1.0, rl__keep_regardless="true")
+    recipe.self_edit.hparams = HparamsConfig(**{**SPACE, "lora_rank": None})
+    run = tmp_path / "run"
+    with one_thread():
+        train(recipe, run)  # zero rounds: the run directory and its recorded recipe
+        blocks = ['\nHyperparameters:\n{"lr": 0.005, "epochs": 2, "loss_on": "answer"}', '\nHyperparameters:\n{"lr": 5}', ""]
+        rows = [
+            {"passage": p, "passage_id": passage.id, "title": passage.title, "completions": [f"{passage.title} is a topic.{b}" for b in blocks], "truncated": [False] * 3}
+            for p, passage in enumerate(squad_train[:2])
+        ]
+        (run / "round_0").mkdir()
+        (run / "round_0" / "self_edits.json").write_text(json.dumps(rows))
+        recipe.rl.rounds = 1
+        train(recipe, run, resume=True)
+
+    journal = [row for row in read_jsonl(run / "journal.jsonl") if row.get("kind") == "evaluation"]
+    assert len(journal) == 6
+    for row in journal:
+        if row["self_edit"] == 1:
+            assert row["error"] == "hparams: lr 5 outside [0.0001, 0.01]" and row["reward"] == -1.0 and "hparams" not in row
+        else:
+            assert row["error"] is None and row["reward"] is not None
+            want = {"lr": 0.005, "epochs": 2, "loss_on": "answer"} if row["self_edit"] == 0 else {"lr": recipe.inner.lr, "epochs": 1, "loss_on": "all"}
+            assert row["hparams"] == {**want, "lora_rank": recipe.inner.lora.rank}
+            assert len(row["epoch_losses"]) == want["epochs"]
+    metrics = json.loads((run / "round_0" / "metrics.json").read_text())
+    assert metrics["n_failed"] == 2 and metrics["failures"] == {"hparams: lr 5 outside [0.0001, 0.01]": 2}
+    summary = metrics["hparams"]
+    assert summary["n_refused"] == 2 and summary["all"]["n"] == 4 and summary["kept"]["n"] == 2
+    assert summary["all"]["loss_on"] == {"all": 0.5, "answer": 0.5} and summary["all"]["epochs"] == 1.5

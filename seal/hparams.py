@@ -292,3 +292,17 @@ def prompt_hint(space: HparamsConfig) -> str:
         f"After your answer you may choose how it is learned: a line '{space.marker}' followed by "
         f"{form}, with any of these keys ({keys}). Keys left out keep their defaults."
     )
+
+
+def journal_choices(rows: list[dict]) -> dict[tuple[int, int], dict | None]:
+    """(passage, self-edit) -> its settings, from evaluation journal lines: a line's ``hparams``,
+    or None for a refused block (``error`` starting "hparams:"). Lines with neither (the
+    feature off, or a failure before settings were recorded) are left out."""
+    out: dict[tuple[int, int], dict | None] = {}
+    for row in rows:
+        key = (row["passage"], row["self_edit"])
+        if row.get("hparams") is not None:
+            out[key] = row["hparams"]
+        elif str(row.get("error") or "").startswith("hparams:"):
+            out.setdefault(key, None)
+    return out

@@ -244,3 +244,48 @@ def test_a_round_journals_refused_blocks_and_its_metrics_carry_the_choices(tiny_
     summary = metrics["hparams"]
     assert summary["n_refused"] == 2 and summary["all"]["n"] == 4 and summary["kept"]["n"] == 2
     assert summary["all"]["loss_on"] == {"all": 0.5, "answer": 0.5} and summary["all"]["epochs"] == 1.5
+
+
+@pytest.mark.timeout(180)
+def test_bench_reports_and_plots_the_choices_per_round_source(tiny_squad_model, data_root, tmp_path):
+    """``seal bench`` with hyperparameter self-edits: two sources standing for rounds 0 and 1
+    (files of self-edits with blocks) -> results.json, a report table and a plot of the
+    choices per round; refused blocks are counted."""
+    from seal.bench.run import bench
+    from seal.config import Recipe
+    from seal.data import load_passages
+
+    passages = load_passages("squad/val_200.json", 2, root=data_root)
+    files = {}
+    for r, blocks in enumerate([['{"lr": 0.001, "epochs": 1}', '{"epochs": 99}'], ['{"lr": 0.01, "epochs": 3, "loss_on": "answer"}'] * 2]):
+        rows = [
+            {"title": p.title, "context": p.context, "questions": [{"question": q.question, "answer": q.answer} for q in p.questions],
+             "completions": [f"{p.title} matters.\nHyperparameters:\n{b}" for b in blocks]}
+            for p in passages
+        ]  # fmt: skip
+        files[r] = tmp_path / f"round{r}.json"
+        files[r].write_text(json.dumps(rows))
+    recipe = Recipe.model_validate({
+        "seed": 0,
+        "model": {"name_or_path": str(tiny_squad_model), "device": "cpu"},
+        "data": {"root": str(data_root), "eval_file": "squad/val_200.json", "n_eval_passages": 2},
+        "self_edit": {"hparams": {**SPACE, "lora_rank": None}},
+        "inner": {"lora": {"rank": 4, "alpha": 8}, "epochs": 1, "max_length": 64, "eval_times": 1, "batch_adapters": 4},
+        "qa": {"max_new_tokens": 4, "grader": "contains"},
+        "bench": {
+            "sources": [{"source": f"file:{files[r]}", "label": f"round {r}", "round": r} for r in (0, 1)],
+            "protocols": {"single": {"n_passages": 2, "n_self_edits": 2}},
+            "bootstrap_samples": 100,
+        },
+    })  # fmt: skip
+    with one_thread():
+        out = bench(recipe, tmp_path / "res")
+    choices = json.loads((out / "results.json").read_text())["setup"]["hparams"]
+    (student,) = choices
+    first, second = choices[student]["round 0"], choices[student]["round 1"]
+    assert first["n_refused"] == 2 and first["all"]["n"] == 2 and first["all"]["lr"] == pytest.approx(0.001)
+    assert second["n_refused"] == 0 and second["all"]["epochs"] == 3.0 and second["all"]["loss_on"] == {"answer": 1.0}
+    report = (out / "report.md").read_text()
+    assert "## Hyperparameter choices" in report
+    assert "| round 0 | 0 | 2 | 2 | 0.001 | 1.00 | all 100 % | 4 100 % |" in report
+    assert (out / "plots" / "hparams_rounds.png").read_bytes()[:4] == b"\x89PNG" and "plots/hparams_rounds.png" in report

@@ -103,8 +103,15 @@ def _read_json(block: str) -> dict:
     def no_constants(name: str):  # NaN, Infinity, -Infinity are not JSON numbers
         raise HparamsError(f"non-finite number {name}")
 
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:  # json.loads would keep the last
+        keys = [k for k, _ in pairs]
+        for k in keys:
+            if keys.count(k) > 1:
+                raise HparamsError(f"key {k[:32]!r} given twice")
+        return dict(pairs)
+
     try:
-        value = json.loads(block, parse_constant=no_constants)
+        value = json.loads(block, parse_constant=no_constants, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise HparamsError(f"not JSON ({e.msg} at character {e.pos})") from None
     except HparamsError:

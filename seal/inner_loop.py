@@ -38,6 +38,14 @@ Per adapter, the result is what training it alone with a standard loop gives:
 * Init: A as PEFT's default (kaiming-uniform) from a generator seeded by the job seed
   (independent of the slot, :func:`init_seed`); B = 0.
 
+Per-adapter settings (hyperparameter self-edits, :mod:`seal.hparams`; ``AdapterJob.settings``):
+lr, epochs and the loss mask are *batched*: each slot has its own peak LR and its schedule
+runs over its own ``epochs * steps_per_epoch`` steps, a slot past its epochs gets no rows
+(as an exhausted slot above), and each row carries its loss start (``loss_on: answer``:
+the tokens after ``cfg.answer_marker``, :func:`tokenize_with_loss`). LoRA rank is *grouped*:
+one bank holds one rank, so :func:`run_inner_loop` trains a chunk's adapters rank by rank.
+Either way an adapter's result is the one it gets trained alone with the same settings.
+
 Deliberate differences from the reference: seeds come from the job, never the clock; the
 base model runs in eval mode while adapters train (its dropout is 0 in Llama/Qwen2
 anyway); LoRA dropout > 0 draws its masks from one generator per chunk, so with dropout
@@ -834,8 +842,8 @@ def run_inner_loop(
     mask are *batched* (adapters with different values train in the same steps, see
     :func:`train_bank`); LoRA rank is *grouped*: a chunk's jobs are split by rank, in order
     of first appearance, and each group trains and answers in a bank of its rank (one bank
-    per rank, kept for the whole call). With one rank (the default) this is one bank, as
-    without settings.
+    per rank, kept for the whole call: adapter memory grows with the number of distinct
+    ranks). With one rank (the default) this is one bank, as without settings.
 
     The base model's weights are bit-identical afterwards, and each module's train/eval
     mode and each parameter's ``requires_grad`` are restored. Works for any dtype/device

@@ -125,6 +125,7 @@ def test_a_key_the_recipe_does_not_declare_is_refused():
         ("lr: 1e999", "key-value", "not finite"),
         ("epochs: 1_000", "key-value", "epochs must be an integer"),
         ("lr: 0.001\nlr: 0.002", "key-value", "given twice"),
+        ('{"lr": 0.001, "lr": 0.002}', "json", "key 'lr' given twice"),
         ("import os", "key-value", "line 1 is not 'key: value'"),
         ("Lr: 0.001", "key-value", "not 'key: value'"),
         ('{"lr": 0.001, "epochs": 2, ' + '"x": 1, ' * 100 + "}", "json", "exceeds max_chars"),

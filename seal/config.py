@@ -23,8 +23,12 @@ from seal.bench.config import BenchConfig
 from seal.microworld.config import MicroworldSection
 from seal.prompts import check_qa_template
 from seal.sections import (  # noqa: F401 (re-exported: seal.config is where callers import them from)
+    HPARAM_KEYS,
     SOURCE_KINDS,
+    FloatRange,
+    HparamsConfig,
     InnerLoopConfig,
+    IntRange,
     LoraConfig,
     RecipeError,
     Section,
@@ -91,6 +95,9 @@ class SelfEditConfig(Section):
         False, description="One training text per line of the self-edit (reference: `split_newlines`)."
     )
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call when sampling self-edits.")
+    hparams: HparamsConfig = Field(
+        default_factory=HparamsConfig, description="Hyperparameter self-edits: inner-loop settings the policy may choose (off by default)."
+    )
 
 
 class JudgeConfig(Section):

@@ -28,12 +28,20 @@ from rich.table import Table
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
+from seal.hparams import prompt_hint
 from seal.models import load_model, load_model_from_config
 from seal.prompts import check_template
 from seal.rundir import RunDir, append_jsonl, write_json_atomic
-from seal.scoring import Evaluation, EvaluationRecord, baselines, make_judge, score_evaluations
+from seal.scoring import (
+    Evaluation,
+    EvaluationRecord,
+    baselines,
+    make_judge,
+    score_evaluations,
+    self_edit_evaluation,
+)
 from seal.seeding import derive_seed
-from seal.self_edits import sample_self_edits, train_texts
+from seal.self_edits import sample_self_edits
 
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:
@@ -81,6 +89,7 @@ def source_self_edits(
     out = sample_self_edits(
         model, tok, passages, template, n, self_edit_config.temperature, self_edit_config.top_p, self_edit_config.max_new_tokens,
         seed=derive_seed(seed, "evaluate", template), batch_size=self_edit_config.batch_size, chat=self_edit_config.chat_template,
+        hint=prompt_hint(self_edit_config.hparams),
     )  # fmt: skip
     if kind == "policy":
         del model
@@ -101,12 +110,15 @@ def evaluations_for(
     self_edit_config = recipe.self_edit
     template = parse_source(source)[1] if source.startswith("prompt:") else self_edit_config.template
     return [
-        Evaluation(
+        self_edit_evaluation(
             key={"source": source, "passage": p, "self_edit": e, "repetition": rep},
             passage=passages[p],
-            texts=train_texts(passages[p], c, self_edit_config.split_newlines, template),
+            completion=c,
+            self_edit=self_edit_config,
+            inner=recipe.inner,
             seed=derive_seed(seed, "adapter", p, e, rep),
             baseline_accuracy=baseline_accuracies[p] if baseline_accuracies is not None else None,
+            template=template,
         )
         for p in range(len(passages))
         for e, c in enumerate(edits[p])

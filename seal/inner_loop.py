@@ -38,6 +38,14 @@ Per adapter, the result is what training it alone with a standard loop gives:
 * Init: A as PEFT's default (kaiming-uniform) from a generator seeded by the job seed
   (independent of the slot, :func:`init_seed`); B = 0.
 
+Per-adapter settings (hyperparameter self-edits, :mod:`seal.hparams`; ``AdapterJob.settings``):
+lr, epochs and the loss mask are *batched*: each slot has its own peak LR and its schedule
+runs over its own ``epochs * steps_per_epoch`` steps, a slot past its epochs gets no rows
+(as an exhausted slot above), and each row carries its loss start (``loss_on: answer``:
+the tokens after ``cfg.answer_marker``, :func:`tokenize_with_loss`). LoRA rank is *grouped*:
+one bank holds one rank, so :func:`run_inner_loop` trains a chunk's adapters rank by rank.
+Either way an adapter's result is the one it gets trained alone with the same settings.
+
 Deliberate differences from the reference: seeds come from the job, never the clock; the
 base model runs in eval mode while adapters train (its dropout is 0 in Llama/Qwen2
 anyway); LoRA dropout > 0 draws its masks from one generator per chunk, so with dropout
@@ -68,6 +76,7 @@ import gc
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -75,6 +84,7 @@ import torch
 import torch.nn.functional as F
 
 from seal.config import InnerLoopConfig
+from seal.hparams import AdapterSettings
 from seal.multi_lora import LoraBank, StackedAdamW, adapter_bank, clip_grad_norms_, frozen
 from seal.seeding import derive_seed
 
@@ -88,11 +98,14 @@ class AdapterJob:
             then no adapter is trained and the answers are the base model's.
         prompts: no-passage QA prompts, fully formatted; answered greedily after training.
         seed: seeds the adapter's initialisation and its per-epoch data order.
+        settings: the adapter's own lr / epochs / loss_on / LoRA rank (a hyperparameter
+            self-edit, :mod:`seal.hparams`); None or a None field: the ``cfg`` value.
     """
 
     texts: list[str]
     prompts: list[str]
     seed: int
+    settings: AdapterSettings | None = None
 
 
 @dataclass
@@ -156,6 +169,57 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[lis
     return out
 
 
+def tokenize_with_loss(
+    tokenizer, texts: Sequence[str], max_length: int, loss_on: str = "all", marker: str = "A:"
+) -> tuple[list[list[int]], list[int]]:
+    """Training rows and, per row, the index of its first loss-bearing (target) token.
+
+    ``loss_on="all"``: the rows of :func:`tokenize_texts`, every start 1 (every token after
+    the first is a target). ``"answer"``: a text containing ``marker`` has its targets start
+    at the first token whose characters begin at or after the end of the marker's first
+    occurrence (a token straddling the marker is not a target); a text without the marker
+    keeps start 1. A row whose targets were all cut by ``max_length`` is dropped (it has
+    nothing to learn), like an empty text. Needs a fast tokenizer (character offsets) for
+    ``"answer"``.
+
+    Returns (rows, starts): token id lists and ints, ``1 <= starts[i] < len(rows[i])``.
+
+    Raises:
+        ValueError: unknown ``loss_on``, or ``"answer"`` with a tokenizer without offsets.
+    """
+    if loss_on == "all":
+        rows = tokenize_texts(tokenizer, texts, max_length)
+        return rows, [1] * len(rows)
+    if loss_on != "answer":
+        raise ValueError(f"unknown loss_on {loss_on!r}; expected 'all' or 'answer'")
+    if not texts:
+        return [], []
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("loss_on='answer' needs a fast tokenizer (character offsets)")
+    n_special = tokenizer.num_special_tokens_to_add(pair=False)
+    eos = tokenizer.eos_token_id
+    append_eos = eos is not None and not _adds_eos(tokenizer)
+    enc = tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=True)
+    rows, starts = [], []
+    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
+        if len(ids) <= n_special:
+            continue
+        at = text.find(marker)
+        start = 1
+        if at >= 0:
+            end = at + len(marker)
+            # Special tokens have (0, 0) offsets; a trailing one (EOS) counts as after the marker.
+            start = next(
+                (j for j in range(1, len(ids)) if offsets[j][0] >= end or offsets[j] == (0, 0)),
+                len(ids),  # the marker ends the text: only the EOS appended below is a target
+            )
+        row = (list(ids) + ([eos] if append_eos else []))[:max_length]
+        if start < len(row):
+            rows.append(row)
+            starts.append(start)
+    return rows, starts
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     """The order in which an adapter sees its ``n`` texts in ``epoch``: a permutation of range(n).
 
@@ -176,7 +240,8 @@ class _Batch:
     """One training step's rows, right-padded.
 
     input_ids/attention_mask: (rows, T) long; loss_pos: (rows, T) bool, True where the
-    position's next-token prediction carries loss; targets: (M,) long, the next tokens at
+    position's next-token prediction carries loss (the next token is real, or a pad in
+    reference mode, and at or after the row's loss start); targets: (M,) long, the next tokens at
     those positions; token_slot: (M,) long, their adapter; row_slot: (rows,) long.
     """
 
@@ -189,7 +254,7 @@ class _Batch:
 
 
 def _collate(
-    rows: list[list[int]], slots: list[int], pad_id: int, pad_to: int | None, device
+    rows: list[list[int]], slots: list[int], pad_id: int, pad_to: int | None, device, starts: list[int] | None = None
 ) -> _Batch:
     width = pad_to or max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -199,6 +264,8 @@ def _collate(
         mask[i, : len(r)] = 1
     # Reference mode (pad_to set): pads are targets too, like its labels = input_ids.
     labelled = torch.ones_like(mask, dtype=torch.bool) if pad_to else mask.bool()
+    for i, start in enumerate(starts or []):
+        labelled[i, :start] = False  # before the loss start (position 0 is never a target anyway)
     loss_pos = torch.zeros_like(labelled)
     loss_pos[:, :-1] = labelled[:, 1:]
     row_slot = torch.tensor(slots, dtype=torch.long)
@@ -209,10 +276,10 @@ def _collate(
     )
 
 
-def _n_loss_tokens(rows: list[list[int]], cfg: InnerLoopConfig) -> int:
+def _n_loss_tokens(rows: list[list[int]], starts: list[int], cfg: InnerLoopConfig) -> int:
     if cfg.train_on_padding:
-        return len(rows) * (cfg.max_length - 1)
-    return sum(len(r) - 1 for r in rows)
+        return sum(cfg.max_length - s for s in starts)
+    return sum(len(r) - s for r, s in zip(rows, starts, strict=True))
 
 
 # ----------------------------------------------------------------------------- training
@@ -298,20 +365,27 @@ def _slot_loss_sums(model, bank: LoraBank, batch: _Batch, pad_mask: bool) -> tor
 
 
 def _learning_rates(
-    cfg: InnerLoopConfig, done_steps: torch.Tensor, total_steps: torch.Tensor
+    cfg: InnerLoopConfig, peak: torch.Tensor, done_steps: torch.Tensor, total_steps: torch.Tensor
 ) -> torch.Tensor:
-    """``(S,)`` float64 LR of each slot's next step (HF's linear schedule: lr * (T - t) / T)."""
+    """``(S,)`` float64 LR of each slot's next step from its ``(S,)`` float64 peak LR
+    (HF's linear schedule: lr * (T - t) / T, or constant)."""
     if cfg.lr_scheduler == "constant":
-        return torch.full_like(done_steps, cfg.lr)
-    return cfg.lr * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
+        return peak.clone()
+    return peak * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
 
 
 class _SlotData:
-    """One slot's tokenized texts and step bookkeeping."""
+    """One slot's tokenized texts, its settings (lr, epochs) and step bookkeeping."""
 
-    def __init__(self, rows: list[list[int]], seed: int, cfg: InnerLoopConfig):
+    def __init__(
+        self, rows: list[list[int]], starts: list[int], seed: int, cfg: InnerLoopConfig, lr: float, epochs: int
+    ):
         self.rows = rows
+        self.starts = starts  # per row, its first target token (see tokenize_with_loss)
         self.seed = seed
+        self.lr = lr
+        self.epochs = epochs
+        self.in_epoch = False  # this slot trains in the current epoch (epoch < self.epochs)
         self.steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
         self.order: list[int] = []
         self.error: str | None = None
@@ -319,11 +393,12 @@ class _SlotData:
         self.loss_tokens = 0
         self.epoch_losses: list[float] = []
 
-    def batch(self, step: int, batch_size: int) -> list[list[int]]:
-        """Rows of this slot at ``step`` of the current epoch ([] when exhausted or failed)."""
-        if self.error or step >= self.steps_per_epoch:
+    def batch(self, step: int, batch_size: int) -> list[int]:
+        """Indices of this slot's rows at ``step`` of the current epoch ([] when exhausted,
+        past its own epochs, or failed)."""
+        if self.error or not self.in_epoch or step >= self.steps_per_epoch:
             return []
-        return [self.rows[j] for j in self.order[step * batch_size : (step + 1) * batch_size]]
+        return self.order[step * batch_size : (step + 1) * batch_size]
 
 
 class _BankTrainer:
@@ -342,47 +417,52 @@ class _BankTrainer:
         self.pad_id, self.tokens_per_pass = pad_id, tokens_per_pass
         self.device = bank.params.device
         self.opt = StackedAdamW(bank.params, weight_decay=cfg.weight_decay)
-        self.total_steps = torch.zeros(
-            bank.params.shape[0], dtype=torch.float64, device=self.device
-        )
+        n_slots = bank.params.shape[0]
+        self.total_steps = torch.zeros(n_slots, dtype=torch.float64, device=self.device)
+        # Peak LR per slot (the null slot and unused slots: never active, any value).
+        self.peak_lr = torch.full((n_slots,), cfg.lr, dtype=torch.float64, device=self.device)
         for slot, d in enumerate(data):
-            self.total_steps[slot] = cfg.epochs * d.steps_per_epoch
+            self.total_steps[slot] = d.epochs * d.steps_per_epoch
+            self.peak_lr[slot] = d.lr
 
     def run_epoch(self, epoch: int) -> None:
         for d in self.data:
-            d.order = epoch_order(d.seed, epoch, len(d.rows))
+            d.in_epoch = epoch < d.epochs
+            if d.in_epoch:
+                d.order = epoch_order(d.seed, epoch, len(d.rows))
             d.loss_sum, d.loss_tokens = 0.0, 0
         step = 0
         while self.step(step):
             step += 1
         for d in self.data:
-            if d.rows and not d.error:
+            if d.in_epoch and d.rows and not d.error:
                 d.epoch_losses.append(d.loss_sum / d.loss_tokens)
 
     def step(self, step: int) -> bool:
         """One global step; False when no slot had rows left in this epoch."""
-        rows, slots = [], []
+        rows, starts, slots = [], [], []
         for slot, d in enumerate(self.data):
             part = d.batch(step, self.cfg.batch_size)
-            rows += part
+            rows += [d.rows[j] for j in part]
+            starts += [d.starts[j] for j in part]
             slots += [slot] * len(part)
         if not rows:
             return False
-        sums, counts, finite = self._accumulate_gradients(rows, slots)
+        sums, counts, finite = self._accumulate_gradients(rows, starts, slots)
         norms = clip_grad_norms_(self.bank.params.grad, self.cfg.max_grad_norm)
         ok = (counts > 0) & finite & torch.isfinite(norms)
-        self.opt.step(_learning_rates(self.cfg, self.opt.steps, self.total_steps), ok)
+        self.opt.step(_learning_rates(self.cfg, self.peak_lr, self.opt.steps, self.total_steps), ok)
         self._record(sums.tolist(), counts.tolist(), finite.tolist(), ok.tolist())
         return True
 
-    def _accumulate_gradients(self, rows, slots):
+    def _accumulate_gradients(self, rows, starts, slots):
         """Forward/backward every micro-batch; returns per-slot loss sums, token counts, finiteness."""
         pad_to = self.cfg.max_length if self.cfg.train_on_padding else None
         lengths = [pad_to or len(r) for r in rows]
         n_slots = self.bank.params.shape[0]
         per_slot = [0] * n_slots
-        for slot, n in zip(slots, lengths, strict=True):
-            per_slot[slot] += n - 1  # every position but the last predicts a loss-bearing token
+        for slot, n, start in zip(slots, lengths, starts, strict=True):
+            per_slot[slot] += n - start  # positions start-1 .. n-2 predict a loss-bearing token
         counts = torch.tensor(per_slot, device=self.device)
         denominators = counts.clamp(min=1).to(torch.float32)
         sums = torch.zeros(n_slots, device=self.device)
@@ -395,6 +475,7 @@ class _BankTrainer:
                 self.pad_id,
                 pad_to,
                 self.device,
+                [starts[i] for i in group],
             )
             part = _slot_loss_sums(self.model, self.bank, batch, self.cfg.train_on_padding)
             ok = torch.isfinite(part)
@@ -424,6 +505,7 @@ def train_bank(
     seeds: Sequence[int],
     cfg: InnerLoopConfig,
     tokens_per_pass: int | None = None,
+    settings: Sequence[AdapterSettings | None] | None = None,
 ) -> list[TrainStats]:
     """Train fresh adapters in slots ``0 .. len(texts)-1`` of ``bank``, all in the same steps.
 
@@ -435,28 +517,42 @@ def train_bank(
         tokens_per_pass: padded tokens per forward/backward pass (see :func:`micro_batches`);
             None: :func:`default_tokens_per_pass` of the bank's device. Changes speed and
             memory, not the result (up to float rounding).
+        settings: per slot, its own lr, epochs and loss_on (None, or a None field: ``cfg``'s).
+            These are *batched*: slots with different values share every step. Each slot's
+            LR schedule runs over its own ``epochs * steps_per_epoch`` steps; a slot past its
+            epochs gets no rows and no update (as an exhausted slot within an epoch); the
+            loss mask is per row. ``lora_rank`` must be the bank's (ranks are grouped into
+            banks by :func:`run_inner_loop`, since one bank holds one rank).
 
     Returns one :class:`TrainStats` per slot. A slot that fails (no trainable token,
     non-finite loss or gradient) stops training there and records the reason; the other
     slots are unaffected. Never raises for a single slot's failure.
 
     Raises:
-        ValueError: more text lists than slots, or ``len(seeds) != len(texts)``.
+        ValueError: more text lists than slots, ``len(seeds) != len(texts)``, settings of
+            another length, or a setting's ``lora_rank`` differing from ``bank.rank``.
     """
     if len(texts) > bank.n_adapters or len(seeds) != len(texts):
         raise ValueError(
             f"{len(texts)} text lists and {len(seeds)} seeds for a bank of {bank.n_adapters}"
         )
+    settings = list(settings) if settings is not None else [None] * len(texts)
+    if len(settings) != len(texts):
+        raise ValueError(f"{len(settings)} settings for {len(texts)} text lists")
+    own = [_own_settings(s, cfg) for s in settings]
+    for *_, rank in own:
+        if rank != bank.rank:
+            raise ValueError(f"an adapter of LoRA rank {rank} in a bank of rank {bank.rank}")
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    data = [
-        _SlotData(tokenize_texts(tokenizer, t, cfg.max_length), s, cfg)
-        for t, s in zip(texts, seeds, strict=True)
-    ]
+    data = []
+    for t, s, (lr, epochs, loss_on, _) in zip(texts, seeds, own, strict=True):
+        rows, starts = tokenize_with_loss(tokenizer, t, cfg.max_length, loss_on, cfg.answer_marker)
+        data.append(_SlotData(rows, starts, s, cfg, lr, epochs))
     for slot, (d, t, s) in enumerate(zip(data, texts, seeds, strict=True)):
         if t and not d.rows:
-            d.error = "no trainable tokens (every text is empty)"
+            d.error = "no trainable tokens (every text is empty, or has no loss-bearing token)"
         bank.reset_slot(slot, init_seed(s))
     budget = tokens_per_pass or default_tokens_per_pass(bank.params.device)
     trainer = _BankTrainer(model, bank, data, cfg, pad_id, budget)
@@ -466,13 +562,24 @@ def train_bank(
     bank.training = True
     try:
         with torch.enable_grad():
-            for epoch in range(cfg.epochs):
+            for epoch in range(max((d.epochs for d in data), default=0)):
                 trainer.run_epoch(epoch)
     finally:
         bank.training = False
         bank.set_rows(None)
         bank.params.grad = None
-    return [TrainStats(d.epoch_losses, _n_loss_tokens(d.rows, cfg), d.error) for d in data]
+    return [TrainStats(d.epoch_losses, _n_loss_tokens(d.rows, d.starts, cfg), d.error) for d in data]
+
+
+def _own_settings(settings: AdapterSettings | None, cfg: InnerLoopConfig) -> tuple[float, int, str, int]:
+    """(lr, epochs, loss_on, lora_rank) of one adapter: its settings, else ``cfg``'s."""
+    s = (settings or AdapterSettings()).resolve(cfg)
+    return s["lr"], s["epochs"], s["loss_on"], s["lora_rank"]
+
+
+def job_rank(job: AdapterJob, cfg: InnerLoopConfig) -> int:
+    """The LoRA rank of a job's adapter (its settings', else ``cfg.lora.rank``)."""
+    return _own_settings(job.settings, cfg)[3]
 
 
 # ----------------------------------------------------------------------------- generation
@@ -689,8 +796,9 @@ def _run_chunk(
     qa_batch_size,
 ):
     stats = train_bank(
-        model, tokenizer, bank, [j.texts for j in chunk], [j.seed for j in chunk], cfg
-    )
+        model, tokenizer, bank, [j.texts for j in chunk], [j.seed for j in chunk], cfg,
+        settings=[j.settings for j in chunk],
+    )  # fmt: skip
     prompts, slots, owners = [], [], []
     for i, (job, st) in enumerate(zip(chunk, stats, strict=True)):
         if st.error is None:
@@ -730,6 +838,13 @@ def run_inner_loop(
     ``progress(n)`` is called after each chunk with the number of jobs it finished (an
     increment). ``AdapterResult.seconds`` is the chunk's wall time divided by its size.
 
+    Per-adapter settings (``job.settings``, hyperparameter self-edits): lr, epochs and loss
+    mask are *batched* (adapters with different values train in the same steps, see
+    :func:`train_bank`); LoRA rank is *grouped*: a chunk's jobs are split by rank, in order
+    of first appearance, and each group trains and answers in a bank of its rank (one bank
+    per rank, kept for the whole call: adapter memory grows with the number of distinct
+    ranks). With one rank (the default) this is one bank, as without settings.
+
     The base model's weights are bit-identical afterwards, and each module's train/eval
     mode and each parameter's ``requires_grad`` are restored. Works for any dtype/device
     of the model (adapters are fp32 on the model's device).
@@ -741,10 +856,26 @@ def run_inner_loop(
         return []
     n = min(cfg.batch_adapters, len(jobs))
     results: list[AdapterResult] = []
-    with adapter_bank(model, cfg.lora, n) as bank:
+    banks: dict[int, LoraBank] = {}
+    with ExitStack() as stack:
+
+        def bank_of(rank: int) -> LoraBank:
+            if rank not in banks:
+                lora = cfg.lora if rank == cfg.lora.rank else cfg.lora.model_copy(update={"rank": rank})
+                banks[rank] = stack.enter_context(adapter_bank(model, lora, n))
+            return banks[rank]
+
         for chunk in adapter_chunks(jobs, cfg.batch_adapters):
             t0 = time.perf_counter()
-            part = _run_chunk(model, tokenizer, bank, chunk, cfg, max_new_tokens, qa_batch_size)
+            by_rank: dict[int, list[int]] = {}
+            for i, job in enumerate(chunk):
+                by_rank.setdefault(job_rank(job, cfg), []).append(i)
+            part: list[AdapterResult | None] = [None] * len(chunk)
+            for rank, members in by_rank.items():
+                group = [chunk[i] for i in members]
+                out = _run_chunk(model, tokenizer, bank_of(rank), group, cfg, max_new_tokens, qa_batch_size)
+                for i, result in zip(members, out, strict=True):
+                    part[i] = result
             for result in part:
                 result.seconds = (time.perf_counter() - t0) / len(chunk)
             results += part

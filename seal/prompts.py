@@ -62,8 +62,11 @@ def check_template(name: str) -> str:
     return _known(name, TEMPLATES, "self-edit template")
 
 
-def self_edit_prompt(template: str, title: str, context: str, tokenizer=None, chat: bool = False) -> str:
+def self_edit_prompt(template: str, title: str, context: str, tokenizer=None, chat: bool = False, hint: str = "") -> str:
     """The prompt from which the policy samples a self-edit for one passage.
+
+    ``hint`` (a paragraph, e.g. ``seal.hparams.prompt_hint``: how to write a hyperparameter
+    block) goes between the passage and the completion cue; "" leaves the prompt as it was.
 
     With ``chat`` the instruction (everything before the completion cue) becomes a user
     turn of ``tokenizer``'s chat template and the completion cue starts the assistant turn,
@@ -73,6 +76,9 @@ def self_edit_prompt(template: str, title: str, context: str, tokenizer=None, ch
         PromptError: unknown template.
     """
     text = TEMPLATES[check_template(template)].format(title=title, context=context)
+    if hint:
+        body, cue = text.rsplit("\n\n", 1)
+        text = f"{body}\n\n{hint.strip()}\n\n{cue}"
     if not chat:
         return text
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, fields
 
 from rich.console import Console
 
-from seal.config import InnerLoopConfig, QAConfig
+from seal.config import InnerLoopConfig, QAConfig, SelfEditConfig
 from seal.data import Passage
 from seal.graders import grade
+from seal.hparams import AdapterSettings, ParsedSelfEdit, parse_self_edit
 from seal.inner_loop import (
     AdapterJob,
     AdapterResult,
@@ -31,6 +32,7 @@ from seal.inner_loop import (
 )
 from seal.prompts import qa_prompt
 from seal.rewards import accuracy, reward
+from seal.self_edits import train_texts
 
 
 @dataclass
@@ -46,6 +48,13 @@ class Evaluation:
         seed: adapter initialisation and data-order seed.
         baseline_accuracy: the un-adapted model's accuracy on the passage's questions (a
             fraction in [0, 1]; None: nothing could be graded); the reward subtracts it.
+        settings: the inner-loop settings its self-edit chose (hyperparameter self-edits,
+            :mod:`seal.hparams`; None: the recipe's ``inner``).
+        hparams: the settings it trains with, recorded in its journal line (every key
+            resolved: :meth:`seal.hparams.AdapterSettings.resolve`; None: not recorded,
+            hyperparameter self-edits off).
+        invalid: why its self-edit's hyperparameter block was refused; the evaluation is then
+            not run and its record is a failure with this reason.
     """
 
     key: dict
@@ -53,6 +62,9 @@ class Evaluation:
     texts: list[str]
     seed: int
     baseline_accuracy: float | None = None
+    settings: AdapterSettings | None = None
+    hparams: dict | None = None
+    invalid: str | None = None
 
     @property
     def identity(self) -> tuple[int, int, int]:
@@ -123,6 +135,9 @@ class EvaluationRecord(JournalRecord):
         error: why the evaluation failed (None: it did not).
         truncated: ``seal train`` only: its self-edit was cut off by
             ``self_edit.max_new_tokens`` (None: not recorded, and absent from the JSON).
+        hparams: with hyperparameter self-edits on, the inner-loop settings it trained with
+            (``{"lr", "epochs", "loss_on", "lora_rank"}``; None when off or when its block
+            was refused, and then absent from the JSON).
     """
 
     key: dict
@@ -139,6 +154,7 @@ class EvaluationRecord(JournalRecord):
     seconds: float
     error: str | None
     truncated: bool | None = field(default=None, metadata={"omit_none": True})
+    hparams: dict | None = field(default=None, metadata={"omit_none": True})
 
     @classmethod
     def graded(cls, evaluation: Evaluation, result: AdapterResult, qa: QAConfig, judge=None, failure_reward: float | None = None) -> EvaluationRecord:
@@ -178,12 +194,36 @@ class EvaluationRecord(JournalRecord):
             n_train_tokens=result.n_train_tokens,
             seconds=result.seconds,
             error=result.error,
+            hparams=evaluation.hparams,
         )
 
     @property
     def identity(self) -> tuple[int, int, int]:
         """(passage, self-edit, repetition) indices."""
         return (self.key["passage"], self.key["self_edit"], self.key["repetition"])
+
+
+def self_edit_evaluation(
+    key: dict, passage: Passage, completion: str | None, self_edit: SelfEditConfig, inner: InnerLoopConfig, seed: int,
+    baseline_accuracy: float | None = None, template: str | None = None,
+) -> Evaluation:  # fmt: skip
+    """The evaluation of one self-edit (``completion``; None: the passage alone): its training
+    texts (``train_texts``, template ``template`` or ``self_edit.template``) and, with
+    ``self_edit.hparams.enabled``, the settings of its hyperparameter block, read by
+    :func:`seal.hparams.parse_self_edit` (a refused block: ``invalid`` set to the reason)."""
+    template = template or self_edit.template
+    parsed = parse_self_edit(completion, self_edit.hparams) if completion else ParsedSelfEdit(completion, AdapterSettings())
+    enabled = self_edit.hparams.enabled
+    return Evaluation(
+        key=key,
+        passage=passage,
+        texts=train_texts(passage, parsed.text, self_edit.split_newlines, template),
+        seed=seed,
+        baseline_accuracy=baseline_accuracy,
+        settings=parsed.settings,
+        hparams=parsed.settings.resolve(inner) if enabled and parsed.settings is not None else None,
+        invalid=parsed.error,
+    )
 
 
 def make_judge(qa: QAConfig):
@@ -264,7 +304,14 @@ def score_evaluations(
             on_record(record)
 
     def run_chunk(chunk: list[Evaluation]) -> None:
-        jobs = [AdapterJob(texts=evaluation.texts, prompts=question_prompts(evaluation.passage, qa.template), seed=evaluation.seed) for evaluation in chunk]
+        for evaluation in chunk:
+            if evaluation.invalid is not None:  # a refused hyperparameter block: nothing to run
+                keep(evaluation, EvaluationRecord.failed(evaluation, evaluation.invalid, 0.0, inner.failure_reward))
+        chunk = [evaluation for evaluation in chunk if evaluation.invalid is None]
+        jobs = [
+            AdapterJob(texts=evaluation.texts, prompts=question_prompts(evaluation.passage, qa.template), seed=evaluation.seed, settings=evaluation.settings)
+            for evaluation in chunk
+        ]
         results = run_inner_loop(model, tokenizer, jobs, inner, qa.max_new_tokens, qa.batch_size)
         for evaluation, result in zip(chunk, results, strict=True):
             keep(evaluation, EvaluationRecord.graded(evaluation, result, qa, judge, inner.failure_reward))

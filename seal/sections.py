@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class RecipeError(ValueError):
@@ -77,10 +77,92 @@ class InnerLoopConfig(Section):
         None,
         description="Reward of a failed evaluation (non-finite loss, nothing to train on). None: left out of the self-edit's mean; a self-edit whose every repetition failed is never kept.",
     )
+    loss_on: Literal["all", "answer"] = Field(
+        "all",
+        description="Which tokens of a training text carry loss: 'all' (every token after BOS), or 'answer' (only the tokens after the first `answer_marker` in the text, e.g. the answer of a 'Q: ... A: ...' line; a text without the marker keeps loss on every token, so the passage still trains). A self-edit's hyperparameter block may override it per adapter.",
+    )
+    answer_marker: str = Field(
+        "A:", min_length=1, description="With loss_on: answer, the loss starts after the first occurrence of this string in a training text."
+    )
     learner: Literal["policy", "base"] = Field(
         "policy",
         description="The model the inner loop adapts and questions in `seal train`: 'policy' (each round's policy learns from its own self-edits, SEAL's self-adaptation) or 'base' (model.name_or_path stays the learner every round and only the writing of self-edits is trained: a teacher-student variant; one more model in memory).",
     )
+
+
+class FloatRange(Section):
+    """A closed range ``[min, max]`` of floats, both finite and > 0 (learning rates)."""
+
+    min: float = Field(gt=0, allow_inf_nan=False)
+    max: float = Field(gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class IntRange(Section):
+    """A closed range ``[min, max]`` of integers >= 1 (epochs)."""
+
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class HparamsConfig(Section):
+    """Hyperparameter self-edits: a self-edit may end with a block of inner-loop settings.
+
+    The block is everything after the last line of the self-edit that equals ``marker``
+    (surrounding spaces ignored); the training texts are made from the text before that line.
+    It is read as data (``format``), never evaluated (``seal.hparams.parse_self_edit``).
+    The policy may set only the keys declared here (a key left None is not declared); a key
+    it leaves out takes the recipe's ``inner`` value (``inner.lr``, ``inner.epochs``,
+    ``inner.loss_on``, ``inner.lora.rank``). An undeclared key, a value outside its declared
+    space, or a block that does not parse fails that self-edit's evaluations with the reason
+    (reward ``inner.failure_reward``); nothing is clamped or replaced.
+    """
+
+    enabled: bool = Field(False, description="Read a hyperparameter block from each self-edit. Off: self-edits are training text only (today's behaviour).")
+    format: Literal["json", "key-value"] = Field(
+        "json",
+        description="'json': one JSON object, e.g. {\"lr\": 0.001, \"epochs\": 5}; 'key-value': one 'key: value' per line, e.g. 'lr: 0.001'.",
+    )
+    marker: str = Field("Hyperparameters:", min_length=1, description="The line that opens the block (the last such line of the self-edit).")
+    required: bool = Field(False, description="A self-edit without a block fails (True) or trains with the recipe's inner values (False).")
+    prompt_hint: bool = Field(
+        True, description="Tell the policy, in the self-edit prompt, the block's format and the declared space (seal.hparams.prompt_hint)."
+    )
+    max_chars: int = Field(512, ge=16, description="A longer block fails unread (bounds the parser's work on hostile text).")
+    lr: FloatRange | None = Field(None, description="Allowed learning rates [min, max] (None: the policy may not set lr).")
+    epochs: IntRange | None = Field(None, description="Allowed epoch counts [min, max] (None: the policy may not set epochs).")
+    loss_on: list[Literal["all", "answer"]] | None = Field(
+        None, min_length=1, description="Allowed loss masks (see inner.loss_on; None: the policy may not set loss_on)."
+    )
+    lora_rank: list[int] | None = Field(
+        None, min_length=1, description="Allowed LoRA ranks (None: the policy may not set lora_rank). Adapters of different ranks train in separate banks."
+    )
+
+    @field_validator("lora_rank")
+    @classmethod
+    def _positive_ranks(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(r < 1 for r in v):
+            raise ValueError(f"LoRA ranks must be >= 1, got {v}")
+        return v
+
+    def declared(self) -> list[str]:
+        """The keys the policy may set, in a fixed order."""
+        return [k for k in HPARAM_KEYS if getattr(self, k) is not None]
+
+
+#: Keys a hyperparameter block may carry (each must also be declared in the recipe).
+HPARAM_KEYS = ("lr", "epochs", "loss_on", "lora_rank")
 
 
 #: Kinds of source of inner-loop training data (``seal evaluate``'s ``evaluate.source``, ``seal bench``'s sources).

@@ -92,6 +92,7 @@ def generate_self_edits(
     chat: bool = False,
     passage_indices: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
+    hint: str = "",
 ) -> list[list[SelfEdit]]:
     """Sample ``k`` self-edits per passage: a list (per passage) of ``k`` :class:`SelfEdit`.
 
@@ -101,7 +102,8 @@ def generate_self_edits(
     clock, so a chunk's samples do not depend on which process or call produced it.
 
     ``temperature=None`` decodes greedily (then ``k`` must be 1; ``top_p`` is unused).
-    ``progress(n)`` is called after each chunk with its number of passages.
+    ``progress(n)`` is called after each chunk with its number of passages. ``hint``: see
+    :func:`seal.prompts.self_edit_prompt` ("" for the template alone).
 
     Raises:
         PromptError: unknown template.
@@ -121,7 +123,7 @@ def generate_self_edits(
     try:
         for start in range(0, len(passages), batch_size):
             chunk = passages[start : start + batch_size]
-            prompts = [self_edit_prompt(template, p.title, p.context, tokenizer, chat) for p in chunk]
+            prompts = [self_edit_prompt(template, p.title, p.context, tokenizer, chat, hint) for p in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
             torch.manual_seed(derive_seed(seed, "self-edit", indices[start]))
             gen = model.generate(
@@ -161,12 +163,14 @@ def self_edits_to_json(passages: Sequence[Passage], self_edits: Sequence[Sequenc
     ]
 
 
-def self_edits_from_json(rows: Sequence[dict], passages: Sequence[Passage], template: str, tokenizer, chat: bool = False) -> list[list[SelfEdit]]:
+def self_edits_from_json(
+    rows: Sequence[dict], passages: Sequence[Passage], template: str, tokenizer, chat: bool = False, hint: str = ""
+) -> list[list[SelfEdit]]:
     """The self-edits saved by :func:`self_edits_to_json`, their prompts rebuilt for
     ``tokenizer`` (files without ``truncated`` flags: none truncated)."""
     out = []
     for row, p in zip(rows, passages, strict=True):
-        prompt = self_edit_prompt(template, p.title, p.context, tokenizer, chat)
+        prompt = self_edit_prompt(template, p.title, p.context, tokenizer, chat, hint)
         flags = row.get("truncated") or [False] * len(row["completions"])
         out.append([SelfEdit(prompt, text, bool(cut)) for text, cut in zip(row["completions"], flags, strict=True)])
     return out

@@ -31,6 +31,8 @@ from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
+from seal.hparams import prompt_hint
+from seal.hparams import round_summary as hparams_round_summary
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
 from seal.models import load_model_from_config, resolve_device
@@ -53,6 +55,7 @@ from seal.scoring import (
     baselines,
     make_judge,
     score_evaluations,
+    self_edit_evaluation,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
@@ -60,7 +63,6 @@ from seal.self_edits import (
     generate_self_edits,
     self_edits_from_json,
     self_edits_to_json,
-    train_texts,
 )
 
 Unit = TypeVar("Unit", bound=Sequence)
@@ -242,13 +244,13 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     path = round_.dir / "self_edits.json"
     saved = round_.saved(path)
     if saved is not None:
-        return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template)
+        return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template, prompt_hint(config.hparams))
 
     def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
         drawn = generate_self_edits(
             round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
             config.top_p, config.max_new_tokens, seed=derive_seed(recipe.seed, "round", round_.index),
-            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit,
+            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit, hint=prompt_hint(config.hparams),
         )  # fmt: skip
         return dict(zip(unit, drawn, strict=True))
 
@@ -318,10 +320,12 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
     training texts, adapter seed and baseline accuracy."""
     recipe, passages = round_.recipe, round_.passages
     return [
-        Evaluation(
+        self_edit_evaluation(
             key={"kind": "evaluation", "round": round_.index, "passage": p, "self_edit": e, "repetition": repetition},
             passage=passages[p],
-            texts=train_texts(passages[p], self_edit.text, recipe.self_edit.split_newlines, recipe.self_edit.template),
+            completion=self_edit.text,
+            self_edit=recipe.self_edit,
+            inner=recipe.inner,
             seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
             baseline_accuracy=baseline_records[p].accuracy,
         )
@@ -522,13 +526,20 @@ def round_metrics(
     ``sft`` is the policy update's ``{train_loss, steps, seconds, rows}`` (None: no update).
     ``diagnostics`` (when given): :func:`diagnostics_stage`'s block, ``collapse_warning``
     (None or the reason) included; ``seal.diagnostics.round_diagnostics`` defines its fields.
-    Timing fields: see ``seal.train.TIMING_FIELDS``.
+    Timing fields: see ``seal.train.TIMING_FIELDS``. With hyperparameter self-edits on,
+    ``hparams`` is :func:`seal.hparams.round_summary`: the settings chosen by all self-edits
+    and by the kept ones (geometric mean lr, mean epochs, shares of loss_on and lora_rank).
     """
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
     eval_seconds = [record.seconds for record in records]
     baseline_accuracies = [record.accuracy for record in baseline_records if record.accuracy is not None]
     failures = Counter(record.error for record in records if record.error is not None)
+    extra = {}
+    if round_.recipe.self_edit.hparams.enabled:
+        # Per self-edit (its repetitions share the settings): what the policy chose, and what was kept.
+        chosen = {record.identity[:2]: record.hparams for record in records}
+        extra["hparams"] = hparams_round_summary(chosen, selection.kept)
     return {
         "round": round_.index,
         "policy": portable_path(round_.run, round_.policy),
@@ -548,6 +559,7 @@ def round_metrics(
         "seconds": time.perf_counter() - round_.started,
         "next_policy": portable_path(round_.run, next_policy),
         "timing": round_.timing,
+        **extra,
     } | ({"diagnostics": diagnostics} if diagnostics is not None else {})
 
 

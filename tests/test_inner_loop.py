@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from seal.config import InnerLoopConfig, LoraConfig
+from seal.hparams import AdapterSettings
 from seal.inner_loop import (
     AdapterJob,
     InnerLoopError,
@@ -24,6 +25,7 @@ from seal.inner_loop import (
     micro_batches,
     run_inner_loop,
     tokenize_texts,
+    tokenize_with_loss,
     train_and_merge,
     train_bank,
 )
@@ -482,3 +484,104 @@ def test_answer_questions_matches_hf_generate(loaded):
         for t in tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     ]
     assert ours == ref
+
+
+# ----------------------------------------------------------------------------- per-adapter settings
+
+QA_TEXTS = [
+    "Super Bowl\nQ: Who won Super Bowl 50? A: The Denver Broncos.",
+    "Normandy\nQ: Who gave their name to Normandy? A: The Normans.",
+    "Oxygen\nOxygen is the third most abundant element in the universe.",
+    "Amazon\nQ: What covers the Amazon basin? A: The rainforest.",
+]
+
+
+def settings_jobs() -> tuple[list[AdapterJob], list[AdapterSettings | None]]:
+    """Four jobs whose settings differ in lr, epochs and loss mask (one uses the recipe's)."""
+    settings = [
+        AdapterSettings(lr=3e-3, epochs=1, loss_on="answer"),
+        None,
+        AdapterSettings(lr=2e-2, epochs=2),
+        AdapterSettings(epochs=4, loss_on="answer"),
+    ]
+    jobs = [
+        AdapterJob(texts=[QA_TEXTS[(i + j) % len(QA_TEXTS)] for j in range(1 + i % 3)], prompts=PROMPTS[:2], seed=300 + i, settings=s)
+        for i, s in enumerate(settings)
+    ]
+    return jobs, settings
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_mixed_settings_batch_equals_each_adapter_alone(loaded, batch_size):
+    """Adapters with different lr, epochs and loss masks trained in one bank end where each
+    ends trained alone with the same settings (per-slot LR schedule, early-finishing slots
+    untouched, per-row loss masks)."""
+    model, tok = loaded
+    cfg = make_cfg(batch_size=batch_size, lr_scheduler="linear")
+    jobs, settings = settings_jobs()
+    with adapter_bank(model, cfg.lora, len(jobs)) as bank:
+        mixed = train_bank(model, tok, bank, [j.texts for j in jobs], [j.seed for j in jobs], cfg, settings=settings)
+        mixed_weights = [bank.weights(i) for i in range(len(jobs))]
+    for i, (job, s) in enumerate(zip(jobs, settings, strict=True)):
+        with adapter_bank(model, cfg.lora, 1) as bank:
+            (alone,) = train_bank(model, tok, bank, [job.texts], [job.seed], cfg, settings=[s])
+            assert_same_weights(mixed_weights[i], bank.weights(0))
+        assert mixed[i].error is None and alone.error is None
+        assert mixed[i].n_train_tokens == alone.n_train_tokens > 0
+        assert mixed[i].epoch_losses == pytest.approx(alone.epoch_losses, rel=1e-5)
+        assert len(alone.epoch_losses) == (s.epochs if s and s.epochs else cfg.epochs)
+    # The settings matter: the answer-only adapter trains on fewer tokens than with loss on all.
+    with adapter_bank(model, cfg.lora, 1) as bank:
+        (everything,) = train_bank(model, tok, bank, [jobs[0].texts], [jobs[0].seed], cfg, settings=[AdapterSettings(lr=3e-3, epochs=1)])
+    assert 0 < mixed[0].n_train_tokens < everything.n_train_tokens
+
+
+def test_answer_loss_is_the_cross_entropy_after_the_marker(loaded):
+    """With B = 0 the first step's loss is the base model's: the mean cross-entropy of the
+    tokens after 'A:' only (a text without the marker keeps loss on every token)."""
+    model, tok = loaded
+    cfg = make_cfg(epochs=1, loss_on="answer")
+    rows, starts = tokenize_with_loss(tok, [QA_TEXTS[0], QA_TEXTS[2]], cfg.max_length, "answer", "A:")
+    assert starts[1] == 1 and rows == tokenize_texts(tok, [QA_TEXTS[0], QA_TEXTS[2]], cfg.max_length)
+    answer_part = tok.decode(rows[0][starts[0] :], skip_special_tokens=True)
+    assert answer_part.strip() == "The Denver Broncos."
+    ids = torch.tensor([rows[0]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    expected = torch.nn.functional.cross_entropy(logits[starts[0] - 1 :], ids[0, starts[0] :]).item()
+    with adapter_bank(model, cfg.lora, 1) as bank:
+        (st,) = train_bank(model, tok, bank, [[QA_TEXTS[0]]], [0], cfg)
+    assert st.n_train_tokens == len(rows[0]) - starts[0]
+    assert st.epoch_losses[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_mixed_ranks_are_grouped_and_answer_as_alone(loaded):
+    """run_inner_loop splits a chunk by LoRA rank (one bank per rank); every job's answers and
+    losses are those of the job run alone, and a bank refuses an adapter of another rank."""
+    model, tok = loaded
+    cfg = make_cfg(batch_adapters=4, epochs=2)
+    ranks = [8, 4, 8, 2]
+    jobs = [
+        AdapterJob(texts=TEXTS[i : i + 2], prompts=PROMPTS, seed=400 + i, settings=AdapterSettings(lora_rank=r, lr=1e-2 * (i + 1)))
+        for i, r in enumerate(ranks)
+    ]
+    together = run_inner_loop(model, tok, jobs, cfg, max_new_tokens=6)
+    for job, result in zip(jobs, together, strict=True):
+        (alone,) = run_inner_loop(model, tok, [job], cfg, max_new_tokens=6)
+        assert result.error is None and result.answers == alone.answers
+        assert result.epoch_losses == pytest.approx(alone.epoch_losses, rel=1e-5)
+    with adapter_bank(model, cfg.lora, 1) as bank, pytest.raises(ValueError, match="rank 8 in a bank of rank 4"):
+        train_bank(model, tok, bank, [TEXTS[:1]], [0], cfg, settings=[AdapterSettings(lora_rank=8)])
+
+
+def test_each_slot_steps_with_its_own_learning_rate(loaded):
+    """Adam's first step moves a parameter by lr * g / (|g| + eps) ~ lr: after one step each
+    slot's largest change of B (which starts at 0) is its own lr, in one mixed bank."""
+    model, tok = loaded
+    cfg = make_cfg(epochs=1, lr_scheduler="constant", max_grad_norm=None)
+    lrs = [1e-4, 3e-3, 5e-2]
+    with adapter_bank(model, cfg.lora, len(lrs)) as bank:
+        train_bank(model, tok, bank, [TEXTS[:1]] * len(lrs), [0] * len(lrs), cfg, settings=[AdapterSettings(lr=lr) for lr in lrs])
+        for slot, lr in enumerate(lrs):
+            largest = max(float(b.abs().max()) for _, b in bank.weights(slot).values())
+            assert largest == pytest.approx(lr, rel=1e-3)

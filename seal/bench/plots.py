@@ -199,14 +199,70 @@ def rounds_plot(table: dict, rounds: dict[str, int], train_metrics: list[dict], 
     plt.close(fig)
 
 
-def write_plots(out: Path, results: dict, rounds: dict[str, int] | None = None, train_metrics: list[dict] | None = None) -> list[str]:
+def hparams_plot(choices: dict[str, dict], rounds: dict[str, int], train_metrics: list[dict], path: Path) -> bool:
+    """How the policy's hyperparameter choices shift across ReST-EM rounds: one panel per
+    setting (lr geometric mean on a log axis, mean epochs, share of each loss_on / lora_rank
+    value), x = round. Lines: the bench's held-out self-edits of each round source (solid),
+    and from ``train_metrics`` all samples (dashed) and the kept ones (dotted) of each
+    training round. Returns False (nothing drawn) when no round carries choices.
+
+    Args:
+        choices: one student's source label -> :func:`seal.hparams.round_summary`.
+        rounds: source label -> rounds of RL behind it.
+        train_metrics: ``metrics.jsonl`` rows of the ``seal train`` run (rows with ``hparams``).
+    """
+    series: dict[str, list[tuple[int, dict]]] = {"held-out (bench)": sorted((r, choices[s]["all"]) for s, r in rounds.items() if s in choices)}
+    trained = [m for m in train_metrics if m.get("hparams")]
+    if trained:
+        series["train: all samples"] = [(m["round"], m["hparams"]["all"]) for m in trained]
+        series["train: kept"] = [(m["round"], m["hparams"]["kept"]) for m in trained]
+    series = {k: [(r, v) for r, v in pts if v["n"]] for k, pts in series.items()}
+    if not any(series.values()):
+        return False
+    styles = dict(zip(series, ("-", "--", ":"), strict=False))
+    keys = ["lr", "epochs", "loss_on", "lora_rank"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
+    all_rounds = sorted({r for pts in series.values() for r, _ in pts})
+    for ax, key in zip(axes[0], keys, strict=True):
+        # One colour per value of a categorical setting, the same in every series.
+        values = sorted({k for pts in series.values() for _, v in pts for k in v[key]}) if key in ("loss_on", "lora_rank") else []
+        for name, pts in series.items():
+            if not pts:
+                continue
+            xs = [r for r, _ in pts]
+            if key in ("lr", "epochs"):
+                ax.plot(xs, [v[key] for _, v in pts], styles[name], marker="o", color=_COLORS[0], label=name)
+                continue
+            for j, value in enumerate(values):
+                ax.plot(xs, [v[key].get(value, 0.0) for _, v in pts], styles[name], marker="o", color=_COLORS[j % len(_COLORS)], label=f"{value} ({name})")
+        ax.set_xticks(all_rounds)
+        if key == "lr":
+            ax.set_yscale("log")
+        ax.set_title({"lr": "lr (geometric mean)", "epochs": "epochs (mean)"}.get(key, f"{key} (share)"), fontsize=10)
+        ax.set_xlabel("ReST-EM round")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_plots(
+    out: Path, results: dict, rounds: dict[str, int] | None = None, train_metrics: list[dict] | None = None, hparams: dict | None = None
+) -> list[str]:
     """Draw every plot into ``out/plots`` (replaced whole, atomically); returns paths relative to ``out``.
 
     ``rounds`` (source label -> ReST-EM rounds) adds ``rounds.png`` from the single protocol's
-    first student, with ``train_metrics`` (a train run's metrics.jsonl rows) beside it.
+    first student, with ``train_metrics`` (a train run's metrics.jsonl rows) beside it; with
+    ``hparams`` (student -> source -> choices, hyperparameter self-edits) also
+    ``hparams_rounds.png`` (:func:`hparams_plot`) for that student.
     """
     names: list[str] = []
     with atomic_dir(out / "plots") as tmp:
+        if rounds and hparams:
+            student_choices = next(iter(hparams.values()))
+            if hparams_plot(student_choices, rounds, train_metrics or [], tmp / "hparams_rounds.png"):
+                names.append("hparams_rounds.png")
         single = results["protocols"].get("single")
         if rounds and single:
             student, table = next(iter(single["tables"].items()))

@@ -245,6 +245,29 @@ def _compatibility(results: dict, students: list[str]) -> list[str]:
     return lines
 
 
+def _shares(shares: dict) -> str:
+    return ", ".join(f"{k} {round(100 * v)} %" for k, v in shares.items()) or "—"
+
+
+def hparams_lines(choices: dict[str, dict[str, dict]], rounds: dict[str, int]) -> list[str]:
+    """The inner-loop settings each source's self-edits chose (single protocol), a table per
+    student, round sources first in round order: self-edits with a valid setting, refused
+    blocks, geometric-mean lr, mean epochs, and the shares of loss_on and lora_rank."""
+    lines = ["Settings the self-edits of each source chose (hyperparameter blocks; keys left out count as the recipe's values)."]
+    for student, by_source in choices.items():
+        lines += ["", f"student `{student}`:", ""]
+        lines += ["| source | round | self-edits | refused | lr (geo. mean) | epochs (mean) | loss_on | lora_rank |", "|---|---|---|---|---|---|---|---|"]
+        order = sorted(by_source, key=lambda s: (s not in rounds, rounds.get(s, 0), s))
+        for source in order:
+            a, n_refused = by_source[source]["all"], by_source[source]["n_refused"]
+            lr = f"{a['lr']:.3g}" if a["lr"] is not None else "—"
+            epochs = f"{a['epochs']:.2f}" if a["epochs"] is not None else "—"
+            lines.append(
+                f"| {source} | {rounds.get(source, '')} | {a['n']} | {n_refused} | {lr} | {epochs} | {_shares(a['loss_on'])} | {_shares(a['lora_rank'])} |"
+            )
+    return lines
+
+
 def markdown(results: dict, setup: dict, plots: list[str]) -> str:
     """The whole ``report.md``."""
     students = setup["students"]
@@ -291,6 +314,9 @@ def markdown(results: dict, setup: dict, plots: list[str]) -> str:
         lines += ["", "## Compatibility: data written by one model, learned by another", ""]
         lines += ["Not all synthetic data is yours to learn from: each column is a student, each row a source."]
         lines += _compatibility(results, students)
+    if setup.get("hparams"):
+        lines += ["", "## Hyperparameter choices", ""]
+        lines += hparams_lines(setup["hparams"], rounds)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     lines += [

@@ -56,6 +56,7 @@ from seal.config import (
 )
 from seal.display import progress_bar
 from seal.evaluate import load_eval_passages
+from seal.hparams import journal_choices, round_summary
 from seal.models import load_model, load_model_from_config
 from seal.prepare import ensure_model
 from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
@@ -236,14 +237,31 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         # source label -> ReST-EM rounds behind it: the report opens with the round comparison
         "rounds": {source.name: source.spec.round for source in sources if source.spec.round is not None},
     }
+    if recipe.self_edit.hparams.enabled:
+        setup["hparams"] = _hparams_choices(read_jsonl(run.journal))
     rounds = setup["rounds"]
-    plots = write_plots(run.path, results, rounds, train_metrics)
+    plots = write_plots(run.path, results, rounds, train_metrics, setup.get("hparams"))
     setup["seconds"] = round(time.perf_counter() - t_start, 1)
     verdicts = {cell: outcome.verdicts for cell, outcome in outcomes.items()}
     write_tables(run.path, results, setup, verdicts, [p.id for p in passages], plots)
     _print_summary(console, results, rounds)
     console.print(f"report: {run.path / 'report.md'}  ({setup['seconds']:.0f} s)")
     return run.path
+
+
+def _hparams_choices(journal: list[dict]) -> dict[str, dict[str, dict]]:
+    """student -> source label -> :func:`seal.hparams.round_summary` of the settings its
+    self-edits chose (single protocol: the one that applies them; nothing is "kept" in a bench)."""
+    rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in journal:
+        if row.get("kind") == "single":
+            rows[(row["student"], row["source_label"])].append(row)
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (student, label), part in rows.items():
+        chosen = journal_choices(part)
+        if chosen:
+            out[student][label] = round_summary(chosen, {})
+    return dict(out)
 
 
 def _baselines(model, tok, passages, recipe: Recipe, judge, student: str, journaled: dict[int, dict], run: RunDir) -> list[dict]:

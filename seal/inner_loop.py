@@ -58,8 +58,17 @@ where a_base is the frozen model's own activation bytes per token, q = min(qa_ba
 questions of the chunk) rows per generation pass, P/G the prompt and generated lengths.
 Only the adapter state grows with N (linearly, 16 * D bytes per adapter): activations
 and logits are bounded by the pass budget, not by N. For Qwen2.5-7B with r=32 on q/v,
-D ~ 10.1 M, i.e. ~160 MB of adapter state per adapter (5 GB at N=32).
-``benchmarks/inner_loop.py`` measures the peak.
+D ~ 10.1 M, i.e. ~160 MB of adapter state per adapter (5 GB at N=32). With Qwen2.5's
+vocabulary (V ~ 152 k) the logits term is the largest at GPU pass sizes: a full pass of
+16384 loss tokens is ~20 GB (fp32 logits and their gradient; more for the bf16 head output
+and the softmax), whatever N. ``benchmarks/inner_loop.py`` measures the peak.
+
+Host synchronisation. A training step reads one small tensor back from the device (which
+slots' loss and gradient were finite: a failing slot must get no rows in the next step);
+loss positions are gathered by an index built on the host (a boolean mask would make the
+host wait for the device), and epoch losses are summed on the device (float64, exactly the
+host sum) and read once per epoch. Greedy generation reads one flag per decoding step
+(whether every row has ended), to stop early.
 """
 
 from __future__ import annotations

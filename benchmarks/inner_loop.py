@@ -12,10 +12,10 @@ passage (paper Section 4.2). Variants:
 * ``sequential``: ``seal.inner_loop.run_inner_loop`` with ``batch_adapters=1``.
 * ``batched``: the same with N adapters trained and scored together.
 
-Reported per variant (medians over ``--repeats``): self-edit evaluations per second,
-peak memory growth (MB = MiB; on CPU the peak resident set size over the RSS at the
+Reported per variant (medians over ``--repeats``): self-edit evaluations per second (and
+seconds per evaluation), peak memory growth (MB = MiB; on CPU the peak resident set size over the RSS at the
 start of the run, via Linux's VmHWM reset through /proc/self/clear_refs, after
-``gc.collect`` + ``malloc_trim``; on CUDA ``torch.cuda.max_memory_allocated`` growth), and
+``gc.collect`` + ``malloc_trim``; on CUDA ``torch.cuda.max_memory_allocated`` growth, and its absolute peak, weights included), and
 model FLOPs utilisation: useful FLOPs over wall time, against a timed large
 ``torch.matmul`` of this machine. Useful FLOPs: 4 * P per real training token (forward
 2P + input gradients 2P; a frozen base needs no weight gradients, so the textbook 6P
@@ -27,10 +27,28 @@ reward is the ``contains`` grader's accuracy gain over the base model).
 Usage::
 
     python benchmarks/inner_loop.py [--output DIR] [--n-self-edits 32] [--repeats 3] [--model DIR]
+    python benchmarks/inner_loop.py --model-config qwen2.5-7b [--layers N] [--n-reference 0]
 
 Without ``--model`` a tiny Llama model (hidden 128, 2 layers) is built once in ``.cache/``:
 a tokenizer trained on SQuAD text and a short pretraining on SQuAD passages and
 question/answer lines, so that it answers briefly and stops at EOS like a real model.
+
+``--model-config qwen2.5-0.5b|qwen2.5-1.5b|qwen2.5-7b`` needs no download: it builds that
+architecture (a transformers ``Qwen2Config`` with the published dimensions of
+:data:`QWEN25_CONFIGS`) with random weights, initialised directly on ``--device`` in
+``--dtype`` (bfloat16 by default); ``--layers N`` keeps only N decoder layers (smoke runs).
+The tokenizer is the tiny model's local BPE tokenizer (2048 ids, trained once on SQuAD
+text), whose ids all lie inside Qwen2.5's vocabulary, so the training texts and prompts
+have realistic lengths in tokens, if not Qwen's exact token counts. Random weights never
+stop at EOS, and may pick ids the tokenizer does not have: with such a model the answers
+decode the full ``--max-new-tokens`` budget, the LM head's logits of the tokenizer's
+special tokens (EOS among them) and of ids beyond its vocabulary being set to -inf during
+generation (never during training). That is the worst case for generation time (a real
+model stops at EOS after a few tokens), and the FLOP count uses exactly that many tokens.
+Rewards of a random model mean nothing; ``answers = sequential`` still checks that the
+batched inner loop computes what the sequential one does (bit-for-bit on fp32 CPUs; in
+bf16 on a GPU, matmuls of different batch shapes may round differently, so the share of
+identical answers is reported too).
 """
 
 from __future__ import annotations
@@ -57,10 +75,32 @@ import torch  # noqa: E402
 from seal.config import InnerLoopConfig, LoraConfig  # noqa: E402
 from seal.data import Passage, load_passages, resolve_data_path  # noqa: E402
 from seal.inner_loop import AdapterJob, answer_questions, run_inner_loop, tokenize_texts  # noqa: E402
-from seal.models import build_tiny_model, load_model  # noqa: E402
+from seal.models import build_tiny_model, load_model, resolve_attn_implementation  # noqa: E402
 from seal.seeding import derive_seed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Published dimensions of the Qwen2.5 base models (source: each model's config.json on the
+# Hugging Face hub, Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B, Qwen/Qwen2.5-7B). All three use
+# rope_theta 1e6, rms_norm_eps 1e-6, SiLU MLPs, biases on q/k/v, no sliding window. The 7B
+# has an untied LM head and a vocabulary padded to 152064 (the smaller ones: 151936, tied).
+QWEN25_CONFIGS = {
+    "qwen2.5-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+        max_position_embeddings=32768,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+        max_position_embeddings=131072,
+    ),
+    "qwen2.5-7b": dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+        max_position_embeddings=131072,
+    ),
+}  # fmt: skip
 SELF_EDITS = "squad/train_100_selfedits_qwen2.5-7b_base.json"
 QA_TEMPLATE = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
 
@@ -157,6 +197,69 @@ def build_bench_model(cache: Path, root: Path | None, hidden: int, layers: int, 
     return out
 
 
+def bench_tokenizer(cache: Path, root: Path | None):
+    """The tiny model's tokenizer (the same BPE training as :func:`build_bench_model`, 2048
+    ids), built once in ``cache`` without the model: the tokenizer of ``--model-config`` runs."""
+    from seal.models import load_tokenizer, train_tokenizer
+
+    out = cache / "tokenizer-2048"
+    if not (out / "tokenizer.json").is_file():
+        corpus = [f"{p.title}\n{p.context}" for p in load_passages(resolve_data_path(SELF_EDITS, root))]
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        train_tokenizer(corpus + pretrain_texts(root), 2048).save_pretrained(tmp)
+        tmp.rename(out)
+    return load_tokenizer(out)
+
+
+def build_config_model(
+    name: str, tok, layers: int | None, dtype: torch.dtype, device: torch.device, attn: str | None
+):
+    """A Qwen2.5 architecture of :data:`QWEN25_CONFIGS` with random weights, built directly
+    on ``device`` in ``dtype`` (no fp32 copy on the host), in eval mode."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    dims = dict(QWEN25_CONFIGS[name])
+    if layers:
+        dims["num_hidden_layers"] = layers
+    if len(tok) > dims["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tok)} ids, more than {name}'s {dims['vocab_size']}")
+    cfg = Qwen2Config(
+        **dims,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        use_sliding_window=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    kwargs = {"attn_implementation": attn} if attn else {}
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kwargs)
+    model.to(device).eval()  # a no-op when the weights were created there
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def decode_full_budget(model, tok) -> None:
+    """Make greedy decoding of a random model use its whole token budget: during generation
+    (inference mode) the LM head's logits of the tokenizer's special tokens (EOS among them)
+    and of ids the tokenizer does not have are -inf. Training (autograd on) is untouched."""
+    head = model.get_output_embeddings()
+    banned = torch.zeros(head.out_features, dtype=torch.bool)
+    banned[len(tok) :] = True
+    banned[[i for i in tok.all_special_ids if i < head.out_features]] = True
+    banned = banned.to(head.weight.device)
+
+    def hook(module, args, output):
+        if torch.is_inference_mode_enabled():
+            return output.masked_fill(banned, float("-inf"))
+        return None
+
+    head.register_forward_hook(hook)
+
+
 def _pretrain(
     model, tok, texts: list[str], steps: int, batch: int = 32, max_len: int = 128
 ) -> None:
@@ -224,12 +327,14 @@ def _rss_kb(field: str) -> int:
 
 
 class PeakMemory:
-    """Peak memory growth of a block, in MiB (see the module docstring for the method)."""
+    """Peak memory growth of a block, in MiB (see the module docstring for the method); on
+    CUDA also the peak of all allocated memory, model weights included (``peak_total_mb``)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.method = "cuda_max_memory_allocated" if device.type == "cuda" else self._cpu_method()
         self.peak_mb = 0.0
+        self.peak_total_mb: float | None = None
 
     @staticmethod
     def _cpu_method() -> str:
@@ -275,6 +380,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             top = torch.cuda.max_memory_allocated(self.device)
+            self.peak_total_mb = top / 2**20
         elif self.method == "rss_hwm":
             top = _rss_kb("VmHWM") * 1024
         else:
@@ -406,11 +512,18 @@ class Shape:
 
 
 def useful_flops(
-    tok, evals: list[Evaluation], answers: list[list[str]], cfg: InnerLoopConfig, shape: Shape
+    tok,
+    evals: list[Evaluation],
+    answers: list[list[str]],
+    cfg: InnerLoopConfig,
+    shape: Shape,
+    answer_tokens: int | None = None,
 ) -> float:
     """Useful FLOPs of a run: real training tokens (x epochs) and prompt + answer tokens (+ EOS).
 
     Padding is not useful work, so the reference's padding to max_length counts as waste.
+    ``answer_tokens``: every answer has exactly that many tokens (a random model decoding its
+    full budget); None: the answers' tokens re-encoded, plus EOS.
     """
     train = sum(
         shape.train(len(r)) for e in evals for r in tokenize_texts(tok, e.job.texts, cfg.max_length)
@@ -418,7 +531,10 @@ def useful_flops(
     flops = train * cfg.epochs
     for e, ans in zip(evals, answers, strict=True):
         prompt_lens = [len(ids) for ids in tok(e.job.prompts)["input_ids"]]
-        answer_lens = [len(ids) + 1 for ids in tok(ans, add_special_tokens=False)["input_ids"]]
+        if answer_tokens is not None:
+            answer_lens = [answer_tokens] * len(ans)
+        else:
+            answer_lens = [len(ids) + 1 for ids in tok(ans, add_special_tokens=False)["input_ids"]]
         flops += sum(shape.generate(p, a) for p, a in zip(prompt_lens, answer_lens, strict=True))
     return flops
 
@@ -452,20 +568,49 @@ def parse_args(argv=None):
         "--n-reference",
         type=int,
         default=3,
-        help="self-edit evaluations per run of the (slow) reference design",
+        help="self-edit evaluations per run of the (slow) reference design (0: skip it)",
+    )
+    p.add_argument(
+        "--skip-reference", action="store_true", help="leave the reference design out (huge models)"
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
         "--batch-adapters",
+        "--batch-sizes",
+        dest="batch_adapters",
         type=int,
         nargs="+",
         default=[4, 8, 16, 32],
-        help="N of the batched variants",
+        help="N of the batched variants (the sequential variant is N=1)",
     )
     p.add_argument(
         "--model",
         default=None,
         help="model directory or hub id (default: the tiny model in .cache/)",
+    )
+    p.add_argument(
+        "--model-config",
+        choices=sorted(QWEN25_CONFIGS),
+        default=None,
+        help="a Qwen2.5 architecture with random weights built on the device: no download (see the docstring)",
+    )
+    p.add_argument(
+        "--layers", type=int, default=None, help="with --model-config: keep only N decoder layers"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="model dtype (default: bfloat16 with --model-config or on CUDA, else float32)",
+    )
+    p.add_argument(
+        "--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if available, else cpu)"
+    )
+    p.add_argument(
+        "--attn",
+        default=None,
+        help="attn_implementation: sdpa, eager, flash_attention_2, auto (default on CUDA: auto, i.e. "
+        "flash_attention_2 if flash-attn is installed, else sdpa; on CPU: transformers' default, sdpa)",
     )
     p.add_argument(
         "--data",
@@ -504,16 +649,19 @@ def parse_args(argv=None):
 
 
 def load_bench_model(args, root: Path):
-    cuda = torch.cuda.is_available()
-    dtype = "bfloat16" if cuda else "float32"
-    attn = None
-    if cuda:
-        try:
-            import flash_attn  # noqa: F401
-
-            attn = "flash_attention_2"
-        except ImportError:
-            attn = "sdpa"
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    dtype = args.dtype or ("bfloat16" if cuda or args.model_config else "float32")
+    # On CUDA: flash_attention_2 when flash-attn is installed, else sdpa (seal's 'auto').
+    attn = resolve_attn_implementation(args.attn or ("auto" if cuda else None), device)
+    if args.model_config:
+        tok = bench_tokenizer(REPO / ".cache" / "inner_loop_bench", root)
+        model = build_config_model(
+            args.model_config, tok, args.layers, getattr(torch, dtype), device, attn
+        )
+        decode_full_budget(model, tok)
+        name = args.model_config + (f" ({args.layers} layers)" if args.layers else "")
+        return model, tok, f"{name}, random weights", dtype, attn
     path = args.model or build_bench_model(
         REPO / ".cache" / "inner_loop_bench",
         root,
@@ -521,7 +669,7 @@ def load_bench_model(args, root: Path):
         args.tiny_layers,
         args.tiny_pretrain_steps,
     )
-    model, tok = load_model(path, dtype=dtype, device="auto", attn_implementation=attn)
+    model, tok = load_model(path, dtype=dtype, device=str(device), attn_implementation=attn)
     return model, tok, str(path), dtype, attn
 
 
@@ -570,12 +718,15 @@ def main(argv=None) -> dict:
     evals = load_evaluations(
         resolve_data_path(args.data, root), args.n_self_edits, args.split_newlines
     )
-    ref_evals = evals[: args.n_reference]
+    with_reference = args.n_reference > 0 and not args.skip_reference
+    ref_evals = evals[: args.n_reference] if with_reference else []
+    full_decode = args.max_new_tokens if args.model_config else None
     shape = Shape.of(model)
     params = shape.params
     peak = matmul_peak(device, model.dtype)
     print(
-        f"model {model_path}: {params / 1e6:.2f} M linear params, {dtype}, on {device}; matmul peak {peak / 1e9:.1f} GFLOP/s",
+        f"model {model_path}: {params / 1e6:.2f} M linear params, {dtype}, attention {model.config._attn_implementation}, "
+        f"on {device}; matmul peak {peak / 1e9:.1f} GFLOP/s",
         flush=True,
     )
 
@@ -590,9 +741,11 @@ def main(argv=None) -> dict:
     for e in evals:
         base.append(base_answers[i : i + len(e.job.prompts)])
         i += len(e.job.prompts)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # On the host: a device copy of a 7B model would take 15 GB of the memory measured.
+    before = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
-    variants = [("reference", 1), ("sequential", 1)] + [("batched", n) for n in args.batch_adapters]
+    variants = [("reference", 1)] if with_reference else []
+    variants += [("sequential", 1)] + [("batched", n) for n in args.batch_adapters]
     runs: dict[tuple, list[dict]] = {v: [] for v in variants}
     answers: dict[tuple, list[list[str]]] = {}
     work = Path(tempfile.mkdtemp(prefix="seal-bench-"))
@@ -616,22 +769,25 @@ def main(argv=None) -> dict:
                     _sync(device)
                     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 answers[(variant, n)] = got
-                flops = useful_flops(tok, todo, got, cfg, shape)
+                flops = useful_flops(tok, todo, got, cfg, shape, full_decode)
                 runs[(variant, n)].append(
                     {
                         "seconds": wall,
                         "cpu_seconds": cpu,
                         "peak_mem_mb": mem.peak_mb,
+                        "peak_total_mb": mem.peak_total_mb,
                         "mfu": flops / wall / peak,
                     }
                 )
+                total = "" if mem.peak_total_mb is None else f" ({mem.peak_total_mb / 1024:.1f} GiB in all)"
                 print(
-                    f"  rep {rep} {variant:10s} N={n:<3d} {len(todo) / wall:7.2f} evals/s  {mem.peak_mb:8.1f} MB  MFU {flops / wall / peak:.3f}",
+                    f"  rep {rep} {variant:10s} N={n:<3d} {len(todo) / wall:7.2f} evals/s  "
+                    f"{wall / len(todo):7.3f} s/eval  {mem.peak_mb:8.1f} MB{total}  MFU {flops / wall / peak:.3f}",
                     flush=True,
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base_intact = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    base_intact = all(torch.equal(before[k], v.cpu()) for k, v in model.state_dict().items())
 
     seq_answers = answers[("sequential", 1)]
     seq_rewards = rewards(evals, seq_answers, base)
@@ -640,34 +796,47 @@ def main(argv=None) -> dict:
         todo = ref_evals if variant == "reference" else evals
         got = answers[(variant, n)]
         rew = rewards(todo, got, base[: len(todo)])
+        flat = [a for ans in got for a in ans]
+        seq_flat = [a for ans in seq_answers for a in ans]
         rows.append(
             {
                 "variant": variant,
                 "n_adapters": n,
                 "n_self_edits": len(todo),
                 "evals_per_s": len(todo) / statistics.median(r["seconds"] for r in rs),
+                "seconds_per_eval": statistics.median(r["seconds"] for r in rs) / len(todo),
                 "evals_per_s_runs": [len(todo) / r["seconds"] for r in rs],
                 # Process CPU time: with one thread, what the run would take alone on a core.
                 "evals_per_cpu_s": len(todo) / statistics.median(r["cpu_seconds"] for r in rs),
                 "peak_mem_mb": statistics.median(r["peak_mem_mb"] for r in rs),
+                # CUDA only: torch.cuda.max_memory_allocated, model weights included.
+                "peak_total_mb": None
+                if rs[0]["peak_total_mb"] is None
+                else statistics.median(r["peak_total_mb"] for r in rs),
                 "mfu": statistics.median(r["mfu"] for r in rs),
                 "mfu_cpu": statistics.median(
                     r["mfu"] * r["seconds"] / r["cpu_seconds"] for r in rs
                 ),
                 "mean_reward": statistics.mean(rew),
                 "answers_equal_sequential": None if variant == "reference" else got == seq_answers,
+                "answers_match_fraction": None
+                if variant == "reference"
+                else sum(a == b for a, b in zip(flat, seq_flat, strict=True)) / max(1, len(flat)),
                 "rewards_equal_sequential": None if variant == "reference" else rew == seq_rewards,
             }
         )
-    ref_rate = rows[0]["evals_per_s"]
-    seq_rate = rows[1]["evals_per_s"]
+    ref_rate = next((r["evals_per_s"] for r in rows if r["variant"] == "reference"), None)
+    seq_rate = next(r["evals_per_s"] for r in rows if r["variant"] == "sequential")
     for r in rows:
-        r["speedup_vs_reference"] = r["evals_per_s"] / ref_rate
+        r["speedup_vs_reference"] = r["evals_per_s"] / ref_rate if ref_rate else None
         r["speedup_vs_sequential"] = r["evals_per_s"] / seq_rate
     settings = {
         "model": model_path,
+        "model_config": args.model_config,
+        "layers": args.layers,
+        "random_weights_full_decode": full_decode is not None,
         "dtype": dtype,
-        "attn_implementation": attn,
+        "attn_implementation": model.config._attn_implementation,
         "data": str(args.data),
         "n_self_edits": args.n_self_edits,
         "n_reference": len(ref_evals),
@@ -693,42 +862,63 @@ def main(argv=None) -> dict:
 
 def markdown(report: dict) -> str:
     m, s = report["machine"], report["settings"]
+    cuda = m["device"].startswith("cuda")
+    reference = (
+        f"reference on the first {s['n_reference']}" if s["n_reference"] else "reference skipped"
+    )
     lines = [
         "# Inner-loop benchmark",
         "",
         f"{m.get('gpu') or m['cpu']}, {m['torch_threads']} torch threads, torch {m['torch']}; "
         f"matmul peak {m['matmul_peak_gflops']} GFLOP/s ({s['dtype']}). Model `{s['model']}` "
-        f"({s['linear_params'] / 1e6:.2f} M linear params). LoRA r={s['inner']['lora']['rank']} "
+        f"({s['linear_params'] / 1e6:.2f} M linear params, {s['dtype']}, attention {s['attn_implementation']}). "
+        f"LoRA r={s['inner']['lora']['rank']} "
         f"alpha={s['inner']['lora']['alpha']} on {'/'.join(s['inner']['lora']['target_modules'])}, "
         f"{s['inner']['epochs']} epochs, lr {s['inner']['lr']}, batch 1, max_length {s['inner']['max_length']}; "
-        f"{s['n_self_edits']} self-edits ({s['n_texts']} texts, {s['n_questions']} questions), "
-        f"reference on the first {s['n_reference']}; medians of {s['repeats']} runs.",
+        f"{s['n_self_edits']} self-edits ({s['n_texts']} texts, {s['n_questions']} questions, "
+        f"{s['max_new_tokens']} new tokens at most), {reference}; medians of {s['repeats']} runs.",
         "",
-        "| variant | N | self-edits | evals/s | x reference | x sequential | evals/CPU-s | peak MB | MFU | answers = sequential | mean reward |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
+        "| variant | N | self-edits | evals/s | s/eval | x reference | x sequential | evals/CPU-s | peak MB"
+        + (" | peak GiB (all)" if cuda else "")
+        + " | MFU | answers = sequential | mean reward |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:" + ("|---:" if cuda else "") + "|---:|:---:|---:|",
     ]
     for r in report["rows"]:
-        same = (
-            "-"
-            if r["answers_equal_sequential"] is None
-            else ("yes" if r["answers_equal_sequential"] else "NO")
-        )
+        if r["answers_equal_sequential"] is None:
+            same = "-"
+        elif r["answers_equal_sequential"]:
+            same = "yes"
+        else:
+            same = f"NO ({r['answers_match_fraction']:.0%} equal)"
+        ref = "-" if r["speedup_vs_reference"] is None else f"{r['speedup_vs_reference']:.1f}"
+        total = ""
+        if cuda:
+            total = " | -" if r["peak_total_mb"] is None else f" | {r['peak_total_mb'] / 1024:.1f}"
         lines.append(
             f"| {r['variant']} | {r['n_adapters']} | {r['n_self_edits']} | {r['evals_per_s']:.2f} | "
-            f"{r['speedup_vs_reference']:.1f} | {r['speedup_vs_sequential']:.2f} | {r['evals_per_cpu_s']:.2f} | {r['peak_mem_mb']:.0f} | "
-            f"{r['mfu']:.3f} | {same} | {r['mean_reward']:+.3f} |"
+            f"{r['seconds_per_eval']:.3f} | {ref} | {r['speedup_vs_sequential']:.2f} | {r['evals_per_cpu_s']:.2f} | "
+            f"{r['peak_mem_mb']:.0f}{total} | {r['mfu']:.3f} | {same} | {r['mean_reward']:+.3f} |"
         )
     lines += [
         "",
         f"evals/CPU-s: per second of process CPU time (the wall-clock rate without other processes' "
         f"contention; load average at start/end: {m['load_average_1min_start_end']}). "
-        f"Peak MB: growth during the run, MiB ({s['memory_method']}). MFU: useful FLOPs / wall time / matmul peak; "
+        f"Peak MB: growth during the run, MiB ({s['memory_method']})"
+        + ("; peak GiB (all): torch.cuda.max_memory_allocated, model weights included" if cuda else "")
+        + ". MFU: useful FLOPs / wall time / matmul peak; "
         "useful FLOPs = 4·P per real training token (forward + input gradients; the frozen base needs no weight "
         "gradients) + 2·P per prompt/answer token + causal attention; padding is not useful work. "
         f"Base weights bit-identical after all runs: {s['base_weights_bit_identical']}.",
     ]
+    if s.get("random_weights_full_decode"):
+        lines += [
+            "",
+            "Random weights: every answer decodes the full token budget (EOS and ids outside the local "
+            "tokenizer's 2048 are masked during generation), the worst case for generation time; rewards mean "
+            "nothing. In bf16 on a GPU, batched and sequential may differ by rounding (matmuls of other shapes).",
+        ]
     seq = next(r for r in report["rows"] if r["variant"] == "sequential")
-    if seq["mfu"] > 0:
+    if not cuda and seq["mfu"] > 0 and seq["mfu_cpu"] > 0.3:
         lines += [
             "",
             f"Why batching gains little here: the sequential path already runs at {seq['mfu']:.0%} of the measured "

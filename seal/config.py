@@ -44,10 +44,12 @@ class ModelConfig(Section):
         description="Hugging Face hub id or local model directory (e.g. one written by `seal tiny-model`)."
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="Parameter dtype. Use bfloat16 on GPUs; float32 on CPU."
+        "float32",
+        description="Parameter dtype of the base model. Use bfloat16 on GPUs; float32 on CPU. The inner loop's LoRA adapters, their gradients and AdamW state stay float32 whatever this is (the bf16 base output and the fp32 LoRA term are added in fp32 and cast back, as PEFT does).",
     )
     attn_implementation: str | None = Field(
-        None, description="'sdpa', 'eager' or 'flash_attention_2' (needs the `gpu` extra). None: transformers' default."
+        None,
+        description="Attention kernel: None (transformers' default: 'sdpa', PyTorch's scaled_dot_product_attention, for Llama/Qwen2), 'sdpa', 'eager', 'flash_attention_2' (needs flash-attn, the `gpu` extra; CUDA, bf16/fp16 only), or 'auto' (flash_attention_2 when flash-attn is installed and the device is CUDA, else sdpa).",
     )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust the repository."

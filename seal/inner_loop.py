@@ -66,8 +66,17 @@ where a_base is the frozen model's own activation bytes per token, q = min(qa_ba
 questions of the chunk) rows per generation pass, P/G the prompt and generated lengths.
 Only the adapter state grows with N (linearly, 16 * D bytes per adapter): activations
 and logits are bounded by the pass budget, not by N. For Qwen2.5-7B with r=32 on q/v,
-D ~ 10.1 M, i.e. ~160 MB of adapter state per adapter (5 GB at N=32).
-``benchmarks/inner_loop.py`` measures the peak.
+D ~ 10.1 M, i.e. ~160 MB of adapter state per adapter (5 GB at N=32). With Qwen2.5's
+vocabulary (V ~ 152 k) the logits term is the largest at GPU pass sizes: a full pass of
+16384 loss tokens is ~20 GB (fp32 logits and their gradient; more for the bf16 head output
+and the softmax), whatever N. ``benchmarks/inner_loop.py`` measures the peak.
+
+Host synchronisation. A training step reads one small tensor back from the device (which
+slots' loss and gradient were finite: a failing slot must get no rows in the next step);
+loss positions are gathered by an index built on the host (a boolean mask would make the
+host wait for the device), and epoch losses are summed on the device (float64, exactly the
+host sum) and read once per epoch. Greedy generation reads one flag per decoding step
+(whether every row has ended), to stop early.
 """
 
 from __future__ import annotations
@@ -242,7 +251,10 @@ class _Batch:
     input_ids/attention_mask: (rows, T) long; loss_pos: (rows, T) bool, True where the
     position's next-token prediction carries loss (the next token is real, or a pad in
     reference mode, and at or after the row's loss start); targets: (M,) long, the next tokens at
-    those positions; token_slot: (M,) long, their adapter; row_slot: (rows,) long.
+    those positions; token_slot: (M,) long, their adapter; row_slot: (rows,) long;
+    loss_index: (M,) long, the loss positions as indices into the flattened (rows * T)
+    positions, in row-major order (``loss_pos``'s ``True`` entries, computed on the host,
+    so that gathering them on a GPU needs no device-to-host synchronisation).
     """
 
     input_ids: torch.Tensor
@@ -251,6 +263,7 @@ class _Batch:
     targets: torch.Tensor
     token_slot: torch.Tensor
     row_slot: torch.Tensor
+    loss_index: torch.Tensor
 
 
 def _collate(
@@ -271,8 +284,12 @@ def _collate(
     row_slot = torch.tensor(slots, dtype=torch.long)
     targets = input_ids[:, 1:][loss_pos[:, :-1]]
     token_slot = row_slot.unsqueeze(1).expand_as(loss_pos)[loss_pos]
+    loss_index = loss_pos.flatten().nonzero().squeeze(1)
     return _Batch(
-        *(t.to(device) for t in (input_ids, mask, loss_pos, targets, token_slot, row_slot))
+        *(
+            t.to(device)
+            for t in (input_ids, mask, loss_pos, targets, token_slot, row_slot, loss_index)
+        )
     )
 
 
@@ -350,10 +367,16 @@ def _loss_logits(model, batch: _Batch, pad_mask: bool) -> torch.Tensor:
     split = _split_model(model)
     if split is None:
         out = model(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)
-        return out.logits[batch.loss_pos]
+        return _at_loss_positions(out.logits, batch)
     backbone, head = split
     hidden = backbone(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)[0]
-    return head(hidden[batch.loss_pos])
+    return head(_at_loss_positions(hidden, batch))
+
+
+def _at_loss_positions(x: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    """``x[batch.loss_pos]`` (the same rows, in the same order) by a host-computed index:
+    a boolean mask would make the GPU wait for the host to learn how many rows it selects."""
+    return x.flatten(0, 1).index_select(0, batch.loss_index)
 
 
 def _slot_loss_sums(model, bank: LoraBank, batch: _Batch, pad_mask: bool) -> torch.Tensor:
@@ -424,22 +447,34 @@ class _BankTrainer:
         for slot, d in enumerate(data):
             self.total_steps[slot] = d.epochs * d.steps_per_epoch
             self.peak_lr[slot] = d.lr
+        # Per-slot sums of this epoch's token losses, kept on the device (float64, so that
+        # adding the fp32 step sums is exactly what Python floats on the host would give)
+        # and read once per epoch.
+        self.loss_sums = torch.zeros(n_slots, dtype=torch.float64, device=self.device)
 
     def run_epoch(self, epoch: int) -> None:
         for d in self.data:
             d.in_epoch = epoch < d.epochs
             if d.in_epoch:
                 d.order = epoch_order(d.seed, epoch, len(d.rows))
-            d.loss_sum, d.loss_tokens = 0.0, 0
+            d.loss_tokens = 0
+        self.loss_sums.zero_()
         step = 0
         while self.step(step):
             step += 1
-        for d in self.data:
+        loss_sums = self.loss_sums.tolist()  # the epoch's one read of the losses
+        for d, loss_sum in zip(self.data, loss_sums, strict=False):
+            d.loss_sum = loss_sum
             if d.in_epoch and d.rows and not d.error:
                 d.epoch_losses.append(d.loss_sum / d.loss_tokens)
 
     def step(self, step: int) -> bool:
-        """One global step; False when no slot had rows left in this epoch."""
+        """One global step; False when no slot had rows left in this epoch.
+
+        One device-to-host read per step: which slots' loss and gradient were finite. A slot
+        that fails stops training at once (the next step has none of its rows), which the
+        host must know before it builds that step.
+        """
         rows, starts, slots = [], [], []
         for slot, d in enumerate(self.data):
             part = d.batch(step, self.cfg.batch_size)
@@ -448,15 +483,18 @@ class _BankTrainer:
             slots += [slot] * len(part)
         if not rows:
             return False
-        sums, counts, finite = self._accumulate_gradients(rows, starts, slots)
+        sums, counts, finite, host_counts = self._accumulate_gradients(rows, starts, slots)
         norms = clip_grad_norms_(self.bank.params.grad, self.cfg.max_grad_norm)
         ok = (counts > 0) & finite & torch.isfinite(norms)
         self.opt.step(_learning_rates(self.cfg, self.peak_lr, self.opt.steps, self.total_steps), ok)
-        self._record(sums.tolist(), counts.tolist(), finite.tolist(), ok.tolist())
+        self.loss_sums += torch.where(ok, sums.to(torch.float64), 0.0)
+        finite_host, ok_host = torch.stack([finite, ok]).tolist()
+        self._record(host_counts, finite_host, ok_host)
         return True
 
     def _accumulate_gradients(self, rows, starts, slots):
-        """Forward/backward every micro-batch; returns per-slot loss sums, token counts, finiteness."""
+        """Forward/backward every micro-batch; returns per-slot loss sums, token counts,
+        finiteness (on the device) and the token counts as a host list."""
         pad_to = self.cfg.max_length if self.cfg.train_on_padding else None
         lengths = [pad_to or len(r) for r in rows]
         n_slots = self.bank.params.shape[0]
@@ -483,9 +521,10 @@ class _BankTrainer:
             torch.where(ok, part / denominators, 0.0).sum().backward()
             sums += part.detach()
             finite &= ok
-        return sums, counts, finite
+        return sums, counts, finite, per_slot
 
-    def _record(self, sums, counts, finite, ok) -> None:
+    def _record(self, counts, finite, ok) -> None:
+        """Host bookkeeping of a step: token counts of the slots that stepped, failures."""
         for slot, d in enumerate(self.data):
             if not counts[slot]:
                 continue
@@ -493,7 +532,6 @@ class _BankTrainer:
                 what = "loss" if not finite[slot] else "gradient"
                 d.error = f"non-finite {what} at step {int(self.opt.steps[slot]) + 1}"
                 continue
-            d.loss_sum += sums[slot]
             d.loss_tokens += counts[slot]
 
 

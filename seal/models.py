@@ -8,6 +8,7 @@ the ``tokenizers`` library), so nothing is ever downloaded in tests.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +35,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_attn_implementation(name: str | None, device: torch.device) -> str | None:
+    """The attention implementation to ask transformers for (``model.attn_implementation``).
+
+    ``'auto'``: ``'flash_attention_2'`` when the flash-attn package is installed and the
+    device is CUDA, else ``'sdpa'``. None (transformers' own default: ``'sdpa'``, PyTorch's
+    ``scaled_dot_product_attention``, for Llama and Qwen2), ``'sdpa'`` and ``'eager'`` pass
+    through, and so does any other name transformers knows.
+
+    Raises:
+        ImportError: ``'flash_attention_2'`` without the flash-attn package.
+    """
+    flash = importlib.util.find_spec("flash_attn") is not None
+    if name == "auto":
+        return "flash_attention_2" if flash and device.type == "cuda" else "sdpa"
+    if name == "flash_attention_2" and not flash:
+        raise ImportError(
+            "model.attn_implementation 'flash_attention_2' needs the flash-attn package "
+            "(pip install -e '.[gpu]' on a CUDA machine); use 'sdpa' or 'auto'"
+        )
+    return name
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
     """A tokenizer with a pad token (EOS when the model defines none)."""
     from transformers import AutoTokenizer
@@ -53,17 +76,23 @@ def load_model(
 ):
     """Load ``(model, tokenizer)``; the model in eval mode on ``device``.
 
+    ``attn_implementation``: see :func:`resolve_attn_implementation` (None: transformers'
+    default, sdpa).
+
     Raises:
         OSError: no such hub id or directory (transformers' own error, which names it).
+        ImportError: ``'flash_attention_2'`` without the flash-attn package.
     """
     from transformers import AutoModelForCausalLM
 
+    target = resolve_device(device)
     kwargs = {"trust_remote_code": trust_remote_code}
     kwargs["dtype"] = "auto" if dtype == "auto" else _DTYPES[dtype]
+    attn_implementation = resolve_attn_implementation(attn_implementation, target)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
-    model.to(resolve_device(device)).eval()
+    model.to(target).eval()
     tok = load_tokenizer(name_or_path, trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id

@@ -88,3 +88,30 @@ def test_microworld_placeholder_resolves_to_the_settings_entry(tmp_path):
     f.write_text('microworld: {hiden_size: 32}\nmodel: {name_or_path: "{microworld}/model"}\n')
     with pytest.raises(RecipeError, match="microworld.hiden_size: unknown key"):
         load_recipe(f)
+
+
+def test_attn_implementation_auto_and_flash_check(monkeypatch):
+    """model.attn_implementation: 'auto' picks flash_attention_2 only on CUDA with flash-attn
+    installed (else sdpa); None and explicit names pass through; flash_attention_2 without
+    flash-attn fails with a message that names the fix."""
+    import importlib.util
+
+    import torch
+
+    from seal.models import resolve_attn_implementation
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    real = importlib.util.find_spec
+
+    def without_flash(name, *a, **k):
+        return None if name == "flash_attn" else real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_flash)
+    assert resolve_attn_implementation(None, cpu) is None
+    assert resolve_attn_implementation("eager", cuda) == "eager"
+    assert resolve_attn_implementation("auto", cpu) == resolve_attn_implementation("auto", cuda) == "sdpa"
+    with pytest.raises(ImportError, match="flash-attn"):
+        resolve_attn_implementation("flash_attention_2", cuda)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: object() if name == "flash_attn" else real(name, *a, **k))
+    assert resolve_attn_implementation("auto", cuda) == "flash_attention_2"
+    assert resolve_attn_implementation("auto", cpu) == "sdpa"

@@ -55,7 +55,7 @@ def train(
     run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe>-<timestamp>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
 ) -> None:
-    """Run ReST-EM rounds of SEAL on the recipe's training passages."""
+    """Run SEAL's outer loop on the recipe's training passages: ReST-EM rounds (rl.algorithm=grpo or rloo: TRL steps)."""
     from seal.prepare import ensure_model
     from seal.train import train as run_train
 

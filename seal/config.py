@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from seal.bench.config import BenchConfig
 from seal.microworld.config import MicroworldSection
@@ -175,9 +175,59 @@ class CurationWeights(Section):
     )
 
 
-class RLConfig(Section):
-    """The outer loop: ReST-EM rounds (paper Section 3.1)."""
+class GRPOConfig(Section):
+    """``rl.algorithm: grpo | rloo``: TRL's ``GRPOTrainer`` / ``RLOOTrainer`` on the policy, the
+    reward of each completion (a self-edit) being seal's inner loop (``seal/grpo.py``).
 
+    One step: ``prompts_per_step`` passages, ``num_generations`` completions each, every
+    completion scored ``inner.eval_times`` times by the batched inner loop, one optimizer step.
+    So a run scores ``steps x prompts_per_step x num_generations x inner.eval_times`` evaluations.
+    Sampling follows ``self_edit.top_p`` and ``self_edit.template``; TRL's docs:
+    https://huggingface.co/docs/trl/grpo_trainer."""
+
+    num_generations: int = Field(
+        5, ge=2, description="Group size: completions (self-edits) sampled per passage per step; advantages are relative to the group."
+    )
+    prompts_per_step: int = Field(8, ge=1, description="Passages per optimizer step (each with num_generations completions).")
+    steps: int = Field(50, ge=1, description="Optimizer steps of the whole run (TRL's max_steps).")
+    batch_size: int = Field(
+        1, ge=1, description="Completions per forward/backward pass; gradient accumulation covers the rest of the step's prompts_per_step x num_generations (which it must divide)."
+    )
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy's LoRA weights.")
+    lr_scheduler: str = Field("constant", description="Any transformers scheduler name, over `steps`.")
+    beta: float = Field(
+        0.0, ge=0, description="KL coefficient against the initial policy (0: no KL term, TRL's default; DeepSeek-R1 used 0.001)."
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "dapo", description="GRPO only: TRL's loss aggregation (dapo: normalised by the active tokens of the step, TRL's default)."
+    )
+    max_completion_length: int | None = Field(
+        None, ge=1, description="Token budget of one completion. None: self_edit.max_new_tokens."
+    )
+    temperature: float | None = Field(None, gt=0, description="Sampling temperature. None: self_edit.temperature.")
+    lora: LoraConfig = Field(
+        default_factory=lambda: LoraConfig(
+            rank=64,
+            alpha=128,
+            dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+        description="The LoRA adapter trained on the policy (merged into grpo/policy at the end).",
+    )
+    bf16: bool = Field(False, description="bf16 mixed precision (GPUs).")
+    logging_steps: int = Field(1, ge=1, description="A metrics.jsonl line (and console line) every this many steps.")
+    save_steps: int = Field(
+        10, ge=1, description="A TRL checkpoint (grpo/checkpoint-N) every this many steps: where a killed run resumes from."
+    )
+
+
+class RLConfig(Section):
+    """The outer loop: ReST-EM rounds (paper Section 3.1), or GRPO / RLOO steps (``rl.grpo``)."""
+
+    algorithm: Literal["restem", "grpo", "rloo"] = Field(
+        "restem",
+        description="restem: the paper's ReST-EM rounds (seal/train.py). grpo / rloo: TRL's GRPOTrainer / RLOOTrainer with the inner loop as reward (seal/grpo.py; not in the paper; needs inner.learner: base).",
+    )
     rounds: int = Field(2, ge=0)
     k_best: int = Field(1, ge=1, description="Self-edits kept per passage, best rewards first.")
     reward_threshold: float = Field(0.0, description="Keep a self-edit only if its reward is strictly above this.")
@@ -191,6 +241,7 @@ class RLConfig(Section):
     )
     curation_weights: CurationWeights = Field(default_factory=CurationWeights)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="Settings of rl.algorithm grpo and rloo.")
 
 
 class DiagnosticsConfig(Section):
@@ -249,6 +300,23 @@ class Recipe(Section):
         description="Pretrain (or reuse) this synthetic world first (seal/microworld); '{microworld}' in the recipe's strings is its directory.",
     )
 
+    @model_validator(mode="after")
+    def _grpo_learns_with_the_base(self) -> Recipe:
+        # With inner.learner: policy the learner would change at every optimizer step (the
+        # policy's LoRA), so every baseline would have to be recomputed per step; not supported.
+        if self.rl.algorithm != "restem" and self.inner.learner != "base":
+            raise ValueError(
+                f"rl.algorithm {self.rl.algorithm} needs inner.learner: base (the un-adapted model learns and answers; "
+                "its baselines are computed once); add inner.learner=base"
+            )
+        grpo = self.rl.grpo
+        if self.rl.algorithm != "restem" and (grpo.prompts_per_step * grpo.num_generations) % grpo.batch_size:
+            raise ValueError(
+                f"rl.grpo.batch_size ({grpo.batch_size}) must divide prompts_per_step x num_generations "
+                f"({grpo.prompts_per_step} x {grpo.num_generations})"
+            )
+        return self
+
     @field_validator("name")
     @classmethod
     def _name_is_a_path_part(cls, v: str | None) -> str | None:
@@ -265,9 +333,11 @@ class Recipe(Section):
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid recipe {source}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {key}: {msg}")
+        if not e["loc"]:  # a check across sections (Recipe's model validator) names its keys itself
+            lines.append(f"  {msg.removeprefix('Value error, ')}")
+            continue
+        lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {msg}")
     return "\n".join(lines)
 
 
@@ -390,6 +460,8 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "qa.judge.timeout_s",
         "qa.judge.max_retries",
         "qa.judge.backoff_s",
+        "rl.grpo.logging_steps",
+        "rl.grpo.save_steps",
         # read-only observers; "diagnostics" itself: a run recorded before the section existed
         "diagnostics",
         *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),

@@ -19,18 +19,28 @@ _KIND_ORDER = {"baseline": 0, "evaluation": 1}
 
 
 def journal_key(row: dict) -> tuple:
-    """A journal record's identity: (kind, round, passage, self-edit, repetition)."""
-    return (row.get("kind"), row.get("round"), row.get("passage"), row.get("self_edit"), row.get("repetition"))
+    """A journal record's identity: (kind, round, passage, self-edit, repetition, step, completion).
+
+    ReST-EM records have a ``round`` (and no ``step`` / ``completion``); GRPO evaluations
+    (``seal.grpo``) have the optimizer ``step`` and the ``completion``'s text hash instead.
+    """
+    return (
+        row.get("kind"), row.get("round"), row.get("passage"), row.get("self_edit"), row.get("repetition"),
+        row.get("step"), row.get("completion"),
+    )  # fmt: skip
 
 
 def journal_order(row: dict) -> tuple:
-    """Sort key of a journal record: round, then baselines before evaluations, then passage,
-    self-edit and repetition (missing fields first)."""
+    """Sort key of a journal record: round, then GRPO step, then baselines before evaluations,
+    then passage, self-edit and repetition (missing fields first)."""
 
     def n(x):
         return -1 if x is None else x
 
-    return (n(row.get("round")), _KIND_ORDER.get(row.get("kind"), 2), n(row.get("passage")), n(row.get("self_edit")), n(row.get("repetition")))
+    return (
+        n(row.get("round")), n(row.get("step")), _KIND_ORDER.get(row.get("kind"), 2), n(row.get("passage")),
+        n(row.get("self_edit")), n(row.get("repetition")), row.get("completion") or "",
+    )  # fmt: skip
 
 
 def journal_path(run: RunDir, rank: int) -> Path:

@@ -69,6 +69,13 @@ agree, a resume cannot reproduce), counts grader failures as wrong answers, and 
 results only at the very end (a crash loses the round); here seeds derive from identities,
 ungraded stays ``None``, and every result is on disk as soon as it exists.
 
+GRPO and RLOO
+-------------
+With ``rl.algorithm: grpo | rloo`` (not the paper's algorithm) :func:`train` runs
+``seal.grpo.run_grpo`` instead of the rounds: TRL's GRPO / RLOO trainer samples and updates
+the policy, seal's inner loop is its reward function; same run directory, journal, resume
+and console story (the module docstring of ``seal.grpo``). One process only.
+
 Where the code is
 -----------------
 :func:`run_round` is the round as a script; each step is a stage of ``seal.stages`` that owns
@@ -97,6 +104,7 @@ from seal.config import (
 from seal.data import Passage, load_passages, load_squad_from_hub
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
+from seal.grpo import run_grpo
 from seal.prompts import check_template
 from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_atomic
 from seal.stages import (
@@ -189,7 +197,8 @@ def _record_launch(run: RunDir, dist: Dist, resumed: bool) -> None:
 
 
 def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Console | None = None) -> Path:
-    """Run (or resume) ``recipe.rl.rounds`` ReST-EM rounds into ``run_dir``; returns it.
+    """Run (or resume) ``recipe.rl.rounds`` ReST-EM rounds into ``run_dir`` (with
+    ``rl.algorithm: grpo | rloo``, ``rl.grpo.steps`` TRL steps instead: ``seal.grpo``); returns it.
 
     Works unlaunched (one process) and under ``accelerate launch`` / torchrun (see the module
     docstring); every rank calls it with the same recipe, and the main process's ``run_dir``
@@ -197,8 +206,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
 
     Raises:
         RecipeError: resuming with a recipe that differs in result-changing keys (the message
-            lists them), resuming a directory without a run, or a fresh run into a directory
-            that already holds one.
+            lists them), resuming a directory without a run, a fresh run into a directory
+            that already holds one, or GRPO / RLOO under more than one process.
         DataError: missing or malformed data files.
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
@@ -212,6 +221,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     config = recipe_to_dict(recipe)
     check_template(recipe.self_edit.template)
     passages = load_train_passages(recipe)  # validate the data before writing anything
+    if recipe.rl.algorithm != "restem" and dist.distributed:
+        raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
 
     def open_run() -> None:
         if resume:
@@ -226,6 +237,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     if resume:
         console.print(f"resuming {run.path}")
     where = f", {dist.world_size} processes ({dist.backend})" if dist.distributed else ""
+    if recipe.rl.algorithm != "restem":
+        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps)")
+        with progress_bar(console) as bar:
+            policy = run_grpo(recipe, run, passages, bar, console, dist)
+        write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+        return run.path
     console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.rounds} rounds{where})")
     policy = recipe.model.name_or_path
     with progress_bar(console) as bar:

@@ -134,10 +134,17 @@ def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]
     policy trained by SEAL writes *self*-generated data for the model it started from.
 
     Raises:
-        RecipeError: the directory is not a train run or has no finished round.
+        RecipeError: the directory is not a train run, has no finished round, or is a GRPO /
+            RLOO run (``rl.algorithm``), whose one policy is listed as a ``policy:`` source instead.
     """
 
     run = RunDir(run_dir)
+    algorithm = (run.recorded_config().get("rl") or {}).get("algorithm", "restem") if run.exists() else "restem"
+    if algorithm != "restem":
+        raise RecipeError(
+            f"bench.train_run: {run.path} is an rl.algorithm {algorithm} run (no rounds); list its final policy as a source instead: "
+            f"policy:{run.path / 'grpo' / 'policy'}"
+        )
     metrics = read_jsonl(run.path / "metrics.jsonl")
     if not metrics:
         raise RecipeError(f"bench.train_run: {run.path} has no finished round (no metrics.jsonl); run seal train first")

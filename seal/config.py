@@ -227,7 +227,7 @@ class EvaluateConfig(Section):
 
     source: str = Field(
         "passage",
-        description="'none' (base model), 'passage' (passage only), 'policy:<model dir or hub id>', 'file:<SEAL-format JSON>'.",
+        description="'none' (base model), 'passage' (passage only), 'policy:<model dir or hub id>', 'file:<SEAL-format JSON>', 'prompt:<template>', 'text:<one self-edit for every passage>'.",
     )
     n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
 

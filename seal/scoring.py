@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, fields
 from rich.console import Console
 
 from seal.arc.config import ArcSection
-from seal.arc.self_edit import read_configuration, ttt_texts
+from seal.arc.self_edit import configuration_hint, read_configuration, ttt_texts
 from seal.arc.tasks import ArcPassage
 from seal.config import InnerLoopConfig, QAConfig, SelfEditConfig
 from seal.data import Passage
 from seal.graders import grade
-from seal.hparams import AdapterSettings, ParsedSelfEdit, parse_self_edit
+from seal.hparams import AdapterSettings, ParsedSelfEdit, parse_self_edit, prompt_hint
 from seal.inner_loop import (
     AdapterJob,
     AdapterResult,
@@ -252,6 +252,14 @@ def arc_evaluation(
     texts = ttt_texts(passage.task, config.families, arc, derive_seed(seed, "arc-ttt") % 2**32)
     hparams = config.settings.resolve(inner) | {"families": list(config.families)}
     return Evaluation(key, passage, texts, seed, baseline_accuracy, config.settings, hparams)
+
+
+def self_edit_hint(self_edit: SelfEditConfig, arc: ArcSection | None = None) -> str:
+    """The self-edit prompt's hint: how to write an ARC configuration (with the recipe's ``arc``
+    section), else the hyperparameter block's (:func:`seal.hparams.prompt_hint`, "" when off)."""
+    if arc is not None:
+        return configuration_hint(self_edit.hparams, arc)
+    return prompt_hint(self_edit.hparams)
 
 
 def make_judge(qa: QAConfig):

@@ -26,13 +26,11 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.arc.self_edit import configuration_hint
 from seal.config import Recipe
 from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
-from seal.hparams import prompt_hint
 from seal.hparams import round_summary as hparams_round_summary
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
@@ -57,6 +55,7 @@ from seal.scoring import (
     make_judge,
     score_evaluations,
     self_edit_evaluation,
+    self_edit_hint,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
@@ -236,14 +235,6 @@ def open_round(round_: Round) -> None:
 # ----------------------------------------------------------------------------- 1. self-edits
 
 
-def self_edit_hint(recipe: Recipe) -> str:
-    """The self-edit prompt's hint: how to write an ARC configuration (``arc`` section), else
-    the hyperparameter block's (:func:`seal.hparams.prompt_hint`, "" when off)."""
-    if recipe.arc is not None:
-        return configuration_hint(recipe.self_edit.hparams, recipe.arc)
-    return prompt_hint(recipe.self_edit.hparams)
-
-
 @timed("self_edits_s")
 def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     """Step 1: ``self_edit.k`` self-edits per passage from the round's policy, sampled once and
@@ -251,7 +242,7 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     ``self_edit.batch_size`` passages (each seeded from the recipe seed, the round and its
     first passage's index)."""
     recipe, passages, config = round_.recipe, round_.passages, round_.recipe.self_edit
-    hint = self_edit_hint(recipe)
+    hint = self_edit_hint(config, recipe.arc)
     path = round_.dir / "self_edits.json"
     saved = round_.saved(path)
     if saved is not None:

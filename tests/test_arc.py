@@ -240,7 +240,8 @@ def test_recipes_load_and_marker_is_checked(data_root):
     root = Path(__file__).resolve().parents[1] / "recipes"
     tiny = load_recipe(root / "arc_tiny_cpu.yaml")
     gpu = load_recipe(root / "arc_llama3.2-1b_restem.yaml")
-    for recipe in (tiny, gpu):
+    benches = [load_recipe(root / name) for name in ("bench_arc_tiny_cpu.yaml", "bench_arc_llama3.2-1b.yaml")]
+    for recipe in (tiny, gpu, *benches):
         assert recipe.arc is not None and recipe.qa.grader == "grid" and recipe.qa.reward == "accuracy"
     with pytest.raises(RecipeError, match="answer_marker must be 'Test output:'"):
         load_recipe(root / "arc_tiny_cpu.yaml", ["inner.answer_marker=Answer"])
@@ -305,3 +306,29 @@ def test_tiny_arc_round_end_to_end(tiny_squad_model, data_root, tmp_path, monkey
             assert r["hparams"]["families"] == [["basic"], ["size"]][r["self_edit"]]
     metrics = json.loads((run / "round_0" / "metrics.json").read_text())
     assert metrics["n_failed"] == 2 and metrics["sft"]["rows"] == 2 and metrics["hparams"]["n_refused"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_tiny_arc_bench_compares_icl_and_a_written_configuration(tiny_squad_model, data_root, tmp_path):
+    """``seal bench`` on ARC: in-context learning (no training) against test-time training with
+    one hand-written configuration (a ``text:`` source), on one real 4x4 evaluation task."""
+    from pathlib import Path
+
+    from seal.bench.run import bench
+    from seal.config import parse_source
+    from seal.evaluate import source_self_edits
+
+    assert parse_source('text:{"basic": true}') == ("text", '{"basic": true}')
+    with pytest.raises(RecipeError, match="needs an argument"):
+        parse_source("text:")
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[1] / "recipes" / "bench_arc_tiny_cpu.yaml",
+        [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.eval_task_ids=[66e6c45b]",
+         'bench.sources=[{source: none, label: ICL}, {source: "text:{\\"basic\\": true, \\"epochs\\": 1}", label: oracle}]'],
+    )  # fmt: skip
+    assert source_self_edits(recipe.bench.sources[1].source, [None], recipe, 2, 0) == [['{"basic": true, "epochs": 1}'] * 2]
+    with one_thread():
+        out = bench(recipe, tmp_path / "bench")
+    results = json.loads((out / "results.json").read_text())
+    cells = {c["source"]: c for c in next(iter(results["protocols"]["single"]["tables"].values()))["cells"]}
+    assert set(cells) == {"ICL", "oracle"} and cells["oracle"]["n_failed"] == 0

@@ -36,6 +36,9 @@ class ArcSection(Section):
     )
     eval_solutions: str | None = Field(None, description="Solutions of data.eval_file (None: derived the same way).")
     task_ids: list[str] | None = Field(None, description="Train on these task ids of data.train_file, in this order (None: all; data.n_train_passages still cuts).")
+    eval_task_ids: list[str] | None = Field(
+        None, description="Evaluate on these task ids of data.eval_file, in this order (None: all; data.n_eval_passages still cuts)."
+    )
     families: list[Family] = Field(
         default_factory=lambda: list(FAMILIES), min_length=1, description="Augmentation families a configuration may switch on."
     )

@@ -261,7 +261,9 @@ def summarize(settings: list[dict]) -> dict:
     ``settings``: one resolved dict per self-edit (:meth:`AdapterSettings.resolve`). ``lr``
     is the geometric mean (learning rates are compared on a log scale), ``epochs`` the mean,
     ``loss_on`` and ``lora_rank`` the share of each value (keys as strings, sorted; shares
-    sum to 1). All None / empty when ``settings`` is empty.
+    sum to 1). All None / empty when ``settings`` is empty. With ARC configurations
+    (``seal.arc``: a ``families`` list per setting), ``families`` is the share of settings
+    that switched each family on.
     """
     n = len(settings)
 
@@ -269,13 +271,17 @@ def summarize(settings: list[dict]) -> dict:
         values = sorted({str(s[key]) for s in settings})
         return {v: sum(str(s[key]) == v for s in settings) / n for v in values}
 
-    return {
+    out = {
         "n": n,
         "lr": math.exp(sum(math.log(s["lr"]) for s in settings) / n) if n else None,
         "epochs": sum(s["epochs"] for s in settings) / n if n else None,
         "loss_on": shares("loss_on"),
         "lora_rank": shares("lora_rank"),
     }
+    if any("families" in s for s in settings):  # ARC configurations: how often each family was on
+        names = sorted({f for s in settings for f in s.get("families", [])})
+        out["families"] = {f: sum(f in s.get("families", []) for s in settings) / n for f in names}
+    return out
 
 
 def round_summary(chosen: dict[tuple[int, int], dict | None], kept: dict[int, list[int]]) -> dict:

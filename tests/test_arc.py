@@ -306,6 +306,7 @@ def test_tiny_arc_round_end_to_end(tiny_squad_model, data_root, tmp_path, monkey
             assert r["hparams"]["families"] == [["basic"], ["size"]][r["self_edit"]]
     metrics = json.loads((run / "round_0" / "metrics.json").read_text())
     assert metrics["n_failed"] == 2 and metrics["sft"]["rows"] == 2 and metrics["hparams"]["n_refused"] == 2
+    assert metrics["hparams"]["all"]["families"] == {"basic": 0.5, "size": 0.5}
 
 
 @pytest.mark.timeout(120)

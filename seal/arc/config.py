@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from seal.sections import Section
 
@@ -52,3 +52,10 @@ class ArcSection(Section):
     max_text_chars: int | None = Field(
         None, ge=16, description="Drop training texts longer than this (the reference drops those over 8192 tokens). None: keep all (inner.max_length still truncates)."
     )
+
+    @field_validator("leave_n")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"leave_n values must be >= 1, got {v}")
+        return v

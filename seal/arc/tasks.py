@@ -86,7 +86,8 @@ def _pairs(items: object, where: str, with_output: bool) -> list[tuple[Grid, Gri
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "input" not in item or (with_output and "output" not in item):
-            raise DataError(f"{where} {i}: expected an object with 'input'{' and output' if with_output else ''}")
+            fields = "'input' and 'output'" if with_output else "'input'"
+            raise DataError(f"{where} {i}: expected an object with {fields}")
         output = _grid(item["output"], f"{where} {i} output") if with_output else None
         out.append((_grid(item["input"], f"{where} {i} input"), output))
     return out

@@ -292,7 +292,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into (['a', 'b', 'c'], value), the value parsed as YAML.
 
     Raises:
-        RecipeError: no '=' or an empty key.
+        RecipeError: no '=', an empty key, or a value that is not YAML.
     """
     if "=" not in text:
         raise RecipeError(f"override {text!r} is not of the form key.path=value")
@@ -300,7 +300,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".")]
     if not all(parts):
         raise RecipeError(f"override {text!r} has an empty key")
-    return parts, yaml.safe_load(value) if value.strip() else None
+    try:
+        return parts, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:  # e.g. an unquoted JSON object: quote the value
+        raise RecipeError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); quote it") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:

@@ -245,6 +245,10 @@ def test_recipes_load_and_marker_is_checked(data_root):
         assert recipe.arc is not None and recipe.qa.grader == "grid" and recipe.qa.reward == "accuracy"
     with pytest.raises(RecipeError, match="answer_marker must be 'Test output:'"):
         load_recipe(root / "arc_tiny_cpu.yaml", ["inner.answer_marker=Answer"])
+    with pytest.raises(RecipeError, match="not valid YAML.*quote it"):  # a text: source's JSON needs quotes
+        load_recipe(root / "arc_tiny_cpu.yaml", ['evaluate.source=text:{"basic": true, "epochs": 1}'])
+    quoted = load_recipe(root / "arc_tiny_cpu.yaml", ["evaluate.source='text:{\"basic\": true}'"])
+    assert quoted.evaluate.source == 'text:{"basic": true}'
 
 
 def test_arc_evaluation_builds_the_training_set_and_masks_outputs(arc_tasks, tiny_squad_model):

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from seal.arc.config import ANSWER_MARKER, ArcSection
 from seal.bench.config import BenchConfig
 from seal.microworld.config import MicroworldSection
 from seal.prompts import check_qa_template
@@ -121,9 +122,13 @@ class QAConfig(Section):
 
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(64, ge=1, description="Question rows per generate() call.")
-    grader: Literal["exact", "f1", "contains", "judge"] = Field(
+    grader: Literal["exact", "f1", "contains", "judge", "grid"] = Field(
         "contains",
-        description="exact: SQuAD exact match; f1: token F1 (a score in [0, 1]); contains: normalized gold answer in the prediction; judge: LLM judge.",
+        description="exact: SQuAD exact match; f1: token F1 (a score in [0, 1]); contains: normalized gold answer in the prediction; judge: LLM judge; grid: the answer's leading grid equals the gold ARC grid exactly (seal.arc.grids).",
+    )
+    reward: Literal["gain", "accuracy"] = Field(
+        "gain",
+        description="A self-edit's reward: 'gain' (adapted minus baseline accuracy, the knowledge-incorporation reward, paper Section 4.2) or 'accuracy' (the adapted model's accuracy alone: ARC's 1 if solved else 0, Section 4.1; the baseline is still recorded).",
     )
     ungraded: Literal["skip", "wrong"] = Field(
         "skip",
@@ -273,7 +278,7 @@ class EvaluateConfig(Section):
 
     source: str = Field(
         "passage",
-        description="'none' (base model), 'passage' (passage only), 'policy:<model dir or hub id>', 'file:<SEAL-format JSON>'.",
+        description="'none' (base model), 'passage' (passage only), 'policy:<model dir or hub id>', 'file:<SEAL-format JSON>', 'prompt:<template>', 'text:<one self-edit for every passage>'.",
     )
     n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
 
@@ -295,6 +300,10 @@ class Recipe(Section):
     )
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
+    arc: ArcSection | None = Field(
+        None,
+        description="Few-shot ARC (seal/arc): data.train_file / eval_file are Kaggle-layout challenges files and self-edits are configurations (augmentations, lr, epochs, loss_on).",
+    )
     microworld: MicroworldSection | None = Field(
         None,
         description="Pretrain (or reuse) this synthetic world first (seal/microworld); '{microworld}' in the recipe's strings is its directory.",
@@ -315,6 +324,14 @@ class Recipe(Section):
                 f"rl.grpo.batch_size ({grpo.batch_size}) must divide prompts_per_step x num_generations "
                 f"({grpo.prompts_per_step} x {grpo.num_generations})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _arc_answer_marker(self) -> Recipe:
+        """ARC's 'loss on outputs only' is the answer-marker mask at the query's answer line."""
+        answer = self.inner.loss_on == "answer" or "answer" in (self.self_edit.hparams.loss_on or [])
+        if self.arc is not None and answer and self.inner.answer_marker != ANSWER_MARKER:
+            raise ValueError(f"with an arc section and loss_on 'answer', inner.answer_marker must be {ANSWER_MARKER!r}")
         return self
 
     @field_validator("name")
@@ -345,7 +362,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into (['a', 'b', 'c'], value), the value parsed as YAML.
 
     Raises:
-        RecipeError: no '=' or an empty key.
+        RecipeError: no '=', an empty key, or a value that is not YAML.
     """
     if "=" not in text:
         raise RecipeError(f"override {text!r} is not of the form key.path=value")
@@ -353,7 +370,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".")]
     if not all(parts):
         raise RecipeError(f"override {text!r} has an empty key")
-    return parts, yaml.safe_load(value) if value.strip() else None
+    try:
+        return parts, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:  # e.g. an unquoted JSON object: quote the value
+        raise RecipeError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); quote it") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:

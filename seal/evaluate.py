@@ -25,10 +25,10 @@ from statistics import fmean
 from rich.console import Console
 from rich.table import Table
 
+from seal.arc.tasks import load_arc_tasks, task_passage
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
-from seal.hparams import prompt_hint
 from seal.models import load_model, load_model_from_config
 from seal.prompts import check_template
 from seal.rundir import RunDir, append_jsonl, write_json_atomic
@@ -39,14 +39,19 @@ from seal.scoring import (
     make_judge,
     score_evaluations,
     self_edit_evaluation,
+    self_edit_hint,
 )
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
 
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:
-    """The evaluation passages named by the recipe."""
+    """The evaluation passages named by the recipe (with an ``arc`` section: the ARC tasks of
+    ``data.eval_file`` as passages, ``seal.arc.tasks``)."""
     data = recipe.data
+    if recipe.arc is not None:
+        tasks = load_arc_tasks(data.eval_file, recipe.arc.eval_solutions, data.root, recipe.arc.eval_task_ids, data.n_eval_passages)
+        return [task_passage(task) for task in tasks]
     if data.hf_dataset:
         return load_squad_from_hub(data.hf_dataset, "validation", data.n_eval_passages)
     return load_passages(data.eval_file, data.n_eval_passages, data.root)
@@ -57,7 +62,8 @@ def source_self_edits(
 ) -> list[list[str | None]]:
     """Per passage, the self-edits (completions) a source contributes; ``None`` means passage only.
 
-    ``none`` gives an empty list per passage (no training). ``base`` is an already loaded
+    ``none`` gives an empty list per passage (no training); ``text:<self-edit>`` that self-edit,
+    ``n`` times, for every passage. ``base`` is an already loaded
     ``(model, tokenizer)`` of the recipe's model, reused by ``prompt:`` sources.
 
     Sampling is seeded by ``seed`` and the template, not by the policy's path: every policy
@@ -73,6 +79,8 @@ def source_self_edits(
         return [[] for _ in passages]
     if kind == "passage":
         return [[None] for _ in passages]
+    if kind == "text":  # one hand-written self-edit for every passage (ARC: an oracle configuration)
+        return [[arg] * n for _ in passages]
     if kind == "file":
         src = load_passages(arg, root=recipe.data.root, require_questions=False)
         matched = match_self_edits(passages, src, str(arg))
@@ -89,7 +97,7 @@ def source_self_edits(
     out = sample_self_edits(
         model, tok, passages, template, n, self_edit_config.temperature, self_edit_config.top_p, self_edit_config.max_new_tokens,
         seed=derive_seed(seed, "evaluate", template), batch_size=self_edit_config.batch_size, chat=self_edit_config.chat_template,
-        hint=prompt_hint(self_edit_config.hparams),
+        hint=self_edit_hint(self_edit_config, recipe.arc),
     )  # fmt: skip
     if kind == "policy":
         del model
@@ -119,6 +127,7 @@ def evaluations_for(
             seed=derive_seed(seed, "adapter", p, e, rep),
             baseline_accuracy=baseline_accuracies[p] if baseline_accuracies is not None else None,
             template=template,
+            arc=recipe.arc,
         )
         for p in range(len(passages))
         for e, c in enumerate(edits[p])

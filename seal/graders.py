@@ -16,6 +16,8 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from seal.arc.grids import grids_match
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 
@@ -53,7 +55,7 @@ def contains(prediction: str, gold: str) -> float:
     return float(f" {g} " in f" {p} ")
 
 
-_LOCAL = {"exact": exact_match, "f1": token_f1, "contains": contains}
+_LOCAL = {"exact": exact_match, "f1": token_f1, "contains": contains, "grid": grids_match}
 
 
 def grade(
@@ -67,7 +69,7 @@ def grade(
 
     Args:
         questions, golds, predictions: equal-length sequences (one entry per question).
-        grader: 'exact', 'f1', 'contains' or 'judge'.
+        grader: 'exact', 'f1', 'contains', 'grid' (ARC: exact grid, ``seal.arc.grids.grids_match``) or 'judge'.
         judge: an object with ``grade(list[(question, gold, prediction)]) -> list[float | None]``
             (``seal.judge.LLMJudge``); required for 'judge'.
 
@@ -81,6 +83,6 @@ def grade(
             raise ValueError("grader 'judge' needs an LLM judge (qa.judge settings)")
         return judge.grade(list(zip(questions, golds, predictions, strict=True)))
     if grader not in _LOCAL:
-        raise ValueError(f"unknown grader {grader!r}; known: exact, f1, contains, judge")
+        raise ValueError(f"unknown grader {grader!r}; known: exact, f1, contains, grid, judge")
     fn = _LOCAL[grader]
     return [fn(p, g) for p, g in zip(predictions, golds, strict=True)]

@@ -198,6 +198,29 @@ def _check(raw: dict, space: HparamsConfig, text: bool) -> AdapterSettings:
     return AdapterSettings(**out)
 
 
+def read_block(block: str, space: HparamsConfig) -> dict:
+    """A block's text -> its keys and raw values, not yet checked (JSON values, or strings
+    with ``format: key-value``; :func:`check_settings` checks them).
+
+    Raises:
+        HparamsError: longer than ``space.max_chars``, or not parseable in ``space.format``.
+    """
+    if len(block) > space.max_chars:
+        raise HparamsError(f"block of {len(block)} characters exceeds max_chars={space.max_chars}")
+    return _read_json(block) if space.format == "json" else _read_key_values(block)
+
+
+def check_settings(raw: dict, space: HparamsConfig) -> AdapterSettings:
+    """:func:`read_block`'s keys and values checked against the declared space (``seal.arc``
+    checks its own keys and passes the rest here).
+
+    Raises:
+        HparamsError: an unknown or undeclared key, a wrong type, a non-finite number, or a
+            value outside the declared range / choices.
+    """
+    return _check(raw, space, text=space.format == "key-value")
+
+
 def parse_block(block: str, space: HparamsConfig) -> AdapterSettings:
     """A block's text -> its validated settings.
 
@@ -206,11 +229,7 @@ def parse_block(block: str, space: HparamsConfig) -> AdapterSettings:
             an unknown or undeclared key, a wrong type, a non-finite number, or a value
             outside the declared range / choices. The message is the reason.
     """
-    if len(block) > space.max_chars:
-        raise HparamsError(f"block of {len(block)} characters exceeds max_chars={space.max_chars}")
-    if space.format == "json":
-        return _check(_read_json(block), space, text=False)
-    return _check(_read_key_values(block), space, text=True)
+    return check_settings(read_block(block, space), space)
 
 
 def parse_self_edit(text: str, space: HparamsConfig) -> ParsedSelfEdit:
@@ -242,7 +261,9 @@ def summarize(settings: list[dict]) -> dict:
     ``settings``: one resolved dict per self-edit (:meth:`AdapterSettings.resolve`). ``lr``
     is the geometric mean (learning rates are compared on a log scale), ``epochs`` the mean,
     ``loss_on`` and ``lora_rank`` the share of each value (keys as strings, sorted; shares
-    sum to 1). All None / empty when ``settings`` is empty.
+    sum to 1). All None / empty when ``settings`` is empty. With ARC configurations
+    (``seal.arc``: a ``families`` list per setting), ``families`` is the share of settings
+    that switched each family on.
     """
     n = len(settings)
 
@@ -250,13 +271,17 @@ def summarize(settings: list[dict]) -> dict:
         values = sorted({str(s[key]) for s in settings})
         return {v: sum(str(s[key]) == v for s in settings) / n for v in values}
 
-    return {
+    out = {
         "n": n,
         "lr": math.exp(sum(math.log(s["lr"]) for s in settings) / n) if n else None,
         "epochs": sum(s["epochs"] for s in settings) / n if n else None,
         "loss_on": shares("loss_on"),
         "lora_rank": shares("lora_rank"),
     }
+    if any("families" in s for s in settings):  # ARC configurations: how often each family was on
+        names = sorted({f for s in settings for f in s.get("families", [])})
+        out["families"] = {f: sum(f in s.get("families", []) for s in settings) / n for f in names}
+    return out
 
 
 def round_summary(chosen: dict[tuple[int, int], dict | None], kept: dict[int, list[int]]) -> dict:
@@ -278,19 +303,25 @@ def round_summary(chosen: dict[tuple[int, int], dict | None], kept: dict[int, li
 # ----------------------------------------------------------------------------- prompt
 
 
-def prompt_hint(space: HparamsConfig) -> str:
-    """The paragraph the self-edit prompt gains (``space.prompt_hint``): where the block goes,
-    its format and the declared space. "" when hyperparameter self-edits are off, the hint is
-    off, or nothing is declared (the prompt is then the template's alone)."""
-    if not (space.enabled and space.prompt_hint) or not space.declared():
-        return ""
+def space_description(space: HparamsConfig) -> str:
+    """The declared keys and their allowed values, e.g. ``lr: a number from 1e-05 to 0.001;
+    epochs: an integer from 1 to 5`` ("" when nothing is declared)."""
     choices = {
         "lr": lambda r: f"a number from {r.min:g} to {r.max:g}",
         "epochs": lambda r: f"an integer from {r.min} to {r.max}",
         "loss_on": lambda c: "one of " + ", ".join(f'"{v}"' for v in c),
         "lora_rank": lambda c: "one of " + ", ".join(str(v) for v in c),
     }
-    keys = "; ".join(f"{k}: {choices[k](getattr(space, k))}" for k in space.declared())
+    return "; ".join(f"{k}: {choices[k](getattr(space, k))}" for k in space.declared())
+
+
+def prompt_hint(space: HparamsConfig) -> str:
+    """The paragraph the self-edit prompt gains (``space.prompt_hint``): where the block goes,
+    its format and the declared space. "" when hyperparameter self-edits are off, the hint is
+    off, or nothing is declared (the prompt is then the template's alone)."""
+    if not (space.enabled and space.prompt_hint) or not space.declared():
+        return ""
+    keys = space_description(space)
     if space.format == "json":
         form = 'a JSON object such as {"' + space.declared()[0] + '": ...}'
     else:

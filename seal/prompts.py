@@ -26,6 +26,9 @@ TEMPLATES: dict[str, str] = {
         "Let's read the following passage and rewrite it in a few different ways, each one "
         "separated by a newline.\n\n" + _PASSAGE + "Rewritten passages:\n"
     ),
+    # ARC (seal.arc): the context is the task's demonstrations; the hint
+    # (seal.arc.self_edit.configuration_hint) says how to write the configuration.
+    "arc-config": "Here are the examples of a grid puzzle.\n\n{context}\n\nConfiguration:\n",
     "self-qa": (
         "Let's read the following passage and rewrite it in a question-answer format.\n\n"
         + _PASSAGE
@@ -40,6 +43,8 @@ QA_TEMPLATES: dict[str, str] = {
     # One line, the form of a question-answer self-edit line ("Q: ... A: ..."): the
     # microworld's format (seal/microworld), where training texts are "{title}\n{line}".
     "qa-line": "{title}\nQ: {question} A:",
+    # ARC: the question is the whole query (seal.arc.tasks.query_text), asked as it is.
+    "arc": "{question}",
 }
 
 

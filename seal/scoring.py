@@ -18,10 +18,13 @@ from dataclasses import dataclass, field, fields
 
 from rich.console import Console
 
+from seal.arc.config import ArcSection
+from seal.arc.self_edit import configuration_hint, read_configuration, ttt_texts
+from seal.arc.tasks import ArcPassage
 from seal.config import InnerLoopConfig, QAConfig, SelfEditConfig
 from seal.data import Passage
 from seal.graders import grade
-from seal.hparams import AdapterSettings, ParsedSelfEdit, parse_self_edit
+from seal.hparams import AdapterSettings, ParsedSelfEdit, parse_self_edit, prompt_hint
 from seal.inner_loop import (
     AdapterJob,
     AdapterResult,
@@ -32,6 +35,7 @@ from seal.inner_loop import (
 )
 from seal.prompts import qa_prompt
 from seal.rewards import accuracy, reward
+from seal.seeding import derive_seed
 from seal.self_edits import train_texts
 
 
@@ -123,7 +127,8 @@ class EvaluationRecord(JournalRecord):
         key: the evaluation's identity fields (:attr:`Evaluation.key`), first in the JSON.
         passage_id: the passage's stable id.
         seed: the adapter's seed.
-        reward: adapted minus baseline accuracy, in [-1, 1]; ``inner.failure_reward`` (None
+        reward: adapted minus baseline accuracy, in [-1, 1] (with ``qa.reward: accuracy``, the
+            adapted accuracy alone, in [0, 1]); ``inner.failure_reward`` (None
             or a number) when the evaluation failed; None when either accuracy is unknown.
         adapter_accuracy: the adapted model's accuracy (fraction; None: failed or ungraded).
         baseline_accuracy: the un-adapted model's accuracy on the same questions.
@@ -165,7 +170,8 @@ class EvaluationRecord(JournalRecord):
             return cls.failed(evaluation, result.error, result.seconds, failure_reward, result)
         scores = grade_answers(evaluation.passage, result.answers, qa, judge)
         adapter_accuracy = accuracy(scores, qa.ungraded)
-        return cls._of(evaluation, result, scores, adapter_accuracy, reward(adapter_accuracy, evaluation.baseline_accuracy))
+        gain = adapter_accuracy if qa.reward == "accuracy" else reward(adapter_accuracy, evaluation.baseline_accuracy)
+        return cls._of(evaluation, result, scores, adapter_accuracy, gain)
 
     @classmethod
     def failed(
@@ -205,12 +211,15 @@ class EvaluationRecord(JournalRecord):
 
 def self_edit_evaluation(
     key: dict, passage: Passage, completion: str | None, self_edit: SelfEditConfig, inner: InnerLoopConfig, seed: int,
-    baseline_accuracy: float | None = None, template: str | None = None,
+    baseline_accuracy: float | None = None, template: str | None = None, arc: ArcSection | None = None,
 ) -> Evaluation:  # fmt: skip
     """The evaluation of one self-edit (``completion``; None: the passage alone): its training
     texts (``train_texts``, template ``template`` or ``self_edit.template``) and, with
     ``self_edit.hparams.enabled``, the settings of its hyperparameter block, read by
-    :func:`seal.hparams.parse_self_edit` (a refused block: ``invalid`` set to the reason)."""
+    :func:`seal.hparams.parse_self_edit` (a refused block: ``invalid`` set to the reason).
+    An ARC task (``arc`` given and an :class:`~seal.arc.tasks.ArcPassage`): :func:`arc_evaluation`."""
+    if arc is not None and isinstance(passage, ArcPassage):
+        return arc_evaluation(key, passage, completion, self_edit, inner, seed, arc, baseline_accuracy)
     template = template or self_edit.template
     parsed = parse_self_edit(completion, self_edit.hparams) if completion else ParsedSelfEdit(completion, AdapterSettings())
     enabled = self_edit.hparams.enabled
@@ -224,6 +233,33 @@ def self_edit_evaluation(
         hparams=parsed.settings.resolve(inner) if enabled and parsed.settings is not None else None,
         invalid=parsed.error,
     )
+
+
+def arc_evaluation(
+    key: dict, passage: ArcPassage, completion: str | None, self_edit: SelfEditConfig, inner: InnerLoopConfig, seed: int,
+    arc: ArcSection, baseline_accuracy: float | None = None,
+) -> Evaluation:  # fmt: skip
+    """The evaluation of one ARC configuration (``seal.arc.self_edit``): its test-time-training
+    texts (:func:`seal.arc.self_edit.ttt_texts`, seeded from the adapter's seed) and settings;
+    ``hparams`` records the resolved settings plus ``families``. ``completion`` None: no
+    training (the in-context answer). A configuration that does not parse or leaves the
+    declared space: ``invalid`` set to the reason (a failure, reward ``inner.failure_reward``)."""
+    if completion is None:
+        return Evaluation(key, passage, [], seed, baseline_accuracy, AdapterSettings())
+    config, error = read_configuration(completion, self_edit.hparams, arc)
+    if config is None:
+        return Evaluation(key, passage, [], seed, baseline_accuracy, None, None, invalid=error)
+    texts = ttt_texts(passage.task, config.families, arc, derive_seed(seed, "arc-ttt") % 2**32)
+    hparams = config.settings.resolve(inner) | {"families": list(config.families)}
+    return Evaluation(key, passage, texts, seed, baseline_accuracy, config.settings, hparams)
+
+
+def self_edit_hint(self_edit: SelfEditConfig, arc: ArcSection | None = None) -> str:
+    """The self-edit prompt's hint: how to write an ARC configuration (with the recipe's ``arc``
+    section), else the hyperparameter block's (:func:`seal.hparams.prompt_hint`, "" when off)."""
+    if arc is not None:
+        return configuration_hint(self_edit.hparams, arc)
+    return prompt_hint(self_edit.hparams)
 
 
 def make_judge(qa: QAConfig):

@@ -166,20 +166,21 @@ HPARAM_KEYS = ("lr", "epochs", "loss_on", "lora_rank")
 
 
 #: Kinds of source of inner-loop training data (``seal evaluate``'s ``evaluate.source``, ``seal bench``'s sources).
-SOURCE_KINDS = ("none", "passage", "file", "policy", "prompt")
+SOURCE_KINDS = ("none", "passage", "file", "policy", "prompt", "text")
 
 
 def parse_source(source: str) -> tuple[str, str | None]:
-    """Split a source of inner-loop training data, ``kind:arg``, into (kind, arg).
+    """Split a source of inner-loop training data, ``kind:arg``, into (kind, arg) (``text:``'s
+    argument, one self-edit written out, may itself hold colons: only the first one splits).
 
     Raises:
         RecipeError: unknown kind, or a missing/extra argument.
     """
     kind, _, arg = source.partition(":")
     if kind not in SOURCE_KINDS:
-        raise RecipeError(f"unknown source {source!r}; expected one of none, passage, file:<path>, policy:<model>, prompt:<template>")
+        raise RecipeError(f"unknown source {source!r}; expected one of none, passage, file:<path>, policy:<model>, prompt:<template>, text:<self-edit>")
     if kind in ("none", "passage") and arg:
         raise RecipeError(f"source {kind!r} takes no argument (got {source!r})")
-    if kind in ("file", "policy", "prompt") and not arg:
+    if kind in ("file", "policy", "prompt", "text") and not arg:
         raise RecipeError(f"source {source!r} needs an argument: {kind}:<...>")
     return kind, arg or None

@@ -31,7 +31,6 @@ from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
-from seal.hparams import prompt_hint
 from seal.hparams import round_summary as hparams_round_summary
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
@@ -56,6 +55,7 @@ from seal.scoring import (
     make_judge,
     score_evaluations,
     self_edit_evaluation,
+    self_edit_hint,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
@@ -121,7 +121,8 @@ class Round:
     @property
     def domain(self) -> str:
         """``"microworld"`` (self-edits have exact styles and fact values, ``seal.diagnostics``)
-        when the recipe has a ``microworld`` section, else ``"text"``."""
+        when the recipe has a ``microworld`` section, else ``"text"`` (ARC's configurations
+        included: their diagnostics are of the text kind)."""
         return "microworld" if self.recipe.microworld is not None else "text"
 
     def share(self) -> str:
@@ -241,16 +242,17 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     ``self_edit.batch_size`` passages (each seeded from the recipe seed, the round and its
     first passage's index)."""
     recipe, passages, config = round_.recipe, round_.passages, round_.recipe.self_edit
+    hint = self_edit_hint(config, recipe.arc)
     path = round_.dir / "self_edits.json"
     saved = round_.saved(path)
     if saved is not None:
-        return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template, prompt_hint(config.hparams))
+        return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template, hint)
 
     def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
         drawn = generate_self_edits(
             round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
             config.top_p, config.max_new_tokens, seed=derive_seed(recipe.seed, "round", round_.index),
-            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit, hint=prompt_hint(config.hparams),
+            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit, hint=hint,
         )  # fmt: skip
         return dict(zip(unit, drawn, strict=True))
 
@@ -328,6 +330,7 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
             inner=recipe.inner,
             seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
             baseline_accuracy=baseline_records[p].accuracy,
+            arc=recipe.arc,
         )
         for p in range(len(passages))
         for e, self_edit in enumerate(self_edits[p])

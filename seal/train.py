@@ -93,6 +93,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from seal.arc.tasks import load_arc_tasks, task_passage
 from seal.config import (
     RESULT_NEUTRAL_KEYS,
     Recipe,
@@ -141,8 +142,13 @@ after the first) across different numbers of processes, see the module docstring
 
 
 def load_train_passages(recipe: Recipe) -> list[Passage]:
-    """The RL training passages named by the recipe (files, or the hub when ``data.hf_dataset``)."""
+    """The RL training passages named by the recipe (files, or the hub when ``data.hf_dataset``);
+    with an ``arc`` section, the ARC tasks of ``data.train_file`` as passages (``seal.arc.tasks``)."""
     data = recipe.data
+    if recipe.arc is not None:
+        arc = recipe.arc
+        tasks = load_arc_tasks(data.train_file, arc.train_solutions, data.root, arc.task_ids, data.n_train_passages)
+        return [task_passage(task) for task in tasks]
     if data.hf_dataset:
         return load_squad_from_hub(data.hf_dataset, "train", data.n_train_passages)
     return load_passages(data.train_file, data.n_train_passages, data.root)

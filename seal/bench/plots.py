@@ -167,7 +167,8 @@ def rounds_plot(table: dict, rounds: dict[str, int], train_metrics: list[dict], 
         train_metrics: ``metrics.jsonl`` rows of the ``seal train`` run (may be empty).
     """
     cells = {c["source"]: c for c in table["cells"]}
-    pts = sorted((r, cells[s]) for s, r in rounds.items() if s in cells)
+    # A row none of whose evaluations could be scored (e.g. every self-edit refused) has no accuracy: no point.
+    pts = sorted((r, cells[s]) for s, r in rounds.items() if s in cells and cells[s]["accuracy"] is not None)
     fig, axes = plt.subplots(1, 2 if train_metrics else 1, figsize=(11 if train_metrics else 6.5, 4.2), squeeze=False)
     ax = axes[0][0]
     xs = [r for r, _ in pts]

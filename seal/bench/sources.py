@@ -21,7 +21,7 @@ from seal.rundir import RunDir, read_jsonl, resolve_policy
 from seal.seeding import derive_seed
 
 # Kinds whose self-edits are read or built without a model (cheap: resolved during the checks).
-OFFLINE_KINDS = ("none", "passage", "file")
+OFFLINE_KINDS = ("none", "passage", "file", "text")
 
 
 @dataclass

@@ -1,0 +1,220 @@
+"""ARC self-edits: a configuration, read as data, and the test-time-training set it builds.
+
+The policy reads a task's demonstrations and writes a configuration (paper Section 4.1; the
+reference's ``few-shot/utils/prompts.py``). With ``self_edit.hparams.format: json``::
+
+    {"basic": true, "size": false, "chain": false, "repeat": true,
+     "lr": 0.0001, "epochs": 3, "loss_on": "answer"}
+
+or, with ``format: key-value``, one ``key: value`` per line (``basic: true``). The whole
+self-edit is the configuration (no marker line; a surrounding Markdown code fence is
+removed). The reference's nested form is read too (JSON only)::
+
+    {"data_generation": {"use_basic_augmentations": true, ...},
+     "training": {"strategy": "train_using_output_tokens", "learning_rate": 0.0001, "num_train_epochs": 3}}
+
+``basic``/``size``/``chain``/``repeat`` switch augmentation families on (``seal.arc.augment``;
+a family left out is off; one the recipe's ``arc.families`` does not allow may not be on).
+The optimisation keys (``lr``, ``epochs``, ``loss_on``; ``lora_rank`` if declared) are checked
+by :func:`seal.hparams.check_settings` against ``self_edit.hparams``; one left out takes the
+recipe's ``inner`` value. ``loss_on: answer`` is the inner loop's answer-marker mask with
+``inner.answer_marker: "Test output:"`` (loss on the test output grid only, the reference's
+``train_using_output_tokens``). Any problem is the evaluation's failure with its reason
+(the reference instead resamples unparseable configurations and trains 0 epochs on invalid
+ones); nothing is clamped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from seal.arc.augment import Augmentation, family, permute_colors
+from seal.arc.config import FAMILIES, ArcSection
+from seal.arc.tasks import ArcTask, Example, example_text
+from seal.hparams import (
+    HPARAM_KEYS,
+    AdapterSettings,
+    HparamsConfig,
+    HparamsError,
+    check_settings,
+    read_block,
+    space_description,
+)
+
+#: The reference's nested keys -> ours (``data_generation`` and ``training`` objects).
+_REFERENCE_KEYS = {
+    "use_basic_augmentations": "basic",
+    "use_size_augmentations": "size",
+    "use_chain_augmentations": "chain",
+    "use_repeat_augmentations": "repeat",
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "strategy": "loss_on",
+}
+_STRATEGIES = {"train_using_all_tokens": "all", "train_using_output_tokens": "answer"}
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """A parsed configuration: ``families`` on (in :data:`FAMILIES` order) and the optimisation
+    ``settings`` (None fields: the recipe's ``inner`` values)."""
+
+    families: tuple[str, ...]
+    settings: AdapterSettings
+
+
+def _unfence(text: str) -> str:
+    """The text inside a Markdown code fence (```json ... ```), else the text, stripped."""
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        text = text.rsplit("```", 1)[0]
+    return text.strip()
+
+
+def _flatten_reference(raw: dict) -> dict:
+    """The reference's nested object as flat keys (other objects unchanged)."""
+    if not ({"data_generation", "training"} & set(raw)):
+        return raw
+    flat: dict = {}
+    for section, value in raw.items():
+        if section not in ("data_generation", "training") or not isinstance(value, dict):
+            raise HparamsError(f"unknown key {str(section)[:32]!r} in the nested form (data_generation, training)")
+        for key, v in value.items():
+            if key not in _REFERENCE_KEYS:
+                raise HparamsError(f"unknown key {str(key)[:40]!r} in {section}")
+            if key == "strategy":
+                if v not in _STRATEGIES:
+                    raise HparamsError(f"strategy {str(v)[:40]!r} not one of {list(_STRATEGIES)}")
+                v = _STRATEGIES[v]
+            flat[_REFERENCE_KEYS[key]] = v
+    return flat
+
+
+def _switch(key: str, value, text: bool) -> bool:
+    if text and value in ("true", "false"):
+        return value == "true"
+    if not isinstance(value, bool):
+        raise HparamsError(f"{key} must be true or false, got {str(value)[:40]!r}")
+    return value
+
+
+def parse_configuration(text: str, space: HparamsConfig, arc: ArcSection) -> Configuration:
+    """A configuration self-edit -> its families and settings (module docstring).
+
+    Raises:
+        HparamsError: longer than ``space.max_chars``, not parseable, an unknown key, a family
+            switch that is not a boolean or not allowed by ``arc.families``, or an
+            optimisation key :func:`seal.hparams.check_settings` refuses. The message is the reason.
+    """
+    raw = read_block(_unfence(text), space)
+    if space.format == "json":
+        raw = _flatten_reference(raw)
+    unknown = [k for k in raw if k not in FAMILIES and k not in HPARAM_KEYS]
+    if unknown:
+        raise HparamsError(f"unknown key {str(unknown[0])[:32]!r} (known: {', '.join((*FAMILIES, *HPARAM_KEYS))})")
+    on = []
+    for name in FAMILIES:
+        if name in raw and _switch(name, raw[name], space.format == "key-value"):
+            if name not in arc.families:
+                raise HparamsError(f"augmentation family {name!r} is not allowed (allowed: {', '.join(arc.families)})")
+            on.append(name)
+    settings = check_settings({k: v for k, v in raw.items() if k in HPARAM_KEYS}, space)
+    return Configuration(tuple(on), settings)
+
+
+def read_configuration(text: str, space: HparamsConfig, arc: ArcSection) -> tuple[Configuration | None, str | None]:
+    """:func:`parse_configuration` that never raises: (configuration, None) or (None, reason)."""
+    try:
+        return parse_configuration(text, space, arc), None
+    except HparamsError as e:
+        return None, f"arc config: {e}"
+
+
+def configuration_hint(space: HparamsConfig, arc: ArcSection) -> str:
+    """The paragraph of the self-edit prompt that says how to write a configuration: the
+    family switches the recipe allows and the declared optimisation space."""
+    described = {
+        "basic": "rotations, flips, reflections, a translation, transposition",
+        "size": "grids upscaled 2x in height, width or both",
+        "chain": "a rotation, flip or transposition, then a 2x upscale",
+        "repeat": "grids tiled 2x",
+    }
+    families = "; ".join(f"{f}: {described[f]}" for f in arc.families)
+    form = "a JSON object" if space.format == "json" else "one 'key: value' per line"
+    space_text = space_description(space)
+    return (
+        f"Configure how a model is trained on this task's examples. Write only {form} with the keys "
+        f"{', '.join(arc.families)} (true or false: augmentations that make more training examples; {families})"
+        + (f" and {space_text}" if space_text else "")
+        + "."
+    )
+
+
+# ----------------------------------------------------------------------------- the training set
+
+
+Leaveout = tuple[tuple[Example, ...], Example]  # (demonstrations, held-out example)
+
+
+def leave_out_tasks(train: tuple[Example, ...], leave_n: list[int]) -> list[Leaveout]:
+    """The reference's leave-n-out tasks (``get_test_time_train_data``): for each n and each
+    demonstration i, i is the test example and, for every choice of n-1 others, those are
+    dropped; the rest (kept in order) are the demonstrations. Tasks left without a
+    demonstration are skipped."""
+    out = []
+    for n in leave_n:
+        for i in range(len(train)):
+            others = [j for j in range(len(train)) if j != i]
+            for dropped in itertools.combinations(others, n - 1):
+                kept = tuple(train[j] for j in others if j not in dropped)
+                if kept:
+                    out.append((kept, train[i]))
+    return out
+
+
+def _augment(task: Leaveout, aug: Augmentation) -> Leaveout:
+    def ex(e: Example) -> Example:
+        return Example(aug.apply(e.input), aug.apply(e.output))
+
+    return tuple(ex(e) for e in task[0]), ex(task[1])
+
+
+def _fits(task: Leaveout) -> bool:
+    return all(len(g) <= 30 and len(g[0]) <= 30 for e in (*task[0], task[1]) for g in (e.input, e.output))
+
+
+def ttt_tasks(task: ArcTask, families: tuple[str, ...], arc: ArcSection, seed: int) -> list[Leaveout]:
+    """The test-time-training tasks of ``task`` under a configuration (the reference's
+    ``get_test_time_train_data``): the leave-n-out tasks, each under every augmentation of
+    the chosen families (tasks with a side over 30 dropped), then ``arc.permute_n`` copies of
+    each with a random colour permutation (only when a family is on) and a random order of
+    demonstrations; duplicates removed, first occurrence kept. Seeded by ``seed``."""
+    rng = np.random.default_rng(seed)
+    initial = leave_out_tasks(task.train, arc.leave_n)
+    augs = [a for name in families for a in family(name, rng)]
+    augmented = [t for aug in augs for t in (_augment(u, aug) for u in initial) if _fits(t)]
+    pool = list(dict.fromkeys([*augmented, *initial]))
+    permuted = []
+    for _ in range(arc.permute_n):
+        for demos, test in pool:
+            if augs:
+                demos, test = _augment((demos, test), permute_colors(rng))
+            order = rng.permutation(len(demos))
+            permuted.append((tuple(demos[int(k)] for k in order), test))
+    return list(dict.fromkeys([*permuted, *pool]))
+
+
+def ttt_texts(task: ArcTask, families: tuple[str, ...], arc: ArcSection, seed: int) -> list[str]:
+    """The training texts of :func:`ttt_tasks` (:func:`seal.arc.tasks.example_text`), those over
+    ``arc.max_text_chars`` dropped, at most ``arc.max_train_texts`` (a seeded sample, in order)."""
+    texts = [example_text(demos, test) for demos, test in ttt_tasks(task, families, arc, seed)]
+    if arc.max_text_chars is not None:
+        texts = [t for t in texts if len(t) <= arc.max_text_chars]
+    if len(texts) > arc.max_train_texts:
+        keep = np.random.default_rng(seed + 1).choice(len(texts), arc.max_train_texts, replace=False)
+        texts = [texts[i] for i in sorted(int(k) for k in keep)]
+    return texts

@@ -96,6 +96,7 @@ from seal.config import InnerLoopConfig
 from seal.hparams import AdapterSettings
 from seal.multi_lora import LoraBank, StackedAdamW, adapter_bank, clip_grad_norms_, frozen
 from seal.seeding import derive_seed
+from seal.sharding import ShardingError, is_sharded, no_grad_for, run_forward
 
 
 @dataclass
@@ -362,13 +363,18 @@ def _loss_logits(model, batch: _Batch, pad_mask: bool) -> torch.Tensor:
     left out: a real token's causal attention never reaches a pad (pads come after it), so
     its output is the same, and attention takes the fast causal path instead of a dense
     (rows, 1, T, T) mask. Loss on pads (the reference mode) needs the mask.
+    A sharded base (``model.shard: fsdp``) runs the backbone and head as one FSDP forward
+    (:func:`seal.sharding.run_forward`).
     """
     mask = batch.attention_mask if pad_mask else None
     split = _split_model(model)
     if split is None:
         out = model(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)
         return _at_loss_positions(out.logits, batch)
-    backbone, head = split
+    return run_forward(model, _split_loss_logits, *split, batch, mask)
+
+
+def _split_loss_logits(backbone, head, batch: _Batch, mask: torch.Tensor | None) -> torch.Tensor:
     hidden = backbone(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)[0]
     return head(_at_loss_positions(hidden, batch))
 
@@ -635,11 +641,23 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-@torch.inference_mode()
 def _greedy_batch(
     model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos: torch.Tensor
 ) -> list[list[int]]:
-    """Greedy continuations (token ids, EOS excluded) of left-padded prompts, with the KV cache."""
+    """Greedy continuations (token ids, EOS excluded) of left-padded prompts, with the KV cache.
+
+    Under ``torch.inference_mode`` (``torch.no_grad`` for a sharded base,
+    :func:`seal.sharding.no_grad_for`). With a sharded base every rank must call this with
+    the same prompts: each decoding step is a forward pass that all-gathers weights, and the
+    ranks stop at the same step because they compute the same tokens.
+    """
+    with no_grad_for(model):
+        return _greedy_tokens(model, prompts, max_new_tokens, pad_id, eos)
+
+
+def _greedy_tokens(
+    model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos: torch.Tensor
+) -> list[list[int]]:
     if max_new_tokens < 1:
         return [[] for _ in prompts]
     device = eos.device
@@ -721,7 +739,7 @@ def generate_answers(
                 if slots is not None
                 else [-1] * len(ids[start : start + batch_size])
             )
-            with torch.inference_mode():
+            with no_grad_for(model):
                 bank.set_rows(torch.tensor(routed))
         try:
             answers += _greedy_batch(
@@ -935,9 +953,12 @@ def train_and_merge(
     Raises:
         InnerLoopError: training failed (no trainable token, non-finite loss or
             gradient); the model is then left unchanged.
+        seal.sharding.ShardingError: the model is sharded (``model.shard: fsdp``).
     """
     if not texts:
         return []
+    if is_sharded(model):
+        raise ShardingError("train_and_merge writes the base weights; it does not support a sharded base (model.shard: fsdp)")
     with adapter_bank(model, cfg.lora, 1) as bank:
         (st,) = train_bank(model, tokenizer, bank, [list(texts)], [seed], cfg)
         if st.error is not None:

@@ -106,6 +106,23 @@ def test_two_processes_equal_one(one_process, tiny_squad_model, data_root, tmp_p
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_two_processes_sharded_equal_one(one_process, tiny_squad_model, data_root, tmp_path):
+    """``model.shard=fsdp``: the round's models are sharded over both processes (FSDP2), which
+    sample, answer and evaluate everything in step; the main process alone journals, and the
+    journal and round metrics equal the unsharded one-process run's."""
+    run = tmp_path / "run"
+    res = run_cli(accelerate_cmd(2, tiny_overrides(tiny_squad_model, data_root, model__shard="fsdp"), run_dir=run), timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "sharded over 2 processes (FSDP2" in res.stdout
+    assert journal(run) == journal(one_process)
+    assert without_sft(metrics(run)) == without_sft(metrics(one_process))
+    m = json.loads((run / "round_0" / "metrics.json").read_text())
+    assert m["timing"]["evaluations_computed_by_rank"] == [6]  # every rank ran all 6, rank 0 recorded
+    assert not list(run.glob("journal.rank*.jsonl"))
+
+
+@pytest.mark.distributed
 @pytest.mark.faults
 @pytest.mark.timeout(300)
 def test_killed_two_process_run_resumes_with_one(one_process, tiny_squad_model, data_root, tmp_path):

@@ -96,7 +96,14 @@ from seal.config import InnerLoopConfig
 from seal.hparams import AdapterSettings
 from seal.multi_lora import LoraBank, StackedAdamW, adapter_bank, clip_grad_norms_, frozen
 from seal.seeding import derive_seed
-from seal.sharding import ShardingError, is_sharded, no_grad_for, run_forward
+from seal.sharding import (
+    ShardingError,
+    all_ranks_agree,
+    copy_from_main,
+    is_sharded,
+    no_grad_for,
+    run_forward,
+)
 
 
 @dataclass
@@ -491,7 +498,8 @@ class _BankTrainer:
             return False
         sums, counts, finite, host_counts = self._accumulate_gradients(rows, starts, slots)
         norms = clip_grad_norms_(self.bank.params.grad, self.cfg.max_grad_norm)
-        ok = (counts > 0) & finite & torch.isfinite(norms)
+        # A sharded base: a slot steps only if it may on every rank (the ranks' rows must match).
+        ok = all_ranks_agree(self.model, (counts > 0) & finite & torch.isfinite(norms))
         self.opt.step(_learning_rates(self.cfg, self.peak_lr, self.opt.steps, self.total_steps), ok)
         self.loss_sums += torch.where(ok, sums.to(torch.float64), 0.0)
         finite_host, ok_host = torch.stack([finite, ok]).tolist()
@@ -683,7 +691,8 @@ def _greedy_tokens(
         nxt = out.logits[:, -1].argmax(-1).masked_fill(done, pad_id)
         tokens.append(nxt)
         done |= torch.isin(nxt, eos)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        # A sharded base: every rank runs the next forward unless all ranks are done.
+        if step == max_new_tokens - 1 or bool(all_ranks_agree(model, done.all())):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
@@ -855,6 +864,7 @@ def _run_chunk(
         model, tokenizer, bank, [j.texts for j in chunk], [j.seed for j in chunk], cfg,
         settings=[j.settings for j in chunk],
     )  # fmt: skip
+    copy_from_main(model, bank.params)  # a sharded base: answer with the main process's adapters
     prompts, slots, owners = [], [], []
     for i, (job, st) in enumerate(zip(chunk, stats, strict=True)):
         if st.error is None:

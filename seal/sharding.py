@@ -16,6 +16,16 @@ same gradients, bit for bit, so the banks stay equal without any all-reduce, and
 main process records results. The cost: no speed-up from more GPUs (each evaluation takes
 about what it takes on one GPU, plus the all-gathers); the gain is memory.
 
+Keeping the ranks in step on GPUs. The same inputs give the same forward outputs, but some
+CUDA backward kernels add in a nondeterministic order (``index_add``, atomics), so the
+replicated banks may drift apart by rounding; the control flow must not. Three small
+collectives see to it (all no-ops unless the model is sharded): a training step's "which
+slots may step" flags are AND-ed over the ranks (:func:`all_ranks_agree`), the bank is
+copied from the main process before it answers (:func:`copy_from_main`: the answers are
+then the main process's own), and greedy decoding stops when every rank's rows have ended.
+A failure that strikes one rank only (out of memory on one GPU) still splits the ranks: the
+launcher's timeout (``SEAL_DIST_TIMEOUT_S``) then ends the job, and ``--resume`` continues it.
+
 Inference mode: FSDP2 writes its all-gathered weights in place into buffers it keeps
 between passes, and a buffer first made under ``torch.inference_mode`` can never be written
 outside it again (training after a generation would fail with "Inplace update to inference
@@ -126,3 +136,32 @@ def no_grad_for(model) -> AbstractContextManager:
     import torch
 
     return torch.no_grad() if is_sharded(model) else torch.inference_mode()
+
+
+def all_ranks_agree(model, flags):
+    """Element-wise AND of a bool tensor over the ranks that share a sharded ``model``.
+
+    Args:
+        flags: a bool tensor of the same shape on every rank (e.g. ``(S,)`` per slot).
+
+    Returns a bool tensor on ``flags``' device: ``flags`` itself when the model is not
+    sharded, else True where it is True on every rank (one ``all_reduce(MIN)``).
+    """
+    if not is_sharded(model):
+        return flags
+    import torch
+    import torch.distributed as dist
+
+    both = flags.to(torch.int32)
+    dist.all_reduce(both, op=dist.ReduceOp.MIN)
+    return both.bool()
+
+
+def copy_from_main(model, tensor) -> None:
+    """Overwrite ``tensor`` (any dtype/shape, same on every rank) in place with the main
+    process's values when ``model`` is sharded (one broadcast from rank 0); else nothing."""
+    if not is_sharded(model):
+        return
+    import torch.distributed as dist
+
+    dist.broadcast(tensor.detach(), src=0)

@@ -37,7 +37,7 @@ from seal.hparams import prompt_hint
 from seal.hparams import round_summary as hparams_round_summary
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
-from seal.models import load_model_from_config, resolve_device
+from seal.models import load_model_from_config, resolve_attn_implementation, resolve_device
 from seal.restem import curate, curation_scores, select_best, sft_rows, update_policy
 from seal.rewards import mean_reward
 from seal.rundir import (
@@ -153,9 +153,13 @@ class Round:
         target = resolve_device(device).type
         if self.dist.distributed and target == "cuda":
             device = f"cuda:{self.dist.local_rank}"  # each rank's own GPU
+        update = {"name_or_path": str(name_or_path), "device": device}
         if self.sharded:
-            device = "cpu"  # the whole model on the host; only this rank's shards go to its device
-        config = self.recipe.model.model_copy(update={"name_or_path": str(name_or_path), "device": device})
+            # The whole model on the host; only this rank's shards go to its device, whose
+            # type (not the host's) decides attn_implementation 'auto'.
+            attn = resolve_attn_implementation(self.recipe.model.attn_implementation, resolve_device(device))
+            update.update(device="cpu", attn_implementation=attn)
+        config = self.recipe.model.model_copy(update=update)
         self.model, self.tokenizer = load_model_from_config(config)
         if self.sharded:
             self.model = shard_model(self.model, target)

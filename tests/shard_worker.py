@@ -59,8 +59,9 @@ def main(model_dir: str, data_root: str, out_dir: str) -> None:
     import torch
 
     from seal.distributed import get_dist
+    from seal.inner_loop import train_and_merge
     from seal.models import load_model
-    from seal.sharding import is_sharded, shard_model
+    from seal.sharding import ShardingError, is_sharded, shard_model
 
     dist = get_dist()  # joins the gloo group torchrun describes
     torch.manual_seed(0)
@@ -69,6 +70,11 @@ def main(model_dir: str, data_root: str, out_dir: str) -> None:
     model = shard_model(model, "cpu")
     local = {n: p.to_local().numel() for n, p in model.named_parameters()}
     out = summary(model, tokenizer, Path(data_root))
+    try:
+        train_and_merge(model, tokenizer, ["a text"], inner_loop_jobs(Path(data_root))[2], seed=0)
+        out["merge"] = "merged"
+    except ShardingError as e:
+        out["merge"] = str(e)
     out.update(sharded=is_sharded(model), world_size=dist.world_size, local_numel=sum(local.values()), full_numel=sum(full.values()))
     Path(out_dir, f"rank{dist.rank}.json").write_text(json.dumps(out))
 

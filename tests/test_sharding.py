@@ -42,6 +42,7 @@ def test_sharded_inner_loop_equals_unsharded(tiny_squad_model, data_root, tmp_pa
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["sharded"] and ranks[0]["world_size"] == 2
     assert ranks[0]["local_numel"] < 0.6 * ranks[0]["full_numel"]  # each rank holds about half
+    assert "does not support a sharded base" in ranks[0]["merge"]  # train_and_merge refuses
 
     model, tokenizer = load_model(tiny_squad_model, "float32", "cpu")
     with one_thread():
@@ -59,6 +60,21 @@ def test_shard_switch_defaults_to_none():
     assert ModelConfig(name_or_path="x", shard="fsdp").shard == "fsdp"
     with pytest.raises(ValueError):
         ModelConfig(name_or_path="x", shard="zero3")
+
+
+def test_collectives_are_no_ops_without_sharding(tiny_squad_model):
+    import torch
+
+    from seal.sharding import all_ranks_agree, copy_from_main, no_grad_for, run_forward
+
+    model, _ = load_model(tiny_squad_model, "float32", "cpu")
+    flags = torch.tensor([True, False])
+    assert all_ranks_agree(model, flags) is flags
+    x = torch.ones(3)
+    copy_from_main(model, x)
+    assert torch.equal(x, torch.ones(3)) and run_forward(model, max, 2, 5) == 5
+    with no_grad_for(model):
+        assert torch.is_inference_mode_enabled()
 
 
 def test_sharding_needs_a_process_group(tiny_squad_model):

@@ -171,6 +171,15 @@ class Round:
         free_memory()
 
 
+class AbstainingJudge:
+    """The judge of a rank other than the main one when the model is sharded: every rank
+    computes the same answers, the main process's records are the ones kept, so the others
+    send no request to the judge's API and grade nothing (``None`` per item)."""
+
+    def grade(self, items: list[tuple[str, str, str]]) -> list[float | None]:
+        return [None] * len(items)
+
+
 def run_stage(
     round_: Round,
     units: Sequence[Unit],
@@ -194,7 +203,8 @@ def run_stage(
 
     Returns:
         ``finished`` updated with every rank's results (a new dict), and how many results
-        each rank computed (rank order).
+        each rank computed (rank order; sharded: one count, the main process's, which every
+        rank computed too).
     """
     dist = round_.dist
     pending = [unit for unit in units if any(key not in finished for key in unit_keys(unit))]
@@ -260,6 +270,8 @@ def open_round(round_: Round) -> None:
     seed_everything(derive_seed(round_.recipe.seed, "round", round_.index))
     round_.load_model(round_.policy)
     round_.judge = make_judge(round_.recipe.qa)
+    if round_.judge is not None and round_.sharded and not round_.dist.is_main:
+        round_.judge = AbstainingJudge()  # the main process's grades are the ones kept (run_stage)
     round_.journal = round_.dist.main_decides(lambda: [row for row in read_journal(round_.run) if row.get("round") == round_.index])
     seal_partial_line(round_.journal_file)  # before this rank appends to its file
 

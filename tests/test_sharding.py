@@ -77,6 +77,12 @@ def test_collectives_are_no_ops_without_sharding(tiny_squad_model):
         assert torch.is_inference_mode_enabled()
 
 
+def test_other_ranks_of_a_sharded_run_never_call_the_judge():
+    from seal.stages import AbstainingJudge
+
+    assert AbstainingJudge().grade([("q", "gold", "answer")] * 3) == [None, None, None]
+
+
 def test_sharding_needs_a_process_group(tiny_squad_model):
     model, _ = load_model(tiny_squad_model, "float32", "cpu")
     assert len(decoder_layers(model)) == 2 and not is_sharded(model)

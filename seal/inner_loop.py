@@ -77,6 +77,13 @@ loss positions are gathered by an index built on the host (a boolean mask would 
 host wait for the device), and epoch losses are summed on the device (float64, exactly the
 host sum) and read once per epoch. Greedy generation reads one flag per decoding step
 (whether every row has ended), to stop early.
+
+Sharded base (``model.shard: fsdp``, :mod:`seal.sharding`). Every rank runs the same jobs in
+step with a replicated bank; three small collectives keep the control flow equal across
+ranks whatever the rounding of their backward kernels: the per-step "slot may step" flags
+(one ``(S,)`` all-reduce per step), the bank copied from rank 0 before answering (one
+broadcast of ``S * D`` fp32 per chunk), and the decoding stop flag (one per decoding step).
+Unsharded, they are not called.
 """
 
 from __future__ import annotations
@@ -657,7 +664,7 @@ def _greedy_batch(
     Under ``torch.inference_mode`` (``torch.no_grad`` for a sharded base,
     :func:`seal.sharding.no_grad_for`). With a sharded base every rank must call this with
     the same prompts: each decoding step is a forward pass that all-gathers weights, and the
-    ranks stop at the same step because they compute the same tokens.
+    ranks stop at the same step (the "every row has ended" flag is agreed between them).
     """
     with no_grad_for(model):
         return _greedy_tokens(model, prompts, max_new_tokens, pad_id, eos)

@@ -14,7 +14,19 @@ same units of work (``seal.stages.run_stage``); the LoRA bank (``seal.multi_lora
 replicated, each rank computes the same inputs, the same all-gathered weights and so the
 same gradients, bit for bit, so the banks stay equal without any all-reduce, and only the
 main process records results. The cost: no speed-up from more GPUs (each evaluation takes
-about what it takes on one GPU, plus the all-gathers); the gain is memory.
+about what it takes on one GPU, plus the all-gathers: every forward pass, each decoding step
+included, moves ``(world_size - 1) / world_size`` of the model's bytes into each rank); the
+gain is memory: ``1 / world_size`` of the base per GPU (plus one layer gathered at a time,
+and the root's embeddings and head while they are in use).
+
+The alternative, splitting a step's rows between the ranks (data parallel over rows, the
+bank's gradient all-reduced), would be faster (each rank about ``1 / world_size`` of the
+passes) but needs more machinery: every rank must still run the same number of passes
+(micro-batches are cut by length, so a rank short of rows runs empty ones), the whole
+bank's ``(S, D)`` gradient is all-reduced every step, generation rows are split with the
+decoding steps kept in lockstep, and the gradients' summation order changes, so results
+would equal one process's only to float tolerance. Identical work is the simplest correct
+design and keeps exact equality; rows in parallel is the follow-up for speed.
 
 Keeping the ranks in step on GPUs. The same inputs give the same forward outputs, but some
 CUDA backward kernels add in a nondeterministic order (``index_add``, atomics), so the

@@ -56,6 +56,10 @@ class ModelConfig(Section):
         False, description="Allow model code from the hub. Off unless you trust the repository."
     )
     device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    shard: Literal["none", "fsdp"] = Field(
+        "none",
+        description="`seal train` under accelerate/torchrun: 'none' (every process holds the whole model and the processes split the evaluations) or 'fsdp' (the model is sharded over all processes with PyTorch FSDP2, for a base larger than one GPU such as Qwen2.5-32B/72B: every process runs every evaluation in step, same results, memory / world_size, no speed-up; see seal/sharding.py and launch/README.md). Ignored by one process.",
+    )
     num_threads: int | None = Field(
         None,
         ge=1,
@@ -474,6 +478,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "name",
         "output_dir",
         "model.device",
+        "model.shard",  # sharded or not, the same results (tests/test_sharding.py)
         "inner.batch_adapters",
         "qa.batch_size",
         "qa.judge.max_concurrency",

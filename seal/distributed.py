@@ -14,6 +14,10 @@ Work is split by *unit index*, round-robin: unit ``i`` of a list goes to rank
 of ``inner.batch_adapters`` evaluations), never by the number of processes, so each unit
 is computed exactly as a single process computes it and the gathered results are the same.
 
+With ``model.shard: fsdp`` (``seal.sharding``) the ranks instead share one base model
+sharded across them, so every rank computes every unit in step and the main process
+records (``seal.stages.Round.sharded``).
+
 Difference from the reference implementation: there, one single-threaded ZMQ server per
 GPU pair trains adapters for a driver process; here every rank is a full worker and no
 extra server or port is involved beyond the process group itself.

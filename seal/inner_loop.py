@@ -77,6 +77,13 @@ loss positions are gathered by an index built on the host (a boolean mask would 
 host wait for the device), and epoch losses are summed on the device (float64, exactly the
 host sum) and read once per epoch. Greedy generation reads one flag per decoding step
 (whether every row has ended), to stop early.
+
+Sharded base (``model.shard: fsdp``, :mod:`seal.sharding`). Every rank runs the same jobs in
+step with a replicated bank; three small collectives keep the control flow equal across
+ranks whatever the rounding of their backward kernels: the per-step "slot may step" flags
+(one ``(S,)`` all-reduce per step), the bank copied from rank 0 before answering (one
+broadcast of ``S * D`` fp32 per chunk), and the decoding stop flag (one per decoding step).
+Unsharded, they are not called.
 """
 
 from __future__ import annotations
@@ -96,6 +103,14 @@ from seal.config import InnerLoopConfig
 from seal.hparams import AdapterSettings
 from seal.multi_lora import LoraBank, StackedAdamW, adapter_bank, clip_grad_norms_, frozen
 from seal.seeding import derive_seed
+from seal.sharding import (
+    ShardingError,
+    all_ranks_agree,
+    copy_from_main,
+    is_sharded,
+    no_grad_for,
+    run_forward,
+)
 
 
 @dataclass
@@ -362,13 +377,18 @@ def _loss_logits(model, batch: _Batch, pad_mask: bool) -> torch.Tensor:
     left out: a real token's causal attention never reaches a pad (pads come after it), so
     its output is the same, and attention takes the fast causal path instead of a dense
     (rows, 1, T, T) mask. Loss on pads (the reference mode) needs the mask.
+    A sharded base (``model.shard: fsdp``) runs the backbone and head as one FSDP forward
+    (:func:`seal.sharding.run_forward`).
     """
     mask = batch.attention_mask if pad_mask else None
     split = _split_model(model)
     if split is None:
         out = model(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)
         return _at_loss_positions(out.logits, batch)
-    backbone, head = split
+    return run_forward(model, _split_loss_logits, *split, batch, mask)
+
+
+def _split_loss_logits(backbone, head, batch: _Batch, mask: torch.Tensor | None) -> torch.Tensor:
     hidden = backbone(input_ids=batch.input_ids, attention_mask=mask, use_cache=False)[0]
     return head(_at_loss_positions(hidden, batch))
 
@@ -485,7 +505,8 @@ class _BankTrainer:
             return False
         sums, counts, finite, host_counts = self._accumulate_gradients(rows, starts, slots)
         norms = clip_grad_norms_(self.bank.params.grad, self.cfg.max_grad_norm)
-        ok = (counts > 0) & finite & torch.isfinite(norms)
+        # A sharded base: a slot steps only if it may on every rank (the ranks' rows must match).
+        ok = all_ranks_agree(self.model, (counts > 0) & finite & torch.isfinite(norms))
         self.opt.step(_learning_rates(self.cfg, self.peak_lr, self.opt.steps, self.total_steps), ok)
         self.loss_sums += torch.where(ok, sums.to(torch.float64), 0.0)
         finite_host, ok_host = torch.stack([finite, ok]).tolist()
@@ -635,11 +656,23 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-@torch.inference_mode()
 def _greedy_batch(
     model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos: torch.Tensor
 ) -> list[list[int]]:
-    """Greedy continuations (token ids, EOS excluded) of left-padded prompts, with the KV cache."""
+    """Greedy continuations (token ids, EOS excluded) of left-padded prompts, with the KV cache.
+
+    Under ``torch.inference_mode`` (``torch.no_grad`` for a sharded base,
+    :func:`seal.sharding.no_grad_for`). With a sharded base every rank must call this with
+    the same prompts: each decoding step is a forward pass that all-gathers weights, and the
+    ranks stop at the same step (the "every row has ended" flag is agreed between them).
+    """
+    with no_grad_for(model):
+        return _greedy_tokens(model, prompts, max_new_tokens, pad_id, eos)
+
+
+def _greedy_tokens(
+    model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos: torch.Tensor
+) -> list[list[int]]:
     if max_new_tokens < 1:
         return [[] for _ in prompts]
     device = eos.device
@@ -665,7 +698,8 @@ def _greedy_batch(
         nxt = out.logits[:, -1].argmax(-1).masked_fill(done, pad_id)
         tokens.append(nxt)
         done |= torch.isin(nxt, eos)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        # A sharded base: every rank runs the next forward unless all ranks are done.
+        if step == max_new_tokens - 1 or bool(all_ranks_agree(model, done.all())):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
@@ -721,7 +755,7 @@ def generate_answers(
                 if slots is not None
                 else [-1] * len(ids[start : start + batch_size])
             )
-            with torch.inference_mode():
+            with no_grad_for(model):
                 bank.set_rows(torch.tensor(routed))
         try:
             answers += _greedy_batch(
@@ -837,6 +871,7 @@ def _run_chunk(
         model, tokenizer, bank, [j.texts for j in chunk], [j.seed for j in chunk], cfg,
         settings=[j.settings for j in chunk],
     )  # fmt: skip
+    copy_from_main(model, bank.params)  # a sharded base: answer with the main process's adapters
     prompts, slots, owners = [], [], []
     for i, (job, st) in enumerate(zip(chunk, stats, strict=True)):
         if st.error is None:
@@ -935,9 +970,12 @@ def train_and_merge(
     Raises:
         InnerLoopError: training failed (no trainable token, non-finite loss or
             gradient); the model is then left unchanged.
+        seal.sharding.ShardingError: the model is sharded (``model.shard: fsdp``).
     """
     if not texts:
         return []
+    if is_sharded(model):
+        raise ShardingError("train_and_merge writes the base weights; it does not support a sharded base (model.shard: fsdp)")
     with adapter_bank(model, cfg.lora, 1) as bank:
         (st,) = train_bank(model, tokenizer, bank, [list(texts)], [seed], cfg)
         if st.error is not None:

@@ -15,6 +15,7 @@ import torch
 from seal.data import Passage
 from seal.prompts import self_edit_prompt
 from seal.seeding import derive_seed
+from seal.sharding import no_grad_for
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,6 @@ def train_texts(passage: Passage, completion: str | None, split_newlines: bool =
     return [f"{passage.title}\n{t}" for t in parts] + [f"{passage.title}\n{passage.context}"]
 
 
-@torch.inference_mode()
 def generate_self_edits(
     model,
     tokenizer,
@@ -103,7 +103,8 @@ def generate_self_edits(
 
     ``temperature=None`` decodes greedily (then ``k`` must be 1; ``top_p`` is unused).
     ``progress(n)`` is called after each chunk with its number of passages. ``hint``: see
-    :func:`seal.prompts.self_edit_prompt` ("" for the template alone).
+    :func:`seal.prompts.self_edit_prompt` ("" for the template alone). A sharded base
+    (``model.shard: fsdp``): every rank must call this with the same arguments.
 
     Raises:
         PromptError: unknown template.
@@ -118,33 +119,34 @@ def generate_self_edits(
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
     eos_ids.discard(None)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(passages), batch_size):
-            chunk = passages[start : start + batch_size]
-            prompts = [self_edit_prompt(template, p.title, p.context, tokenizer, chat, hint) for p in chunk]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
-            torch.manual_seed(derive_seed(seed, "self-edit", indices[start]))
-            gen = model.generate(
-                **enc,
-                **decoding,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=k,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            cut = [not any(int(t) in eos_ids for t in row) for row in new.tolist()]
-            out += [
-                [SelfEdit(prompt, texts[j].strip(), cut[j]) for j in range(i * k, (i + 1) * k)]
-                for i, prompt in enumerate(prompts)
-            ]
-            if progress:
-                progress(len(chunk))
-    finally:
-        tokenizer.padding_side = old_side
-    return out
+    with no_grad_for(model):  # inference mode, but no_grad for a sharded base (seal.sharding)
+        old_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            for start in range(0, len(passages), batch_size):
+                chunk = passages[start : start + batch_size]
+                prompts = [self_edit_prompt(template, p.title, p.context, tokenizer, chat, hint) for p in chunk]
+                enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
+                torch.manual_seed(derive_seed(seed, "self-edit", indices[start]))
+                gen = model.generate(
+                    **enc,
+                    **decoding,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=k,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                new = gen[:, enc["input_ids"].shape[1] :]
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+                cut = [not any(int(t) in eos_ids for t in row) for row in new.tolist()]
+                out += [
+                    [SelfEdit(prompt, texts[j].strip(), cut[j]) for j in range(i * k, (i + 1) * k)]
+                    for i, prompt in enumerate(prompts)
+                ]
+                if progress:
+                    progress(len(chunk))
+        finally:
+            tokenizer.padding_side = old_side
+        return out
 
 
 def sample_self_edits(*args, **kwargs) -> list[list[str]]:

@@ -7,7 +7,9 @@
 They share a :class:`Round` (the recipe, run directory, round index, process group, console,
 the loaded model...) and two helpers: :meth:`Round.saved` (a stage
 finished in an earlier launch: its file, read by the main process) and :func:`run_stage`
-(units of work not yet journaled, dealt round-robin to the ranks, computed and gathered).
+(units of work not yet journaled, dealt round-robin to the ranks, computed and gathered;
+with a sharded model, ``model.shard: fsdp``, computed by every rank in step and recorded by
+the main process).
 The module docstring of ``seal.train`` describes the units, the journal and resumption.
 """
 
@@ -34,7 +36,7 @@ from seal.distributed import Dist
 from seal.hparams import round_summary as hparams_round_summary
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
-from seal.models import load_model_from_config, resolve_device
+from seal.models import load_model_from_config, resolve_attn_implementation, resolve_device
 from seal.restem import curate, curation_scores, select_best, sft_rows, update_policy
 from seal.rewards import mean_reward
 from seal.rundir import (
@@ -64,6 +66,7 @@ from seal.self_edits import (
     self_edits_from_json,
     self_edits_to_json,
 )
+from seal.sharding import shard_model
 
 Unit = TypeVar("Unit", bound=Sequence)
 Key = TypeVar("Key", bound=Hashable)
@@ -125,22 +128,57 @@ class Round:
         included: their diagnostics are of the text kind)."""
         return "microworld" if self.recipe.microworld is not None else "text"
 
+    @property
+    def sharded(self) -> bool:
+        """The round's models are sharded over the ranks (``model.shard: fsdp`` with more than one
+        process): every rank computes every unit in step, the main process records."""
+        return self.recipe.model.shard != "none" and self.dist.distributed
+
     def share(self) -> str:
-        """`` (rank 0's share of N)`` in progress descriptions when distributed, else empty."""
-        return f" (rank 0's share of {self.dist.world_size})" if self.dist.distributed else ""
+        """`` (rank 0's share of N)`` in progress descriptions when the ranks split the work, else empty."""
+        return f" (rank 0's share of {self.dist.world_size})" if self.dist.distributed and not self.sharded else ""
+
+    def record(self, row: dict) -> None:
+        """Append a finished unit's journal row to this rank's journal file; with a sharded model
+        only the main process does (every rank computed the same row)."""
+        if self.dist.is_main or not self.sharded:
+            append_jsonl(self.journal_file, row)
 
     def load_model(self, name_or_path: str) -> None:
-        """Load ``name_or_path`` (the recipe's model settings, this rank's device) as the round's model."""
+        """Load ``name_or_path`` (the recipe's model settings, this rank's device) as the round's model.
+
+        Sharded (:attr:`sharded`): loaded on the CPU, then split over the ranks by
+        :func:`seal.sharding.shard_model`, each rank's shards on its own device.
+        """
         device = self.recipe.model.device
-        if self.dist.distributed and resolve_device(device).type == "cuda":
+        target = resolve_device(device).type
+        if self.dist.distributed and target == "cuda":
             device = f"cuda:{self.dist.local_rank}"  # each rank's own GPU
-        config = self.recipe.model.model_copy(update={"name_or_path": str(name_or_path), "device": device})
+        update = {"name_or_path": str(name_or_path), "device": device}
+        if self.sharded:
+            # The whole model on the host; only this rank's shards go to its device, whose
+            # type (not the host's) decides attn_implementation 'auto'.
+            attn = resolve_attn_implementation(self.recipe.model.attn_implementation, resolve_device(device))
+            update.update(device="cpu", attn_implementation=attn)
+        config = self.recipe.model.model_copy(update=update)
         self.model, self.tokenizer = load_model_from_config(config)
+        if self.sharded:
+            self.model = shard_model(self.model, target)
+            self.console.print(f"{name_or_path}: sharded over {self.dist.world_size} processes (FSDP2, model.shard: fsdp)")
 
     def unload_model(self) -> None:
         """Drop the round's model and free its memory."""
         self.model = self.tokenizer = None
         free_memory()
+
+
+class AbstainingJudge:
+    """The judge of a rank other than the main one when the model is sharded: every rank
+    computes the same answers, the main process's records are the ones kept, so the others
+    send no request to the judge's API and grade nothing (``None`` per item)."""
+
+    def grade(self, items: list[tuple[str, str, str]]) -> list[float | None]:
+        return [None] * len(items)
 
 
 def run_stage(
@@ -160,17 +198,22 @@ def run_stage(
     dealt round-robin (``Dist.shard``); ``compute(unit)`` returns ``{key: value}``.
     ``progress`` names a progress task (advanced by ``len(unit)`` per unit).
 
+    With a sharded model (:attr:`Round.sharded`) a forward pass is a collective, so every
+    rank computes every pending unit, in the same order, and the main process's results
+    are given to all (a judge over HTTP could answer two ranks differently).
+
     Returns:
         ``finished`` updated with every rank's results (a new dict), and how many results
-        each rank computed (rank order).
+        each rank computed (rank order; sharded: one count, the main process's, which every
+        rank computed too).
     """
     dist = round_.dist
     pending = [unit for unit in units if any(key not in finished for key in unit_keys(unit))]
-    mine = dist.shard(pending)
+    mine = pending if round_.sharded else dist.shard(pending)
     task = None
     if progress is not None:
         description = f"round {round_.index}: {progress}{round_.share()}"
-        if dist.distributed:
+        if dist.distributed and not round_.sharded:
             task = round_.bar.add_task(description, total=sum(len(u) for u in mine))
         else:
             total = sum(len(u) for u in units)
@@ -182,7 +225,7 @@ def run_stage(
             round_.bar.advance(task, len(unit))
     done = dict(finished)
     per_rank = []
-    for part in dist.gather(new):
+    for part in [dist.broadcast(new)] if round_.sharded else dist.gather(new):
         done.update(part)
         per_rank.append(len(part))
     return done, per_rank
@@ -228,6 +271,8 @@ def open_round(round_: Round) -> None:
     seed_everything(derive_seed(round_.recipe.seed, "round", round_.index))
     round_.load_model(round_.policy)
     round_.judge = make_judge(round_.recipe.qa)
+    if round_.judge is not None and round_.sharded and not round_.dist.is_main:
+        round_.judge = AbstainingJudge()  # the main process's grades are the ones kept (run_stage)
     round_.journal = round_.dist.main_decides(lambda: [row for row in read_journal(round_.run) if row.get("round") == round_.index])
     seal_partial_line(round_.journal_file)  # before this rank appends to its file
 
@@ -307,7 +352,7 @@ def baselines_stage(round_: Round) -> list[BaselineRecord]:
             if i not in finished:
                 key = {"kind": "baseline", "round": round_.index, "passage": i}
                 new[i] = BaselineRecord(key=key, passage_id=passages[i].id, **row)
-                append_jsonl(round_.journal_file, new[i].to_json())
+                round_.record(new[i].to_json())
         return new
 
     done, _ = run_stage(round_, baseline_chunks(passages, recipe.qa.batch_size), answer, finished)
@@ -358,7 +403,7 @@ def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_
                 return  # a finished member of a pending unit: computed again, not recorded
             passage, self_edit, _ = record.identity
             record.truncated = self_edits[passage][self_edit].truncated
-            append_jsonl(round_.journal_file, record.to_json())
+            round_.record(record.to_json())
             new[record.identity] = record
 
         score_evaluations(

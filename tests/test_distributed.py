@@ -106,6 +106,48 @@ def test_two_processes_equal_one(one_process, tiny_squad_model, data_root, tmp_p
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_two_processes_sharded_equal_one(one_process, tiny_squad_model, data_root, tmp_path):
+    """``model.shard=fsdp``: the round's models are sharded over both processes (FSDP2), which
+    sample, answer and evaluate everything in step; the main process alone journals, and the
+    journal and round metrics equal the unsharded one-process run's."""
+    run = tmp_path / "run"
+    res = run_cli(accelerate_cmd(2, tiny_overrides(tiny_squad_model, data_root, model__shard="fsdp"), run_dir=run), timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "sharded over 2 processes (FSDP2" in res.stdout
+    assert journal(run) == journal(one_process)
+    assert without_sft(metrics(run)) == without_sft(metrics(one_process))
+    m = json.loads((run / "round_0" / "metrics.json").read_text())
+    assert m["timing"]["evaluations_computed_by_rank"] == [6]  # every rank ran all 6, rank 0 recorded
+    assert not list(run.glob("journal.rank*.jsonl"))
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_sharded_run_calls_the_judge_from_the_main_process_only(tiny_squad_model, data_root, tmp_path):
+    """With the LLM judge, a sharded 2-process run sends the judge exactly the requests a
+    1-process run sends (the other rank abstains) and journals the same grades."""
+    try:
+        from judge_server import JudgeServer
+    except ImportError:  # tests/ became a package
+        from tests.judge_server import JudgeServer
+
+    key_env = "SEAL_TEST_SHARDED_JUDGE_KEY"
+    runs, calls = {}, {}
+    for name, n in (("one", 1), ("sharded", 2)):
+        with JudgeServer() as server:
+            judge = dict(qa__grader="judge", qa__judge__base_url=server.url, qa__judge__model="test-judge", qa__judge__api_key_env=key_env)
+            overrides = tiny_overrides(tiny_squad_model, data_root, model__shard="fsdp", **judge)
+            runs[name] = tmp_path / name
+            cmd = accelerate_cmd(n, overrides, run_dir=runs[name]) if n > 1 else seal_train_cmd(overrides, run_dir=runs[name])
+            res = run_cli(cmd, timeout=140, **{key_env: "sk-test"})
+            assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+            calls[name] = len(server.calls)
+    assert calls["sharded"] == calls["one"] > 0
+    assert journal(runs["sharded"]) == journal(runs["one"])
+
+
+@pytest.mark.distributed
 @pytest.mark.faults
 @pytest.mark.timeout(300)
 def test_killed_two_process_run_resumes_with_one(one_process, tiny_squad_model, data_root, tmp_path):

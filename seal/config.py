@@ -338,6 +338,14 @@ class Recipe(Section):
             raise ValueError(f"with an arc section and loss_on 'answer', inner.answer_marker must be {ANSWER_MARKER!r}")
         return self
 
+    @model_validator(mode="after")
+    def _arc_warmup_needs_arc(self) -> Recipe:
+        """The ARC configuration warm-up trains on the recipe's ARC tasks and declared space."""
+        tiny = self.model.build_tiny
+        if tiny is not None and tiny.warmup == "arc-configs" and self.arc is None:
+            raise ValueError("model.build_tiny.warmup 'arc-configs' needs an arc section")
+        return self
+
     @field_validator("name")
     @classmethod
     def _name_is_a_path_part(cls, v: str | None) -> str | None:

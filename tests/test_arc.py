@@ -337,3 +337,59 @@ def test_tiny_arc_bench_compares_icl_and_a_written_configuration(tiny_squad_mode
     results = json.loads((out / "results.json").read_text())
     cells = {c["source"]: c for c in next(iter(results["protocols"]["single"]["tables"].values()))["cells"]}
     assert set(cells) == {"ICL", "oracle"} and cells["oracle"]["n_failed"] == 0
+
+
+# ----------------------------------------------------------------------------- the warmed-up tiny policy
+
+
+@pytest.mark.parametrize("form", ["json", "key-value"])
+def test_drawn_configurations_parse_and_spread(form):
+    from seal.arc.warmup import lr_choices, random_configuration
+
+    assert lr_choices(1e-5, 1e-2) == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+    space, arc = SPACE.model_copy(update={"format": form}), ArcSection(families=["basic", "size", "repeat"])
+    rng = np.random.default_rng(0)
+    drawn = [parse_configuration(random_configuration(rng, space, arc), space, arc) for _ in range(200)]
+    assert {c.settings.epochs for c in drawn} == {1, 2, 3, 4, 5} and {c.settings.loss_on for c in drawn} == {"all", "answer"}
+    assert set().union(*(c.families for c in drawn)) == {"basic", "size", "repeat"} and len({c.settings.lr for c in drawn}) == 10
+
+
+def test_configuration_warmup_needs_an_arc_recipe():
+    from pathlib import Path
+
+    with pytest.raises(RecipeError, match="needs an arc section"):
+        load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "squad_tiny_cpu.yaml", ["model.build_tiny.warmup=arc-configs"])
+
+
+@pytest.mark.timeout(120)
+def test_warmed_up_tiny_policy_writes_configurations_and_a_round_trains_adapters(data_root, tmp_path):
+    """``model.build_tiny.warmup: arc-configs`` (a short warm-up at width 32): the tiny policy's
+    sampled self-edits parse on real tasks, and a ``seal train`` round then trains adapters with
+    the configurations it sampled (not written by hand)."""
+    from pathlib import Path
+
+    from seal.prepare import TINY_MARKER, ensure_model
+    from seal.rundir import read_jsonl
+    from seal.train import train
+
+    model = tmp_path / "tiny-arc-configs"
+    overrides = [f"model.name_or_path={model}", f"data.root={data_root}", "model.build_tiny.hidden_size=32",
+                 "model.build_tiny.warmup_steps=90", "model.build_tiny.warmup_lr=0.02", "arc.task_ids=[5582e5ca]",
+                 "arc.max_train_texts=4", "qa.max_new_tokens=12", "inner.max_length=384"]  # fmt: skip
+    path = Path(__file__).resolve().parents[1] / "recipes" / "arc_tiny_cpu.yaml"
+    recipe = load_recipe(path, overrides)
+    with one_thread():
+        ensure_model(recipe, log=lambda line: None)
+        warmup = json.loads((model / TINY_MARKER).read_text())["warmup"]
+        assert warmup["parse"]["parsed"] >= 1 and warmup["loss_last"] < warmup["loss_first"]
+        with pytest.raises(RecipeError, match="with other settings"):
+            ensure_model(load_recipe(path, [*overrides, "model.build_tiny.warmup_steps=91"]))
+        run = train(recipe, tmp_path / "run")
+    sampled = json.loads((run / "round_0" / "self_edits.json").read_text())[0]["completions"]
+    evals = [r for r in read_jsonl(run / "journal.jsonl") if r["kind"] == "evaluation"]
+    trained = [r for r in evals if r["error"] is None]
+    assert trained, [r["error"] for r in evals]
+    for r in trained:
+        configuration = parse_configuration(sampled[r["self_edit"]], recipe.self_edit.hparams, recipe.arc)
+        assert r["hparams"]["families"] == list(configuration.families) and r["n_train_texts"] >= 1
+        assert len(r["epoch_losses"]) == r["hparams"]["epochs"] == (configuration.settings.epochs or recipe.inner.epochs)

@@ -150,17 +150,20 @@ class QAConfig(Section):
         return check_qa_template(v)  # PromptError is a ValueError: reported under the key
 
 
+def policy_lora() -> LoraConfig:
+    """The policy update's default LoRA (ReST-EM's SFT and GRPO): r=64, alpha=128 on every projection."""
+    return LoraConfig(
+        rank=64,
+        alpha=128,
+        dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+
+
 class SFTConfig(Section):
     """The ReST-EM policy update: TRL SFTTrainer + LoRA, then merge (paper Appendix B.3)."""
 
-    lora: LoraConfig = Field(
-        default_factory=lambda: LoraConfig(
-            rank=64,
-            alpha=128,
-            dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        )
-    )
+    lora: LoraConfig = Field(default_factory=policy_lora)
     epochs: int = Field(2, ge=1)
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(1, ge=1, description="Rows per device per step.")
@@ -215,12 +218,7 @@ class GRPOConfig(Section):
     )
     temperature: float | None = Field(None, gt=0, description="Sampling temperature. None: self_edit.temperature.")
     lora: LoraConfig = Field(
-        default_factory=lambda: LoraConfig(
-            rank=64,
-            alpha=128,
-            dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        ),
+        default_factory=policy_lora,
         description="The LoRA adapter trained on the policy (merged into grpo/policy at the end).",
     )
     bf16: bool = Field(False, description="bf16 mixed precision (GPUs).")

@@ -301,14 +301,14 @@ def plot(report: dict, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     r0 = report["round0"]
-    for loop in report["loops"]:
+    for loop, marker in zip(report["loops"], "os^vD", strict=False):  # distinct markers: tied lines overlap
         points = [r0] + loop["policies"]
         xs = [p["evaluations"] for p in points]
         ys = [100 * p["accuracy"]["value"] for p in points]
         err = [[100 * (p["accuracy"]["value"] - p["accuracy"]["lo"]) for p in points], [100 * (p["accuracy"]["hi"] - p["accuracy"]["value"]) for p in points]]
-        left.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=loop["name"])
+        left.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=loop["name"])
         curve = [t for t in loop["training"] if t["mean_reward"] is not None]
-        right.plot([t["evaluations"] for t in curve], [100 * t["mean_reward"] for t in curve], marker=".", label=loop["name"])
+        right.plot([t["evaluations"] for t in curve], [100 * t["mean_reward"] for t in curve], marker=marker, label=loop["name"])
     left.set(xlabel="inner-loop evaluations consumed by training", ylabel="held-out accuracy (points, 95 % CI)", title="Held-out accuracy")
     right.set(xlabel="inner-loop evaluations consumed by training", ylabel="training mean reward (points)", title="Training mean reward per round / step")
     for ax in (left, right):

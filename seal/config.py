@@ -226,6 +226,11 @@ class GRPOConfig(Section):
     save_steps: int = Field(
         10, ge=1, description="A TRL checkpoint (grpo/checkpoint-N) every this many steps: where a killed run resumes from."
     )
+    keep_checkpoints: int | None = Field(
+        2,
+        ge=1,
+        description="TRL checkpoints kept, the newest (None: all, for benchmarks/outer_loops.py to bench the policy at each).",
+    )
 
 
 class RLConfig(Section):
@@ -493,6 +498,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "qa.judge.backoff_s",
         "rl.grpo.logging_steps",
         "rl.grpo.save_steps",
+        "rl.grpo.keep_checkpoints",
         # read-only observers; "diagnostics" itself: a run recorded before the section existed
         "diagnostics",
         *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),

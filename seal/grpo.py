@@ -288,7 +288,7 @@ def trl_config(recipe: Recipe, out_dir: Path):
         logging_steps=g.logging_steps,
         save_strategy="steps",
         save_steps=g.save_steps,
-        save_total_limit=2,
+        save_total_limit=g.keep_checkpoints,
         seed=seed,
         data_seed=seed,
         report_to=[],

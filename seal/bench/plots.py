@@ -166,8 +166,9 @@ def rounds_plot(table: dict, rounds: dict[str, int], train_metrics: list[dict], 
         rounds: source label -> rounds of RL behind it (0: base policy).
         train_metrics: ``metrics.jsonl`` rows of the ``seal train`` run (may be empty).
     """
-    cells = {c["source"]: c for c in table["cells"]}
-    pts = sorted((r, cells[s]) for s, r in rounds.items() if s in cells)
+    # a source whose every evaluation failed (e.g. refused hyperparameter blocks) has no accuracy
+    cells = {c["source"]: c for c in table["cells"] if c.get("accuracy") is not None}
+    pts = sorted(((r, cells[s]) for s, r in rounds.items() if s in cells), key=lambda t: t[0])
     fig, axes = plt.subplots(1, 2 if train_metrics else 1, figsize=(11 if train_metrics else 6.5, 4.2), squeeze=False)
     ax = axes[0][0]
     xs = [r for r, _ in pts]

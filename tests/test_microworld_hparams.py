@@ -152,6 +152,7 @@ def test_hparams_demo_end_to_end_on_a_tiny_world(tmp_path):
     res = CliRunner().invoke(app, ["microworld", "demo", "--hparams", *overrides, "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert "hyperparameter choices on held-out people" in res.output and "round 1" in res.output
+    assert "hyperparameter blocks:" in res.output  # the base policy's, measured when pretraining ended
     (entry,) = [p for p in (tmp_path / "mw").iterdir() if p.is_dir()]
     skill = json.loads((entry / "meta.json").read_text())["copy_skill"]["hparams"]
     assert skill["n"] == 4 and sum(skill["settings"].values()) + skill["no_block"] + skill["refused"] == pytest.approx(1)

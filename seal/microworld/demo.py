@@ -187,17 +187,23 @@ def better_share(choice: dict, better: list[str]) -> float:
 
 def copy_skill_summary(world_dir: str | Path) -> str:
     """One line on the cached policy's copy skill, from ``<world_dir>/meta.json``: what the
-    copy gate measured when pretraining ended (on held-out people) and how long it took.
+    copy gate measured when pretraining ended (on held-out people) and how long it took; in a
+    hyperparameter world also the share of valid blocks and the settings chosen most.
 
     Raises ``FileNotFoundError`` if the world has no ``meta.json``.
     """
     meta = json.loads((Path(world_dir) / "meta.json").read_text())
     skill, settings = meta["copy_skill"], meta["settings"]
+    blocks = ""
+    if skill.get("hparams"):  # a world with hyperparameter demonstrations
+        hp = skill["hparams"]
+        top = ", ".join(f"{k} {100 * v:.0f} %" for k, v in sorted(hp["settings"].items(), key=lambda t: -t[1])[:3])
+        blocks = f"; hyperparameter blocks: {100 * (1 - hp['no_block'] - hp['refused']):.0f} % valid over {len(hp['settings'])} settings (most chosen: {top or '-'})"
     return (
         f"base policy's copy skill on {settings['n_copy_eval']} held-out people (sampled self-edits): "
         f"{100 * skill['value_precision']:.0f} % of attribute values copied right (gate: {100 * settings['min_copy_precision']:.0f} %), "
         f"{100 * skill['value_recall']:.0f} % of a passage's values stated, open-book accuracy {100 * skill['openbook']:.0f} %; "
-        f"copy curriculum {meta['copy_steps']} of {meta['steps']} pretraining steps, {meta['seconds']['total']:.0f} s"
+        f"copy curriculum {meta['copy_steps']} of {meta['steps']} pretraining steps, {meta['seconds']['total']:.0f} s{blocks}"
     )
 
 

@@ -165,13 +165,21 @@ def microworld_pretrain(
 @microworld_app.command("demo")
 def microworld_demo(
     overrides: list[str] = typer.Argument(None, help="Dotted overrides applied to both recipes, e.g. rl.rounds=3 microworld.seed=1"),
-    run_dir: Path = typer.Option(Path("runs/microworld-demo"), "--run-dir", help="Train run directory (resumed if it holds one); the bench goes to <run-dir>/bench."),
-    train_recipe: Path = typer.Option(Path("recipes/microworld_cpu.yaml"), "--train-recipe"),
-    bench_recipe: Path = typer.Option(Path("recipes/bench_microworld_cpu.yaml"), "--bench-recipe"),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Train run directory (resumed if it holds one); the bench goes to <run-dir>/bench. Default runs/microworld-demo (--hparams: runs/microworld-hparams-demo)."),
+    train_recipe: Path = typer.Option(None, "--train-recipe", help="Default recipes/microworld_cpu.yaml (--hparams: recipes/microworld_hparams_cpu.yaml)."),
+    bench_recipe: Path = typer.Option(None, "--bench-recipe", help="Default recipes/bench_microworld_cpu.yaml (--hparams: recipes/bench_microworld_hparams_cpu.yaml)."),
+    hparams: bool = typer.Option(False, "--hparams", help="The hyperparameter world: self-edits choose their inner loop's lr and epochs; prints the share of each choice per round."),
 ) -> None:
     """Pretrain (or reuse) the microworld, run ReST-EM, then benchmark every round's policy on held-out people."""
-    from seal.microworld.demo import run_demo
+    from seal.microworld.demo import HPARAMS_RECIPES, HPARAMS_RUN_DIR, run_demo
 
+    if hparams:
+        train_recipe = train_recipe or Path(HPARAMS_RECIPES[0])
+        bench_recipe = bench_recipe or Path(HPARAMS_RECIPES[1])
+        run_dir = run_dir or Path(HPARAMS_RUN_DIR)
+    train_recipe = train_recipe or Path("recipes/microworld_cpu.yaml")
+    bench_recipe = bench_recipe or Path("recipes/bench_microworld_cpu.yaml")
+    run_dir = run_dir or Path("runs/microworld-demo")
     try:
         for path in (train_recipe, bench_recipe):
             _load(path, overrides)  # validate both (and set the thread count) before any work

@@ -34,6 +34,7 @@ from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
 from seal.hparams import round_summary as hparams_round_summary
+from seal.hparams import split_block
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
 from seal.models import load_model_from_config, resolve_attn_implementation, resolve_device
@@ -535,12 +536,15 @@ def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection
     """Step 6: what the round's self-edits teach (``seal.diagnostics``): diversity, format
     shares, coverage of the passage's facts and its relation to the reward, and a collapse
     warning against the thresholds and the previous round's diagnostics. Read-only; None when
-    ``diagnostics.enabled`` is off."""
+    ``diagnostics.enabled`` is off. With hyperparameter self-edits on, a self-edit's block is
+    left out (the text before its marker line is what it teaches)."""
     config = round_.recipe.diagnostics
     if not config.enabled:
         return None
+    space = round_.recipe.self_edit.hparams
+    texts = [[split_block(e.text, space.marker)[0] if space.enabled else e.text for e in edits] for edits in self_edits]
     diagnostics = round_diagnostics(
-        round_.passages, [[e.text for e in edits] for edits in self_edits], domain=round_.domain,
+        round_.passages, texts, domain=round_.domain,
         rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
     )  # fmt: skip
     previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from seal.microworld.corpus import QA_TEMPLATE_NAME, SELF_EDIT_TEMPLATE
+from seal.microworld.corpus import QA_TEMPLATE_NAME, SELF_EDIT_TEMPLATE, HparamDemos
 from seal.microworld.world import STYLES
 from seal.prompts import QA_TEMPLATES, TEMPLATES, check_qa_template
 
@@ -124,6 +125,27 @@ class PretrainConfig(BaseModel):
     oracle_style: str = Field(
         "paraphrase", description="Style of the generator-written self-edits in oracle_*.json."
     )
+    # hyperparameter demonstrations (left out of the cache key while hparam_demos is off)
+    hparam_demos: bool = Field(
+        False,
+        description="Every self-edit demonstration ends with a hyperparameter block (seal.hparams) choosing lr and epochs uniformly from hparam_lrs x hparam_epochs, good and bad settings alike, so the base policy writes a spread and ReST-EM can learn which to choose. Recipes on such a world enable self_edit.hparams with the same format and marker.",
+    )
+    hparam_format: Literal["json", "key-value"] = Field(
+        "json", description="Format of the demonstrated blocks (the recipe's self_edit.hparams.format)."
+    )
+    hparam_marker: str = Field(
+        "Hyperparameters:", min_length=1, description="The line that opens a demonstrated block (the recipe's self_edit.hparams.marker)."
+    )
+    hparam_lrs: list[float] = Field(
+        default_factory=lambda: [5e-4, 5e-3, 2e-2],
+        min_length=1,
+        description="Learning rates the demonstrations choose from (per optimizer step of the inner loop). Measured on the seed-0 world (benchmarks/microworld_hparams.py): see the README.",
+    )
+    hparam_epochs: list[int] = Field(
+        default_factory=lambda: [1, 5, 10],
+        min_length=1,
+        description="Epoch counts the demonstrations choose from (passes of the inner loop over the self-edit's texts).",
+    )
     # tokenizer + model
     vocab_size: int = Field(1536, ge=300, description="Byte-level BPE vocabulary size.")
     hidden_size: int = Field(128, ge=16)
@@ -158,6 +180,20 @@ class PretrainConfig(BaseModel):
             raise ValueError(f"must be one of {list(STYLES)}")
         return v
 
+    @field_validator("hparam_lrs")
+    @classmethod
+    def _positive_lrs(cls, v: list[float]) -> list[float]:
+        if min(v) <= 0:
+            raise ValueError(f"learning rates must be > 0, got {v}")
+        return v
+
+    @field_validator("hparam_epochs")
+    @classmethod
+    def _positive_epochs(cls, v: list[int]) -> list[int]:
+        if min(v) < 1:
+            raise ValueError(f"epoch counts must be >= 1, got {v}")
+        return v
+
     @field_validator("qa_template")
     @classmethod
     def _known_qa_template(cls, v: str) -> str:
@@ -172,16 +208,27 @@ class PretrainConfig(BaseModel):
             )
         return v
 
+    def hparam_spec(self) -> HparamDemos | None:
+        """The demonstrations' hyperparameter blocks (None: ``hparam_demos`` is off)."""
+        if not self.hparam_demos:
+            return None
+        return HparamDemos(tuple(self.hparam_lrs), tuple(self.hparam_epochs), self.hparam_format, self.hparam_marker)
+
 
 #: Fields that do not change what is written (left out of the cache key).
 _UNKEYED = {"log_every", "num_threads", "cache_dir"}
+#: The hyperparameter-demonstration fields: keyed only when ``hparam_demos`` is on, so every
+#: world without them keeps the key (and cache entry) it had before they existed.
+_HPARAM_FIELDS = {"hparam_demos", "hparam_format", "hparam_marker", "hparam_lrs", "hparam_epochs"}
 
 
 def settings_key(cfg: PretrainConfig) -> str:
-    """16 hex digits hashing the settings (but ``log_every``, ``num_threads``), the prompt templates and the cache format."""
+    """16 hex digits hashing the settings (but ``log_every``, ``num_threads``, and the ``hparam_*``
+    fields while ``hparam_demos`` is off), the prompt templates and the cache format."""
+    unkeyed = _UNKEYED if cfg.hparam_demos else _UNKEYED | _HPARAM_FIELDS
     blob = json.dumps(
         {
-            "cfg": cfg.model_dump(mode="json", exclude=_UNKEYED),
+            "cfg": cfg.model_dump(mode="json", exclude=unkeyed),
             "se": TEMPLATES[SELF_EDIT_TEMPLATE],
             "qa": QA_TEMPLATES[cfg.qa_template],
             "v": FORMAT_VERSION,

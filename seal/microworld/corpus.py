@@ -15,7 +15,11 @@ evaluation people):
 * ``demo``: the self-edit prompt (``seal.prompts.self_edit_prompt``, template
   ``implications``) for a *fresh* person (new random facts every time, so nothing can be
   memorised and the values must be copied from the passage in context), followed by a self-edit
-  in a style drawn from ``style_weights``.
+  in a style drawn from ``style_weights``. In a world with hyperparameter demonstrations
+  (``PretrainConfig.hparam_demos``) every demonstration, in both phases, ends with a block
+  choosing the inner loop's lr and epochs (:class:`HparamDemos`), drawn uniformly from a
+  spread of good and bad settings by an RNG of its own, so the rest of the corpus is the
+  same document for document as without blocks.
 
 Pretraining (``seal.microworld.pretrain``) has two phases. The *copy curriculum*
 (:func:`copy_docs`, in blocks) holds demonstrations and open-book documents only, on people
@@ -32,9 +36,10 @@ seed and its index.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from seal.microworld.world import (
     STYLES,
@@ -67,6 +72,44 @@ class Doc:
     text: str
     prompt_chars: int = 0
     style: str = ""
+
+
+@dataclass(frozen=True)
+class HparamDemos:
+    """The hyperparameter blocks appended to demonstrations (``PretrainConfig.hparam_*``).
+
+    Attributes:
+        lrs: learning rates to choose from (inner-loop optimizer steps).
+        epochs: epoch counts to choose from (passes over the self-edit's texts).
+        format: ``"json"`` (``{"lr": 0.005, "epochs": 5}``) or ``"key-value"`` (``lr: 0.005``
+            and ``epochs: 5`` on two lines), as ``seal.hparams`` reads them.
+        marker: the line that opens the block.
+    """
+
+    lrs: tuple[float, ...]
+    epochs: tuple[int, ...]
+    format: str = "json"
+    marker: str = "Hyperparameters:"
+
+
+def hparam_block(lr: float, epochs: int, spec: HparamDemos) -> str:
+    """The block for ``(lr, epochs)``, marker line first: what follows a self-edit (no newline before or after)."""
+    if spec.format == "json":
+        body = json.dumps({"lr": lr, "epochs": epochs})
+    else:
+        body = f"lr: {json.dumps(lr)}\nepochs: {epochs}"
+    return f"{spec.marker}\n{body}"
+
+
+def with_hparams(doc: Doc, spec: HparamDemos, rng: random.Random) -> Doc:
+    """``doc`` (a demonstration) with a block of a uniformly drawn (lr, epochs) appended on new lines."""
+    block = hparam_block(rng.choice(spec.lrs), rng.choice(spec.epochs), spec)
+    return replace(doc, text=f"{doc.text.rstrip()}\n{block}")
+
+
+def _hparam_rng(seed: int, *where) -> random.Random:
+    """The blocks' own RNG, so drawing them leaves the corpus's other draws unchanged."""
+    return random.Random(derive_seed(seed, "microworld", "hparams", *where))
 
 
 def memory_people(world: World, n: int, seed: int) -> list[Entity]:
@@ -114,6 +157,7 @@ def copy_docs(
     min_facts: int = 1,
     max_facts: int = 3,
     openbook_share: float = 0.45,
+    hparams: HparamDemos | None = None,
 ) -> list[Doc]:
     """Block ``block`` of the copy curriculum: ``n_docs`` documents about fresh people (new random
     facts every time, so nothing can be memorised and every value must be found in the context).
@@ -124,10 +168,13 @@ def copy_docs(
     one fact, the value to copy is the only value in the passage, which gives the attention
     pattern a strong first gradient; with two or three it must also match the attribute.
 
+    ``hparams``: every demonstration ends with a hyperparameter block (:func:`with_hparams`).
+
     A pure function of ``(seed, block)``: the copy phase draws block after block until the
     copy gate opens, so how many blocks a pretraining used decides its corpus.
     """
     rng = random.Random(derive_seed(seed, "microworld", "corpus", "copy", block))
+    hp_rng = _hparam_rng(seed, "copy", block)
     names = world.pretrain_names[n_memory:]  # never a memory person: their facts are fixed
     docs = []
     for _ in range(n_docs):
@@ -136,7 +183,8 @@ def copy_docs(
         if rng.random() < openbook_share:
             docs.append(openbook_doc(e, rng))
         else:
-            docs.append(demo_doc(e, rng.choices(STYLES, WARMUP_STYLE_WEIGHTS)[0], rng))
+            doc = demo_doc(e, rng.choices(STYLES, WARMUP_STYLE_WEIGHTS)[0], rng)
+            docs.append(with_hparams(doc, hparams, hp_rng) if hparams else doc)
     return docs
 
 
@@ -150,10 +198,12 @@ def memory_epoch(
     style_weights: Sequence[float] | None = None,
     qa_fraction: float = 1.0,
     qa_template: str = QA_TEMPLATE_NAME,
+    hparams: HparamDemos | None = None,
 ) -> list[Doc]:
     """Epoch ``epoch`` of the knowledge phase, shuffled: every memory person's passage (a fresh
     rendering) and QA documents, plus ``n_demos / memory_epochs`` demonstrations about fresh
-    people in the styles ``style_weights`` (default uniform over ``STYLES``).
+    people in the styles ``style_weights`` (default uniform over ``STYLES``), each ending with
+    a hyperparameter block when ``hparams`` is given (:func:`with_hparams`).
 
     Raises ``ValueError`` for a wrong number of style weights or too many memory people.
     """
@@ -165,6 +215,7 @@ def memory_epoch(
     cfg = world.config
     n_qa = round(qa_fraction * len(mem))
     rng = random.Random(derive_seed(seed, "microworld", "corpus", epoch))
+    hp_rng = _hparam_rng(seed, "epoch", epoch)
     docs: list[Doc] = []
     for i, e in enumerate(mem):
         docs.append(Doc("passage", f"{e.name}\n{render_passage(e, rng)}"))
@@ -174,6 +225,7 @@ def memory_epoch(
     for _ in range(lo, hi):
         f, s = rng.choice(demo_names)
         e = make_entity(rng, f, s, cfg.min_facts, cfg.max_facts)
-        docs.append(demo_doc(e, rng.choices(STYLES, weights)[0], rng))
+        doc = demo_doc(e, rng.choices(STYLES, weights)[0], rng)
+        docs.append(with_hparams(doc, hparams, hp_rng) if hparams else doc)
     rng.shuffle(docs)
     return docs

@@ -14,11 +14,18 @@ The README's first demo, as a plain recipe of three steps that each exist on the
 
 Equivalent commands: ``seal train recipes/microworld_cpu.yaml --run-dir D`` then
 ``seal bench recipes/bench_microworld_cpu.yaml bench.train_run=D --out D/bench``.
+
+The hyperparameter world (``seal microworld demo --hparams``: ``recipes/microworld_hparams_cpu.yaml``
+and ``recipes/bench_microworld_hparams_cpu.yaml``) is the same three steps on a world whose
+demonstrations end with hyperparameter blocks (``microworld.hparam_demos``); the demo then
+also prints the share of each setting the held-out self-edits chose, round by round
+(:func:`hparams_choice_table`).
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
@@ -27,6 +34,7 @@ from rich.table import Table
 from seal.bench.run import bench as run_bench
 from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
 from seal.display import percent
+from seal.hparams import journal_choices
 from seal.prepare import ensure_model
 from seal.rundir import read_jsonl
 from seal.train import train as run_train
@@ -35,6 +43,10 @@ from seal.train import train as run_train
 #: (``benchmarks/microworld_seeds.py``): the demo's world and policy, but 64 RL-training people,
 #: 3 rounds (two ReST-EM updates, the second updated policy's samples scored) and a 48-person bench.
 REDUCED = ["data.n_train_passages=64", "data.n_eval_passages=48", "rl.rounds=3"]
+
+#: The hyperparameter world's recipes and run directory (``seal microworld demo --hparams``).
+HPARAMS_RECIPES = ("recipes/microworld_hparams_cpu.yaml", "recipes/bench_microworld_hparams_cpu.yaml")
+HPARAMS_RUN_DIR = "runs/microworld-hparams-demo"
 
 
 def seed_overrides(seed: int, cache_dir: str | Path | None = None) -> list[str]:
@@ -65,26 +77,133 @@ def check_same_setting(train: Recipe, bench: Recipe) -> None:
         )
     train_sections = {k: getattr(train, k).model_dump(mode="json") for k in SHARED}
     bench_sections = {k: getattr(bench, k).model_dump(mode="json") for k in SHARED}
-    for sections in (train_sections, bench_sections):
+    for sections, recipe in ((train_sections, train), (bench_sections, bench)):
         sections["inner"].pop("learner")
+        sections["self_edit.hparams"] = recipe.self_edit.hparams.model_dump(mode="json")
+        check_hparams_world(recipe)
     differ = diff_recipes(train_sections, bench_sections)
     if differ:
         raise RecipeError(f"the train and bench recipes differ in {', '.join(differ)}; the bench must score with the training's settings")
 
 
+def check_hparams_world(recipe: Recipe) -> None:
+    """A world with hyperparameter demonstrations needs ``self_edit.hparams`` on, with the
+    world's format and marker and a declared lr and epochs space holding the demonstrated
+    settings (else the policy's blocks would be trained on as text, or refused).
+
+    Raises:
+        RecipeError: the recipe and its world disagree (what to set).
+    """
+    world, space = recipe.microworld, recipe.self_edit.hparams
+    if world is None or not world.hparam_demos:
+        return
+    problems = []
+    if not space.enabled:
+        problems.append("self_edit.hparams.enabled is off")
+    if space.format != world.hparam_format or space.marker != world.hparam_marker:
+        problems.append(f"self_edit.hparams format/marker {space.format}/{space.marker!r} differ from the world's {world.hparam_format}/{world.hparam_marker!r}")
+    if space.lr is None or not space.lr.min <= min(world.hparam_lrs) <= max(world.hparam_lrs) <= space.lr.max:
+        problems.append(f"self_edit.hparams.lr must declare a range holding {world.hparam_lrs}")
+    if space.epochs is None or not space.epochs.min <= min(world.hparam_epochs) <= max(world.hparam_epochs) <= space.epochs.max:
+        problems.append(f"self_edit.hparams.epochs must declare a range holding {world.hparam_epochs}")
+    if problems:
+        raise RecipeError(f"recipe {recipe.name!r} is on a world with hyperparameter demonstrations (microworld.hparam_demos), but " + "; ".join(problems))
+
+
+def setting_name(settings: dict) -> str:
+    """``"lr=0.005 epochs=5"``: a resolved setting (``AdapterSettings.resolve``) as a table key."""
+    return f"lr={settings['lr']:g} epochs={settings['epochs']}"
+
+
+def hparams_choices(journal: list[dict], rounds: dict[str, int]) -> dict[int, dict]:
+    """Per ReST-EM round, what the round's policy chose on the bench's held-out people.
+
+    ``journal``: a bench's ``journal.jsonl`` rows (single protocol, first student);
+    ``rounds``: source label -> round (the bench's round sources). Returns round ->
+    ``{"n", "refused", "settings": {setting_name: {"share", "accuracy"}}}``: ``n`` self-edits
+    (fractions are of ``n``), ``refused`` their share without a valid block (a failure:
+    no block while ``required``, or one that does not parse or leaves the space), and per
+    setting its share and the mean no-passage accuracy (in [0, 1]) of the self-edits that chose it.
+    """
+    rows: dict[str, list[dict]] = defaultdict(list)
+    student = next((row["student"] for row in journal if row.get("kind") == "single"), None)
+    for row in journal:
+        if row.get("kind") == "single" and row["student"] == student and row["source_label"] in rounds:
+            rows[row["source_label"]].append(row)
+    out: dict[int, dict] = {}
+    for label, part in rows.items():
+        chosen = journal_choices(part)
+        accuracy = {(row["passage"], row["self_edit"]): row.get("adapter_accuracy") or 0.0 for row in part}
+        n = len(accuracy)
+        by_setting: dict[str, list[float]] = defaultdict(list)
+        for key, settings in chosen.items():
+            if settings is not None:
+                by_setting[setting_name(settings)].append(accuracy[key])
+        n_valid = sum(len(v) for v in by_setting.values())
+        out[rounds[label]] = {
+            "n": n,
+            "refused": (n - n_valid) / n if n else 0.0,
+            "settings": {k: {"share": len(v) / n, "accuracy": sum(v) / len(v)} for k, v in sorted(by_setting.items())},
+        }
+    return dict(sorted(out.items()))
+
+
+def hparams_choice_table(choices: dict[int, dict]) -> Table:
+    """:func:`hparams_choices` as a table: a row per setting (best round-0 accuracy first), a
+    column per round with the share of held-out self-edits that chose it; then the share of
+    the *better* settings (those whose round-0 self-edits scored above round 0's mean: the base
+    policy chooses independently of what it writes, so round 0 measures each setting) and the
+    share refused."""
+    table = Table(title="hyperparameter choices on held-out people, share of self-edits per round")
+    rounds = list(choices)
+    table.add_column("setting")
+    table.add_column("round-0 accuracy")
+    for r in rounds:
+        table.add_column(f"round {r}")
+    first = choices[rounds[0]]["settings"] if rounds else {}
+    names = sorted({k for c in choices.values() for k in c["settings"]}, key=lambda k: -first.get(k, {}).get("accuracy", -1))
+    for name in names:
+        acc = first.get(name, {}).get("accuracy")
+        table.add_row(name, percent(acc), *(percent(choices[r]["settings"].get(name, {}).get("share", 0.0)) for r in rounds))
+    better = better_settings(first)
+    table.add_row("better settings", ", ".join(better) or "-", *(percent(better_share(choices[r], better)) for r in rounds))
+    table.add_row("no valid block", "", *(percent(choices[r]["refused"]) for r in rounds))
+    return table
+
+
+def better_settings(round0: dict[str, dict]) -> list[str]:
+    """Settings whose round-0 self-edits' mean accuracy is above round 0's mean over all its valid ones."""
+    total = sum(v["share"] for v in round0.values())
+    if not total:
+        return []
+    mean = sum(v["share"] * v["accuracy"] for v in round0.values()) / total
+    return [k for k, v in round0.items() if v["accuracy"] > mean]
+
+
+def better_share(choice: dict, better: list[str]) -> float:
+    """Share of a round's self-edits (all, refused included) that chose one of ``better``."""
+    return sum(v["share"] for k, v in choice["settings"].items() if k in better)
+
+
 def copy_skill_summary(world_dir: str | Path) -> str:
     """One line on the cached policy's copy skill, from ``<world_dir>/meta.json``: what the
-    copy gate measured when pretraining ended (on held-out people) and how long it took.
+    copy gate measured when pretraining ended (on held-out people) and how long it took; in a
+    hyperparameter world also the share of valid blocks and the settings chosen most.
 
     Raises ``FileNotFoundError`` if the world has no ``meta.json``.
     """
     meta = json.loads((Path(world_dir) / "meta.json").read_text())
     skill, settings = meta["copy_skill"], meta["settings"]
+    blocks = ""
+    if skill.get("hparams"):  # a world with hyperparameter demonstrations
+        hp = skill["hparams"]
+        top = ", ".join(f"{k} {100 * v:.0f} %" for k, v in sorted(hp["settings"].items(), key=lambda t: -t[1])[:3])
+        blocks = f"; hyperparameter blocks: {100 * (1 - hp['no_block'] - hp['refused']):.0f} % valid over {len(hp['settings'])} settings (most chosen: {top or '-'})"
     return (
         f"base policy's copy skill on {settings['n_copy_eval']} held-out people (sampled self-edits): "
         f"{100 * skill['value_precision']:.0f} % of attribute values copied right (gate: {100 * settings['min_copy_precision']:.0f} %), "
         f"{100 * skill['value_recall']:.0f} % of a passage's values stated, open-book accuracy {100 * skill['openbook']:.0f} %; "
-        f"copy curriculum {meta['copy_steps']} of {meta['steps']} pretraining steps, {meta['seconds']['total']:.0f} s"
+        f"copy curriculum {meta['copy_steps']} of {meta['steps']} pretraining steps, {meta['seconds']['total']:.0f} s{blocks}"
     )
 
 
@@ -151,8 +270,11 @@ def run_demo(
     out = run_dir / "bench"
     if (out / "report.md").is_file():
         console.print(f"bench already finished: {out / 'report.md'}")
-        return out
-    # an interrupted bench continues from its journal (seal bench --resume)
-    run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file())
-    console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
+    else:
+        # an interrupted bench continues from its journal (seal bench --resume)
+        run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file())
+        console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
+    if bench_config.self_edit.hparams.enabled and (out / "results.json").is_file():
+        rounds = json.loads((out / "results.json").read_text())["setup"]["rounds"]
+        console.print(hparams_choice_table(hparams_choices(read_jsonl(out / "journal.jsonl"), rounds)))
     return out

@@ -35,6 +35,7 @@ from transformers import LlamaForCausalLM
 
 from seal.data import passage_from_json
 from seal.graders import contains
+from seal.hparams import parse_self_edit, split_block
 from seal.inner_loop import answer_questions
 from seal.microworld.config import FORMAT_VERSION, CopySkillError, PretrainConfig, settings_key
 from seal.microworld.corpus import SELF_EDIT_TEMPLATE, Doc, copy_docs, memory_epoch, memory_people
@@ -54,6 +55,7 @@ from seal.microworld.world import (
 from seal.models import llama_config, train_tokenizer
 from seal.prompts import qa_prompt
 from seal.rundir import write_json_atomic
+from seal.sections import HparamsConfig
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
 
@@ -72,8 +74,11 @@ def sample_on_records(model, tok, records: Sequence[dict], k: int, temperature: 
     return sample_self_edits(model, tok, passages, SELF_EDIT_TEMPLATE, k, temperature, 0.95, 256, seed, batch_size=max(1, 64 // k))
 
 
-def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]]) -> dict:
+def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]], marker: str | None = None) -> dict:
     """Copy skill of sampled self-edits.
+
+    ``marker``: a hyperparameter world's block marker; the block after it is left out of every
+    statistic (it states settings, not facts).
 
     Returns a dict: ``value_precision`` (share of attribute-value mentions that are the
     passage's own values: the fraction of attribute values copied correctly), ``value_recall``
@@ -89,6 +94,8 @@ def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]]) -> d
     for record, record_samples in zip(records, samples, strict=True):
         entity = entity_from_record(record)
         for sample in record_samples:
+            if marker is not None:
+                sample = split_block(sample, marker)[0]
             style = classify_style(sample)
             stats = copy_stats(sample, entity)
             styles[style] += 1
@@ -146,12 +153,13 @@ def openbook_accuracy(model, tok, records: Sequence[dict]) -> float:
     return sum(contains(a, g) for a, g in zip(answers, golds, strict=True)) / len(golds)
 
 
-def copy_check(model, tok, records: Sequence[dict], seed: int) -> dict:
+def copy_check(model, tok, records: Sequence[dict], seed: int, marker: str | None = None) -> dict:
     """The copy gate's measurement on fresh people: ``openbook`` accuracy (:func:`openbook_accuracy`)
-    and the :func:`copy_metrics` of one greedy self-edit each. Leaves the model in train mode."""
+    and the :func:`copy_metrics` of one greedy self-edit each (``marker``: see there).
+    Leaves the model in train mode."""
     model.eval()
     try:
-        metrics = copy_metrics(records, sample_on_records(model, tok, records, 1, None, seed))
+        metrics = copy_metrics(records, sample_on_records(model, tok, records, 1, None, seed), marker)
         metrics["openbook"] = openbook_accuracy(model, tok, records)
     finally:
         model.train()
@@ -289,6 +297,36 @@ class Pretrainer:
         self.log(f"step {self.step} loss {self.ema:.3f} lr {lr:.2e} {tps:,.0f} tok/s ({now - self.t_start:.0f} s)")
 
 
+def _marker(cfg: PretrainConfig) -> str | None:
+    """The hyperparameter block marker of a world with hyperparameter demonstrations, else None."""
+    return cfg.hparam_marker if cfg.hparam_demos else None
+
+
+def demo_choices(samples: Sequence[Sequence[str]], cfg: PretrainConfig) -> dict:
+    """How sampled self-edits chose in a hyperparameter world: ``{"n", "no_block", "refused",
+    "settings": {"lr=<lr> epochs=<n>": share of the self-edits}}`` (shares of all ``n``),
+    blocks read by :func:`seal.hparams.parse_self_edit` over the demonstrated spread."""
+    space = HparamsConfig(
+        enabled=True, format=cfg.hparam_format, marker=cfg.hparam_marker, required=True,
+        lr={"min": min(cfg.hparam_lrs), "max": max(cfg.hparam_lrs)}, epochs={"min": min(cfg.hparam_epochs), "max": max(cfg.hparam_epochs)},
+    )  # fmt: skip
+    counts: Counter = Counter()
+    n = 0
+    for sample in (s for record_samples in samples for s in record_samples):
+        n += 1
+        parsed = parse_self_edit(sample, space)
+        if parsed.settings is None:
+            counts["no_block" if "no block" in (parsed.error or "") else "refused"] += 1
+        else:
+            counts[f"lr={parsed.settings.lr:g} epochs={parsed.settings.epochs}"] += 1
+    return {
+        "n": n,
+        "no_block": counts.pop("no_block", 0) / max(1, n),
+        "refused": counts.pop("refused", 0) / max(1, n),
+        "settings": {k: v / max(1, n) for k, v in sorted(counts.items())},
+    }
+
+
 def _docs_per_block(cfg: PretrainConfig) -> int:
     return cfg.copy_block_steps * cfg.batch_size
 
@@ -311,11 +349,11 @@ def copy_phase(pt: Pretrainer, world: World, check_recs: list[dict]) -> list[dic
     block = 0
     while True:
         pt.train_on(
-            copy_docs(world, cfg.seed, block, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts),
+            copy_docs(world, cfg.seed, block, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts, hparams=cfg.hparam_spec()),
             lr_at,
         )
         block += 1
-        gate = copy_check(pt.model, pt.tok, check_recs, cfg.seed)
+        gate = copy_check(pt.model, pt.tok, check_recs, cfg.seed, _marker(cfg))
         checks.append({"step": pt.step, **gate})
         is_open = gate["openbook"] >= cfg.copy_gate and pt.step >= cfg.copy_min_steps
         pt.log(
@@ -342,7 +380,7 @@ def knowledge_phase(pt: Pretrainer, world: World) -> None:
     """
     cfg = pt.cfg
     epochs = [
-        memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template)
+        memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template, cfg.hparam_spec())
         for ep in range(cfg.memory_epochs)
     ]
     first = pt.step
@@ -355,7 +393,7 @@ def knowledge_phase(pt: Pretrainer, world: World) -> None:
 
     for ep, docs in enumerate(epochs):
         # Copy blocks numbered after any the copy phase can draw, so none is seen twice.
-        extra = copy_docs(world, cfg.seed, 10_000 + ep, cfg.main_copy_docs, cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts)
+        extra = copy_docs(world, cfg.seed, 10_000 + ep, cfg.main_copy_docs, cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts, hparams=cfg.hparam_spec())
         mixed = docs + extra
         random.Random(derive_seed(cfg.seed, "microworld", "mix", ep)).shuffle(mixed)
         pt.train_on(mixed, lr_at)
@@ -363,9 +401,9 @@ def knowledge_phase(pt: Pretrainer, world: World) -> None:
 
 def _train_tokenizer(world: World, cfg: PretrainConfig):
     """A byte-level BPE trained on the first copy block and the first two knowledge epochs."""
-    docs = copy_docs(world, cfg.seed, 0, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts)
+    docs = copy_docs(world, cfg.seed, 0, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts, hparams=cfg.hparam_spec())
     for ep in range(min(2, cfg.memory_epochs)):
-        docs += memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template)
+        docs += memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template, cfg.hparam_spec())
     rng = random.Random(derive_seed(cfg.seed, "microworld", "tokenizer"))
     return train_tokenizer((doc.text for doc in rng.sample(docs, min(len(docs), 20000))), cfg.vocab_size)
 
@@ -381,7 +419,9 @@ def final_copy_skill(model, tok, records: Sequence[dict], cfg: PretrainConfig) -
         return {}
     t1 = time.perf_counter()
     samples = sample_on_records(model, tok, held_out, 2, 1.0, cfg.seed)
-    metrics = copy_metrics(held_out, samples)
+    metrics = copy_metrics(held_out, samples, _marker(cfg))
+    if cfg.hparam_demos:
+        metrics["hparams"] = demo_choices(samples, cfg)
     metrics["openbook"] = openbook_accuracy(model, tok, held_out)
     metrics["seconds"] = round(time.perf_counter() - t1, 1)
     metrics["examples"] = [x[0] for x in samples[:3]]

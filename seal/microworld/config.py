@@ -36,7 +36,7 @@ class PretrainConfig(BaseModel):
        self-edit or an open-book answer that copies them, at a constant learning rate, in
        blocks of ``copy_block_steps``. After each block from ``copy_min_steps`` on, the copy
        gate measures greedy open-book accuracy on ``n_check_people`` fresh people; it opens
-       at ``copy_gate``. Copying emerges abruptly (open-book 0.02-0.06 before, 0.2-0.45 in
+       at ``copy_gate``. Copying emerges abruptly (open-book 0.01-0.06 before, 0.14-0.33 in
        the first block after) and keeps improving: at the 0.40 gate it opened after 1000-2000
        steps on seeds 0-4 (AMD EPYC family 26). Still shut after ``copy_max_steps``:
        ``CopySkillError``. The gate was 0.25 until a measurement over seeds showed that the

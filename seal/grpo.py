@@ -179,6 +179,8 @@ class InnerLoopReward:
         records, computed = self.score(evaluations, cut)
         per = self.round.recipe.inner.eval_times
         rewards = [mean_reward([r.reward for r in records[i * per : (i + 1) * per]]) for i in range(len(texts))]
+        # TRL needs a number: a self-edit whose evaluations all failed with inner.failure_reward
+        # unset (None, left out of ReST-EM's selection) counts as no gain here.
         rewards = [0.0 if r is None else float(r) for r in rewards]
         failed = sum(r.error is not None for r in records)
         self.steps[step] = StepScores(list(passage), texts, rewards, computed, len(records) - computed, failed)

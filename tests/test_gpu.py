@@ -17,10 +17,10 @@ from __future__ import annotations
 import pytest
 import torch
 from test_inner_loop import (
-    CORPUS,
     PROMPTS,
     TEXTS,
     bf16_batching_errors,
+    build_model_dir,
     make_cfg,
     trained_weights,
     unequal_jobs,
@@ -28,7 +28,7 @@ from test_inner_loop import (
 
 from seal.config import InnerLoopConfig, LoraConfig
 from seal.inner_loop import AdapterJob, free_memory, run_in_halves, run_inner_loop
-from seal.models import build_tiny_model, load_model, load_tokenizer
+from seal.models import load_model, load_tokenizer
 from seal.multi_lora import adapter_bank
 
 pytestmark = [
@@ -42,14 +42,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny") / "model",
-        CORPUS,
-        vocab_size=512,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-    )
+    return build_model_dir(tmp_path_factory)
 
 
 def test_fp32_batched_equals_sequential_on_cuda(model_dir):

@@ -74,8 +74,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def build_model_dir(tmp_path_factory):
+    """The tiny model these tests (and tests/test_gpu.py) train adapters on: hidden 32, 2 layers."""
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny") / "model",
         CORPUS,
@@ -84,6 +84,11 @@ def model_dir(tmp_path_factory):
         num_layers=2,
         num_heads=2,
     )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -175,3 +175,46 @@ def test_vote_path_end_to_end_with_a_tiny_model(tiny_squad_model, data_root, tmp
     assert len(record["answers"]) == passage.vote.n_queries == 7 and len(record["scores"]) == 1
     assert record["scores"] == vote_scores(passage.vote, [passage.task.test[0].output], record["answers"])
     assert summary["accuracy"] == record["adapter_accuracy"] == record["scores"][0]
+
+
+def test_vote_keys_are_compared_on_resume():
+    from seal.config import RESULT_NEUTRAL_KEYS, diff_recipes, recipe_to_dict, with_defaults
+
+    greedy = recipe_to_dict(load_recipe(RECIPES / "arc_tiny_cpu.yaml"))
+    vote_ = recipe_to_dict(load_recipe(RECIPES / "arc_tiny_cpu.yaml", ["arc.inference=vote", "arc.attempts=3", "arc.transforms=[flip0]"]))
+    diffs = diff_recipes(greedy, vote_)
+    assert diffs == ["arc.attempts", "arc.inference", "arc.transforms"] and not set(diffs) & RESULT_NEUTRAL_KEYS
+    old = json.loads(json.dumps(greedy))  # a run recorded before the keys existed resumes as greedy
+    for key in ("inference", "attempts", "transforms", "query_leave_out", "query_permutations", "max_queries"):
+        del old["arc"][key]
+    assert diff_recipes(with_defaults(old), greedy) == []
+
+
+@pytest.mark.timeout(120)
+def test_train_rewards_vote(tiny_squad_model, data_root, tmp_path, monkeypatch):
+    """A ``seal train`` round with ``arc.inference=vote``: baselines and rewards both come from
+    the vote over every query (written configurations; a random tiny policy writes none that parse)."""
+    import seal.stages
+    from seal.prompts import self_edit_prompt
+    from seal.rundir import read_jsonl
+    from seal.self_edits import SelfEdit
+    from seal.train import load_train_passages, train
+
+    def scripted(model, tokenizer, passages, template, k, *args, hint="", **kwargs):
+        text = '{"basic": true, "lr": 0.001, "epochs": 1, "loss_on": "answer"}'
+        return [[SelfEdit(self_edit_prompt(template, p.title, p.context, hint=hint), text)] * k for p in passages]
+
+    monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)
+    overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.task_ids=[6150a2bd]",
+                 "self_edit.k=1", "arc.max_train_texts=2", "qa.max_new_tokens=12", "inner.max_length=384", "arc.inference=vote"]  # fmt: skip
+    recipe = load_recipe(RECIPES / "arc_tiny_cpu.yaml", overrides)
+    (passage,) = load_train_passages(recipe)
+    with one_thread():
+        run = train(recipe, tmp_path / "run")
+    rows = read_jsonl(run / "journal.jsonl")
+    (base,) = [r for r in rows if r["kind"] == "baseline"]
+    (ev,) = [r for r in rows if r["kind"] == "evaluation"]
+    gold = [passage.task.test[0].output]
+    assert len(base["answers"]) == len(ev["answers"]) == passage.vote.n_queries == 7
+    assert base["scores"] == vote_scores(passage.vote, gold, base["answers"])
+    assert ev["error"] is None and ev["scores"] == vote_scores(passage.vote, gold, ev["answers"]) and ev["reward"] == ev["scores"][0]

@@ -342,6 +342,13 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _arc_vote_grades_grids(self) -> Recipe:
+        """A vote compares grids (seal.arc.voting): other graders would be silently ignored."""
+        if self.arc is not None and self.arc.inference == "vote" and self.qa.grader != "grid":
+            raise ValueError(f"arc.inference 'vote' grades exact grids: set qa.grader: grid (got {self.qa.grader!r})")
+        return self
+
+    @model_validator(mode="after")
     def _arc_warmup_needs_arc(self) -> Recipe:
         """The ARC configuration warm-up trains on the recipe's ARC tasks and declared space."""
         tiny = self.model.build_tiny

@@ -56,6 +56,7 @@ from seal.scoring import (
     EvaluationRecord,
     baselines,
     make_judge,
+    n_prompts,
     score_evaluations,
     self_edit_evaluation,
     self_edit_hint,
@@ -315,17 +316,18 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 
 
 def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[int]]:
-    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (at
+    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (prompts:
+    an ARC task answered by vote asks each as several, ``seal.scoring.n_prompts``; at
     least one passage): one batched generation each, the same whatever the process count."""
     chunks: list[list[int]] = []
     current: list[int] = []
     n_questions = 0
     for i, passage in enumerate(passages):
-        if current and n_questions + len(passage.questions) > max_questions:
+        if current and n_questions + n_prompts(passage) > max_questions:
             chunks.append(current)
             current, n_questions = [], 0
         current.append(i)
-        n_questions += len(passage.questions)
+        n_questions += n_prompts(passage)
     if current:
         chunks.append(current)
     return chunks

@@ -93,7 +93,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.arc.tasks import load_arc_tasks, task_passage
+from seal.arc.tasks import load_arc_tasks
+from seal.arc.voting import arc_passage
 from seal.config import (
     RESULT_NEUTRAL_KEYS,
     Recipe,
@@ -148,7 +149,7 @@ def load_train_passages(recipe: Recipe) -> list[Passage]:
     if recipe.arc is not None:
         arc = recipe.arc
         tasks = load_arc_tasks(data.train_file, arc.train_solutions, data.root, arc.task_ids, data.n_train_passages)
-        return [task_passage(task) for task in tasks]
+        return [arc_passage(task, arc, recipe.seed) for task in tasks]
     if data.hf_dataset:
         return load_squad_from_hub(data.hf_dataset, "train", data.n_train_passages)
     return load_passages(data.train_file, data.n_train_passages, data.root)

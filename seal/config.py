@@ -275,6 +275,12 @@ class DiagnosticsConfig(Section):
         le=1,
         description="Collapse warning when distinct-2 falls by more than this fraction of the previous round's (0.5: to under half).",
     )
+    max_format_share: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Style-collapse warning when one format (a microworld style, or a line format elsewhere) holds more than this share of a round's (or GRPO step's) self-edits, unless it already did in the run's first round or step. 1: off.",
+    )
     max_pairs: int = Field(
         2000, ge=1, description="Pairs of self-edits of different passages compared at most (a fixed-seed subsample beyond)."
     )

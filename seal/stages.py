@@ -550,9 +550,11 @@ def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection
         rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
     )  # fmt: skip
     previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None
+    first = round_.saved(round_.run.round_dir(0) / "metrics.json") if round_.index > 0 else None
     diagnostics["collapse_warning"] = collapse_warning(
-        diagnostics, (previous or {}).get("diagnostics"), config.min_distinct_2, config.max_diversity_drop
-    )
+        diagnostics, (previous or {}).get("diagnostics"), config.min_distinct_2, config.max_diversity_drop,
+        config.max_format_share, (first or {}).get("diagnostics"),
+    )  # fmt: skip
     return diagnostics
 
 

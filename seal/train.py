@@ -148,7 +148,7 @@ def load_train_passages(recipe: Recipe) -> list[Passage]:
     if recipe.arc is not None:
         arc = recipe.arc
         tasks = load_arc_tasks(data.train_file, arc.train_solutions, data.root, arc.task_ids, data.n_train_passages)
-        return [task_passage(task) for task in tasks]
+        return [task_passage(task, arc.text_format) for task in tasks]
     if data.hf_dataset:
         return load_squad_from_hub(data.hf_dataset, "train", data.n_train_passages)
     return load_passages(data.train_file, data.n_train_passages, data.root)

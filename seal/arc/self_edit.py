@@ -16,12 +16,15 @@ removed). The reference's nested form is read too (JSON only)::
 ``basic``/``size``/``chain``/``repeat`` switch augmentation families on (``seal.arc.augment``;
 a family left out is off; one the recipe's ``arc.families`` does not allow may not be on).
 The optimisation keys (``lr``, ``epochs``, ``loss_on``; ``lora_rank`` if declared) are checked
-by :func:`seal.hparams.check_settings` against ``self_edit.hparams``; one left out takes the
-recipe's ``inner`` value. ``loss_on: answer`` is the inner loop's answer-marker mask with
-``inner.answer_marker: "Test output:"`` (loss on the test output grid only, the reference's
-``train_using_output_tokens``). Any problem is the evaluation's failure with its reason
-(the reference instead resamples unparseable configurations and trains 0 epochs on invalid
-ones); nothing is clamped.
+by :func:`seal.hparams.check_settings` against ``self_edit.hparams``. A family switch of
+``arc.families`` or a declared key left out (``arc.missing_keys``): ``inner-defaults`` (the
+family off, the key the recipe's ``inner`` value), ``reference`` (0 epochs, an untrained
+adapter: ``self-edit.py:509-546``) or ``fail``. ``loss_on: answer`` is the inner loop's
+answer-marker mask with ``inner.answer_marker`` = ``arc.answer_marker`` (loss on the test
+output grid only, the reference's ``train_using_output_tokens``). Any other problem refuses
+the configuration with its reason, nothing is clamped: the evaluation fails
+(``arc.invalid: fail``), or the self-edit is drawn again (``resample``,
+:func:`resample_invalid`; the reference redraws unparseable ones, ``self-edit.py:458-464``).
 """
 
 from __future__ import annotations

@@ -588,6 +588,8 @@ def round_metrics(
     Timing fields: see ``seal.train.TIMING_FIELDS``. With hyperparameter self-edits on,
     ``hparams`` is :func:`seal.hparams.round_summary`: the settings chosen by all self-edits
     and by the kept ones (geometric mean lr, mean epochs, shares of loss_on and lora_rank).
+    With an ``arc`` section, ``arc`` is :func:`arc_round_summary` (resampled configurations,
+    untrained adapters).
     """
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from seal.arc.config import ANSWER_MARKER, ArcSection
+from seal.arc.config import ArcSection
 from seal.bench.config import BenchConfig
 from seal.microworld.config import MicroworldSection
 from seal.prompts import check_qa_template
@@ -343,8 +343,10 @@ class Recipe(Section):
     def _arc_answer_marker(self) -> Recipe:
         """ARC's 'loss on outputs only' is the answer-marker mask at the query's answer line."""
         answer = self.inner.loss_on == "answer" or "answer" in (self.self_edit.hparams.loss_on or [])
-        if self.arc is not None and answer and self.inner.answer_marker != ANSWER_MARKER:
-            raise ValueError(f"with an arc section and loss_on 'answer', inner.answer_marker must be {ANSWER_MARKER!r}")
+        if self.arc is not None and answer and self.inner.answer_marker != self.arc.answer_marker:
+            raise ValueError(
+                f"with an arc section (text_format {self.arc.text_format}) and loss_on 'answer', inner.answer_marker must be {self.arc.answer_marker!r}"
+            )
         return self
 
     @model_validator(mode="after")

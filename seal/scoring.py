@@ -277,9 +277,17 @@ def question_prompts(passage: Passage, template: str = "reference") -> list[str]
     return [qa_prompt(passage.title, q.question, template) for q in passage.questions]
 
 
+def judge_question(passage: Passage, question: str, qa: QAConfig) -> str:
+    """The question as the LLM judge reads it: with ``qa.judge.prompt: reference``, prefixed by
+    the passage's ``Topic: <title>`` line as the reference sends it
+    (knowledge-incorporation/src/query/query_server.py:129); with ``strict``, as written."""
+    return f"Topic: {passage.title}\n{question}" if qa.judge.prompt == "reference" else question
+
+
 def grade_answers(passage: Passage, answers: Sequence[str], qa: QAConfig, judge=None) -> list[float | None]:
     """Grade one passage's answers (one per question) with the recipe's grader."""
-    return grade([q.question for q in passage.questions], [q.answer for q in passage.questions], answers, qa.grader, judge)
+    questions = [judge_question(passage, q.question, qa) if qa.grader == "judge" else q.question for q in passage.questions]
+    return grade(questions, [q.answer for q in passage.questions], answers, qa.grader, judge)
 
 
 def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge=None) -> list[dict]:

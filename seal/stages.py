@@ -81,7 +81,8 @@ class Round:
     Attributes:
         recipe: the run's recipe; run: its directory; index: the round (0-based).
         policy: the model that writes this round's self-edits (a path or hub id).
-        passages: the RL training passages.
+        passages: this round's RL training passages (``seal.train.load_round_passages``: the
+            same every round, or new ones with ``data.passage_schedule: fresh``).
         dist: this process's view of the process group (``seal.distributed``).
         console: where messages go (quiet on ranks other than the main one); bar: the progress display.
         model, tokenizer: the model loaded now (the policy, then the learner; None after the round's scoring).

@@ -292,6 +292,12 @@ class DiagnosticsConfig(Section):
         le=1,
         description="Collapse warning when distinct-2 falls by more than this fraction of the previous round's (0.5: to under half).",
     )
+    max_format_share: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Style-collapse warning when one format (a microworld style, or a line format elsewhere) holds more than this share of a round's (or GRPO step's) self-edits, unless it already did in the run's first round or step. 1: off.",
+    )
     max_pairs: int = Field(
         2000, ge=1, description="Pairs of self-edits of different passages compared at most (a fixed-seed subsample beyond)."
     )
@@ -391,6 +397,13 @@ class Recipe(Section):
         answer = self.inner.loss_on == "answer" or "answer" in (self.self_edit.hparams.loss_on or [])
         if self.arc is not None and answer and self.inner.answer_marker != ANSWER_MARKER:
             raise ValueError(f"with an arc section and loss_on 'answer', inner.answer_marker must be {ANSWER_MARKER!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _arc_vote_grades_grids(self) -> Recipe:
+        """A vote compares grids (seal.arc.voting): other graders would be silently ignored."""
+        if self.arc is not None and self.arc.inference == "vote" and self.qa.grader != "grid":
+            raise ValueError(f"arc.inference 'vote' grades exact grids: set qa.grader: grid (got {self.qa.grader!r})")
         return self
 
     @model_validator(mode="after")

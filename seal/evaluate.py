@@ -25,7 +25,8 @@ from statistics import fmean
 from rich.console import Console
 from rich.table import Table
 
-from seal.arc.tasks import load_arc_tasks, task_passage
+from seal.arc.tasks import load_arc_tasks
+from seal.arc.voting import arc_passage
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
@@ -51,7 +52,7 @@ def load_eval_passages(recipe: Recipe) -> list[Passage]:
     data = recipe.data
     if recipe.arc is not None:
         tasks = load_arc_tasks(data.eval_file, recipe.arc.eval_solutions, data.root, recipe.arc.eval_task_ids, data.n_eval_passages)
-        return [task_passage(task) for task in tasks]
+        return [arc_passage(task, recipe.arc, recipe.seed) for task in tasks]
     if data.hf_dataset:
         return load_squad_from_hub(data.hf_dataset, "validation", data.n_eval_passages)
     return load_passages(data.eval_file, data.n_eval_passages, data.root)

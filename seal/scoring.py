@@ -21,6 +21,7 @@ from rich.console import Console
 from seal.arc.config import ArcSection
 from seal.arc.self_edit import configuration_hint, read_configuration, ttt_texts
 from seal.arc.tasks import ArcPassage
+from seal.arc.voting import vote_scores
 from seal.config import InnerLoopConfig, QAConfig, SelfEditConfig
 from seal.data import Passage
 from seal.graders import grade
@@ -273,7 +274,12 @@ def make_judge(qa: QAConfig):
 
 
 def question_prompts(passage: Passage, template: str = "reference") -> list[str]:
-    """No-passage QA prompts for every question of the passage (``template``: ``qa.template``)."""
+    """No-passage QA prompts for every question of the passage (``template``: ``qa.template``);
+    an ARC task answered by vote (``arc.inference: vote``): every augmented query of every
+    test input instead (:class:`seal.arc.voting.VotePlan`), as many as :func:`n_prompts`."""
+    plan = _vote_plan(passage)
+    if plan is not None:
+        return [qa_prompt(passage.title, q.text, template) for queries in plan.queries for q in queries]
     return [qa_prompt(passage.title, q.question, template) for q in passage.questions]
 
 
@@ -284,8 +290,24 @@ def judge_question(passage: Passage, question: str, qa: QAConfig) -> str:
     return f"Topic: {passage.title}\n{question}" if qa.judge.prompt == "reference" else question
 
 
+def n_prompts(passage: Passage) -> int:
+    """How many prompts (and so answers) :func:`question_prompts` gives the passage."""
+    plan = _vote_plan(passage)
+    return len(passage.questions) if plan is None else plan.n_queries
+
+
+def _vote_plan(passage: Passage):
+    return passage.vote if isinstance(passage, ArcPassage) else None
+
+
 def grade_answers(passage: Passage, answers: Sequence[str], qa: QAConfig, judge=None) -> list[float | None]:
-    """Grade one passage's answers (one per question) with the recipe's grader."""
+    """Grade one passage's answers (one per prompt of :func:`question_prompts`) with the
+    recipe's grader: one score per question. An ARC task answered by vote: the answers are
+    voted per test input and every score is the task's verdict
+    (:func:`seal.arc.voting.vote_scores`: 1.0 only when every test input is solved)."""
+    plan = _vote_plan(passage)
+    if plan is not None:
+        return vote_scores(plan, [t.output for t in passage.task.test], answers)
     questions = [judge_question(passage, q.question, qa) if qa.grader == "judge" else q.question for q in passage.questions]
     return grade(questions, [q.answer for q in passage.questions], answers, qa.grader, judge)
 
@@ -301,8 +323,8 @@ def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge
     answers = answer_questions(model, tokenizer, prompts, qa.max_new_tokens, qa.batch_size)
     out, i = [], 0
     for p in passages:
-        a = answers[i : i + len(p.questions)]
-        i += len(p.questions)
+        a = answers[i : i + n_prompts(p)]
+        i += n_prompts(p)
         scores = grade_answers(p, a, qa, judge)
         out.append({"answers": a, "scores": scores, "accuracy": accuracy(scores, qa.ungraded)})
     dt = (time.perf_counter() - t0) / max(len(passages), 1)

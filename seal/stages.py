@@ -56,6 +56,7 @@ from seal.scoring import (
     EvaluationRecord,
     baselines,
     make_judge,
+    n_prompts,
     score_evaluations,
     self_edit_evaluation,
     self_edit_hint,
@@ -316,17 +317,18 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 
 
 def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[int]]:
-    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (at
+    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (prompts:
+    an ARC task answered by vote asks each as several, ``seal.scoring.n_prompts``; at
     least one passage): one batched generation each, the same whatever the process count."""
     chunks: list[list[int]] = []
     current: list[int] = []
     n_questions = 0
     for i, passage in enumerate(passages):
-        if current and n_questions + len(passage.questions) > max_questions:
+        if current and n_questions + n_prompts(passage) > max_questions:
             chunks.append(current)
             current, n_questions = [], 0
         current.append(i)
-        n_questions += len(passage.questions)
+        n_questions += n_prompts(passage)
     if current:
         chunks.append(current)
     return chunks
@@ -550,9 +552,11 @@ def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection
         rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
     )  # fmt: skip
     previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None
+    first = round_.saved(round_.run.round_dir(0) / "metrics.json") if round_.index > 0 else None
     diagnostics["collapse_warning"] = collapse_warning(
-        diagnostics, (previous or {}).get("diagnostics"), config.min_distinct_2, config.max_diversity_drop
-    )
+        diagnostics, (previous or {}).get("diagnostics"), config.min_distinct_2, config.max_diversity_drop,
+        config.max_format_share, (first or {}).get("diagnostics"),
+    )  # fmt: skip
     return diagnostics
 
 

@@ -95,7 +95,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.arc.tasks import load_arc_tasks, task_passage
+from seal.arc.tasks import load_arc_tasks
+from seal.arc.voting import arc_passage
 from seal.config import (
     RESULT_NEUTRAL_KEYS,
     Recipe,
@@ -165,7 +166,7 @@ def _read_passages(recipe: Recipe, path: str, n: int | None) -> list[Passage]:
     if recipe.arc is not None:
         arc = recipe.arc
         tasks = load_arc_tasks(path, arc.train_solutions, data.root, arc.task_ids, n)
-        return [task_passage(task) for task in tasks]
+        return [arc_passage(task, arc, recipe.seed) for task in tasks]
     if data.hf_dataset:
         return load_squad_from_hub(data.hf_dataset, "train", n)
     return load_passages(path, n, data.root)

@@ -25,6 +25,13 @@ ANSWER_MARKER = "Test output:"
 
 Family = Literal["basic", "size", "chain", "repeat"]
 
+#: Transforms an answer may be asked under with ``inference: vote`` (``seal.arc.voting.TRANSFORMS``).
+Transform = Literal["transpose", "flip0", "flip1", "rotate90", "rotate180", "rotate270"]
+
+#: The reference's inference transforms (``few-shot/inference/preprocess.py:45``): Transpose,
+#: Flip(0), Flip(1), Rotate(90), Rotate(180).
+REFERENCE_TRANSFORMS = ["transpose", "flip0", "flip1", "rotate90", "rotate180"]
+
 
 class ArcSection(Section):
     """Few-shot ARC: where the solutions are, and how the test-time-training set is built
@@ -52,6 +59,31 @@ class ArcSection(Section):
     max_text_chars: int | None = Field(
         None, ge=16, description="Drop training texts longer than this (the reference drops those over 8192 tokens). None: keep all (inner.max_length still truncates)."
     )
+
+    inference: Literal["greedy", "vote"] = Field(
+        "greedy",
+        description="How a test input is answered: greedy (one query, every demonstration, one answer) or vote "
+        "(augmented queries, answers mapped back, a hierarchical vote gives `attempts` attempts; the reference's; seal.arc.voting).",
+    )
+    attempts: int = Field(2, ge=1, description="vote: attempts per test input; solved when one equals the gold grid (reference: 2).")
+    transforms: list[Transform] = Field(
+        default_factory=lambda: list(REFERENCE_TRANSFORMS),
+        description="vote: transforms each asked once, on a random query (reference: transpose, flip0, flip1, rotate90, rotate180).",
+    )
+    query_leave_out: list[int] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="vote: each query drops n demonstrations, every choice of them, for n in this list (0: all kept; reference --include_n=1).",
+    )
+    query_permutations: int = Field(2, ge=0, description="vote: random demonstration orders added per leave-out query (reference --permute_n=2).")
+    max_queries: int = Field(25, ge=1, description="vote: at most this many queries per test input (the transformed ones kept, the rest sampled).")
+
+    @field_validator("query_leave_out")
+    @classmethod
+    def _not_negative(cls, v: list[int]) -> list[int]:
+        if any(n < 0 for n in v):
+            raise ValueError(f"query_leave_out values must be >= 0, got {v}")
+        return v
 
     @field_validator("leave_n")
     @classmethod

@@ -163,9 +163,11 @@ def example_text(examples: Sequence[Example], test: Example) -> str:
 
 @dataclass(frozen=True)
 class ArcPassage(Passage):
-    """An ARC task as a passage (module docstring); ``task`` carries its grids."""
+    """An ARC task as a passage (module docstring); ``task`` carries its grids; ``vote`` its
+    augmented queries with ``arc.inference: vote`` (a :class:`seal.arc.voting.VotePlan`; None: greedy)."""
 
     task: ArcTask | None = None
+    vote: object | None = None
 
 
 def task_passage(task: ArcTask) -> ArcPassage:

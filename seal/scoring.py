@@ -293,6 +293,13 @@ def question_prompts(passage: Passage, template: str = "reference") -> list[str]
     return [qa_prompt(passage.title, q.question, template) for q in passage.questions]
 
 
+def judge_question(passage: Passage, question: str, qa: QAConfig) -> str:
+    """The question as the LLM judge reads it: with ``qa.judge.prompt: reference``, prefixed by
+    the passage's ``Topic: <title>`` line as the reference sends it
+    (knowledge-incorporation/src/query/query_server.py:129); with ``strict``, as written."""
+    return f"Topic: {passage.title}\n{question}" if qa.judge.prompt == "reference" else question
+
+
 def n_prompts(passage: Passage) -> int:
     """How many prompts (and so answers) :func:`question_prompts` gives the passage."""
     plan = _vote_plan(passage)
@@ -311,7 +318,8 @@ def grade_answers(passage: Passage, answers: Sequence[str], qa: QAConfig, judge=
     plan = _vote_plan(passage)
     if plan is not None:
         return vote_scores(plan, [t.output for t in passage.task.test], answers)
-    return grade([q.question for q in passage.questions], [q.answer for q in passage.questions], answers, qa.grader, judge)
+    questions = [judge_question(passage, q.question, qa) if qa.grader == "judge" else q.question for q in passage.questions]
+    return grade(questions, [q.answer for q in passage.questions], answers, qa.grader, judge)
 
 
 def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge=None) -> list[dict]:

@@ -83,7 +83,8 @@ class Round:
     Attributes:
         recipe: the run's recipe; run: its directory; index: the round (0-based).
         policy: the model that writes this round's self-edits (a path or hub id).
-        passages: the RL training passages.
+        passages: this round's RL training passages (``seal.train.load_round_passages``: the
+            same every round, or new ones with ``data.passage_schedule: fresh``).
         dist: this process's view of the process group (``seal.distributed``).
         console: where messages go (quiet on ranks other than the main one); bar: the progress display.
         model, tokenizer: the model loaded now (the policy, then the learner; None after the round's scoring).
@@ -526,6 +527,7 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     sft_stats = update_policy(
         round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
         dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
+        world_size=round_.dist.world_size,
     )  # fmt: skip
     _unset_deepspeed()
     free_memory()
@@ -586,7 +588,7 @@ def round_metrics(
     passages of the best self-edit's mean reward. ``n_failed`` / ``failures`` count failed
     evaluations (by reason), ``n_ungraded`` the evaluations' questions the grader could not
     grade, ``n_truncated_self_edits`` the self-edits cut off by ``self_edit.max_new_tokens``.
-    ``sft`` is the policy update's ``{train_loss, steps, seconds, rows}`` (None: no update).
+    ``sft`` is the policy update's ``{train_loss, steps, seconds, rows, grad_accum_steps}`` (None: no update).
     ``diagnostics`` (when given): :func:`diagnostics_stage`'s block, ``collapse_warning``
     (None or the reason) included; ``seal.diagnostics.round_diagnostics`` defines its fields.
     Timing fields: see ``seal.train.TIMING_FIELDS``. With hyperparameter self-edits on,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import hostile
 import numpy as np
 import pytest
 from train_helpers import one_thread
@@ -229,6 +230,34 @@ def test_bad_configurations_fail_with_their_reason(text, reason):
     arc = ArcSection(families=["basic", "size", "chain"])
     config, error = read_configuration(text, SPACE, arc)
     assert config is None and error.startswith("arc config: ") and reason in error, error
+
+
+def test_a_list_as_the_reference_strategy_is_a_reason_not_a_type_error():
+    # Before: TypeError: unhashable type: 'list' out of read_configuration.
+    text = json.dumps({"training": {"strategy": ["train_using_all_tokens"]}})
+    assert read_configuration(text, SPACE, ArcSection()) == (None, "arc config: strategy \"['train_using_all_tokens']\" not one of ['train_using_all_tokens', 'train_using_output_tokens']")
+
+
+@pytest.mark.parametrize("fmt", ["json", "key-value"])
+@pytest.mark.parametrize("max_chars", [512, 20_000_000])
+def test_configuration_parsing_is_total_over_hostile_text(fmt, max_chars):
+    """Every JSON type at every key (ours and the reference's nested keys), deep nesting, huge
+    numbers, NaN literals, a 10 MB string: parse_configuration raises only HparamsError and
+    read_configuration returns a configuration or a reason."""
+    space = SPACE.model_copy(update={"format": fmt, "max_chars": max_chars, "lora_rank": [4]})
+    arc = ArcSection(families=["basic", "size"])
+    texts = (hostile.json_texts() if fmt == "json" else hostile.key_value_texts()) + [hostile.HUGE]
+    parsed = 0
+    for text in texts:
+        try:
+            parse_configuration(text, space, arc)
+            parsed += 1
+        except HparamsError as e:
+            assert str(e), text[:80]
+        config, reason = read_configuration(text, space, arc)
+        assert (config is None) != (reason is None), text[:80]
+        assert reason is None or reason.startswith("arc config: ")
+    assert 0 < parsed < len(texts)
 
 
 # ----------------------------------------------------------------------------- recipes and a round

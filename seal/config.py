@@ -119,6 +119,10 @@ class JudgeConfig(Section):
     max_retries: int = Field(5, ge=0, description="Retries on errors, timeouts and rate limits (exponential backoff).")
     timeout_s: float = Field(60.0, gt=0, description="Seconds per request.")
     backoff_s: float = Field(1.0, ge=0, description="First backoff in seconds; doubles on each retry.")
+    preflight_request: bool = Field(
+        False,
+        description="Before any work, send the judge one cheap request (no retries) and refuse to start unless it comes back graded (seal.preflight.check_judge). Off: only the key is checked (present, usable in a header).",
+    )
 
 
 class QAConfig(Section):
@@ -496,6 +500,8 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "qa.judge.timeout_s",
         "qa.judge.max_retries",
         "qa.judge.backoff_s",
+        "qa.judge.preflight_request",  # a check before the run, no result depends on it
+        "qa.judge.api_key_env",  # where the key is read from; the key itself is never recorded
         "rl.grpo.logging_steps",
         "rl.grpo.save_steps",
         "rl.grpo.keep_checkpoints",

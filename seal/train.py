@@ -102,10 +102,11 @@ from seal.config import (
     recipe_to_dict,
     with_defaults,
 )
-from seal.data import Passage, load_passages, load_squad_from_hub
+from seal.data import DataError, Passage, load_passages, load_squad_from_hub
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import run_grpo
+from seal.preflight import check_model, check_recipe, train_lora_keys
 from seal.prompts import check_template
 from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_atomic
 from seal.stages import (
@@ -150,7 +151,10 @@ def load_train_passages(recipe: Recipe) -> list[Passage]:
         tasks = load_arc_tasks(data.train_file, arc.train_solutions, data.root, arc.task_ids, data.n_train_passages)
         return [task_passage(task) for task in tasks]
     if data.hf_dataset:
-        return load_squad_from_hub(data.hf_dataset, "train", data.n_train_passages)
+        passages = load_squad_from_hub(data.hf_dataset, "train", data.n_train_passages)
+        if not passages:
+            raise DataError(f"data.hf_dataset {data.hf_dataset!r}: its train split holds no passages")
+        return passages
     return load_passages(data.train_file, data.n_train_passages, data.root)
 
 
@@ -211,10 +215,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     is used by all.
 
     Raises:
-        RecipeError: resuming with a recipe that differs in result-changing keys (the message
-            lists them), resuming a directory without a run, a fresh run into a directory
+        RecipeError: a setting refused by ``seal.preflight`` (a scheduler, attention or device
+            name, a LoRA target module the model lacks, the judge's key), resuming with a
+            recipe that differs in result-changing keys (the message lists them), resuming a
+            directory without a run, a fresh run into a directory
             that already holds one, or GRPO / RLOO under more than one process.
-        DataError: missing or malformed data files.
+        DataError: missing, malformed or empty data files (or an empty selection of them).
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
             before stays on disk and ``--resume`` continues from it.
@@ -226,7 +232,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     run = RunDir(dist.broadcast(str(run_dir)))
     config = recipe_to_dict(recipe)
     check_template(recipe.self_edit.template)
+    check_recipe(recipe)  # every setting the run will use, before any work (seal.preflight)
     passages = load_train_passages(recipe)  # validate the data before writing anything
+    check_model(recipe, train_lora_keys(recipe))
     if recipe.rl.algorithm != "restem" and dist.distributed:
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
 

@@ -342,6 +342,52 @@ def test_tiny_arc_round_end_to_end(tiny_squad_model, data_root, tmp_path, monkey
     assert metrics["hparams"]["all"]["families"] == {"basic": 0.5, "size": 0.5}
 
 
+def test_a_resume_over_saved_self_edits_with_a_list_strategy_finishes(tiny_squad_model, data_root, tmp_path, monkeypatch):
+    """Before: once `{"training": {"strategy": [...]}}` was in round_0/self_edits.json, every
+    --resume crashed with TypeError. Now that evaluation fails with its reason and the round ends."""
+    from pathlib import Path
+
+    import seal.stages
+    import seal.train
+    from seal.rundir import read_jsonl
+    from seal.self_edits import SelfEdit
+    from seal.train import train
+
+    bad = json.dumps({"training": {"strategy": ["train_using_all_tokens"]}})
+    written = ['{"basic": true, "lr": 0.001, "epochs": 1}', bad]
+
+    def scripted(model, tokenizer, passages, template, k, *args, hint="", **kwargs):
+        from seal.prompts import self_edit_prompt
+
+        return [[SelfEdit(self_edit_prompt(template, p.title, p.context, hint=hint), text) for text in written[:k]] for p in passages]
+
+    class Killed(Exception):
+        pass
+
+    def killed(round_):
+        raise Killed  # the launch ends right after the self-edits were saved
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.task_ids=[5582e5ca]",
+                 "self_edit.k=2", "arc.max_train_texts=2", "qa.max_new_tokens=12", "inner.max_length=384", "rl.sft.max_length=512"]  # fmt: skip
+    recipe = load_recipe(root / "arc_tiny_cpu.yaml", overrides)
+    run = tmp_path / "run"
+    monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)
+    monkeypatch.setattr(seal.train, "baselines_stage", killed)
+    with one_thread(), pytest.raises(Killed):
+        train(recipe, run)
+    saved = json.loads((run / "round_0" / "self_edits.json").read_text())
+    assert saved[0]["completions"] == written
+
+    monkeypatch.undo()
+    monkeypatch.setattr(seal.stages, "generate_self_edits", lambda *a, **k: pytest.fail("the saved self-edits must be reused"))
+    with one_thread():
+        train(recipe, run, resume=True)
+    evals = [r for r in read_jsonl(run / "journal.jsonl") if r["kind"] == "evaluation"]
+    assert [r["error"] for r in evals] == [None, "arc config: strategy \"['train_using_all_tokens']\" not one of ['train_using_all_tokens', 'train_using_output_tokens']"]
+    assert (run / "round_0" / "metrics.json").exists() and (run / "final.json").exists()
+
+
 @pytest.mark.timeout(120)
 def test_tiny_arc_bench_compares_icl_and_a_written_configuration(tiny_squad_model, data_root, tmp_path):
     """``seal bench`` on ARC: in-context learning (no training) against test-time training with

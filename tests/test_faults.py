@@ -481,3 +481,42 @@ def test_resume_refuses_a_recipe_that_changes_results(reference, tiny_squad_mode
     assert metrics(run) == metrics(reference)
     launches = json.loads((run / "run.json").read_text())["launches"]
     assert [x["resume"] for x in launches] == [False, True]
+
+
+# ----------------------------------------------------------------------------- preflight (issue 20)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("rl.sft.lr_scheduler=bogus", "rl.sft.lr_scheduler"),  # before: failed at the policy update, after every evaluation
+        ("model.attn_implementation=bogus", "model.attn_implementation"),
+        ("model.device=banana", "model.device"),  # before: a traceback
+        ("rl.reward_threshold=.nan", "rl.reward_threshold"),  # before: kept nothing, exit 0
+        ("inner.failure_reward=.nan", "inner.failure_reward"),  # before: NaN in metrics.jsonl, exit 0
+        ("inner.lr=.inf", "inner.lr"),  # before: every evaluation failed, exit 0
+        ("inner.lora.target_modules=[]", "inner.lora.target_modules"),  # likewise
+        ("inner.lora.target_modules=[qproj]", "'qproj' match no module"),
+        ("rl.sft.lora.target_modules=[c_attn]", "rl.sft.lora.target_modules"),
+        ("data.train_file={empty}", "holds no passages"),  # before: trained nothing, exit 0
+        ("qa.grader=judge", "SEAL_TEST_NO_KEY"),
+    ],
+)
+def test_bad_settings_are_refused_at_load_before_any_work(tiny_squad_model, data_root, tmp_path, monkeypatch, override, named):
+    """The issue's reduced recipe with one bad setting: `seal train` exits non-zero with one
+    error naming the key or file, and nothing is written (no run directory, no evaluation)."""
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+
+    monkeypatch.delenv("SEAL_TEST_NO_KEY", raising=False)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    run = tmp_path / "run"
+    overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "rl.rounds=1",
+                 "data.n_train_passages=1", "self_edit.k=2", "inner.eval_times=1", "qa.judge.api_key_env=SEAL_TEST_NO_KEY",
+                 override.format(empty=empty)]  # fmt: skip
+    res = CliRunner().invoke(app, ["train", str(REPO / "recipes" / "squad_tiny_cpu.yaml"), *overrides, "--run-dir", str(run)])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output  # a handled user error
+    assert named in res.output and "Traceback" not in res.output, res.output
+    assert not run.exists()

@@ -37,11 +37,38 @@ def scheduler_names() -> list[str]:
     return [s.value for s in SchedulerType]
 
 
+# Schedules that step on evaluation metrics: transformers' TrainingArguments refuses them
+# without an eval strategy (training_args.py, __post_init__), and the policy update runs none.
+_NEEDS_EVALUATION = ("reduce_lr_on_plateau", "greedy")
+
+
+def scheduler_problem(name: str) -> str | None:
+    """Why the policy update (TRL's trainers: no evaluation, no ``lr_scheduler_kwargs``) cannot
+    use schedule ``name``, or None: ``reduce_lr_on_plateau`` and ``greedy`` need an evaluation
+    strategy; the rest are built by transformers' ``get_scheduler`` on a dummy parameter, as the
+    trainer will (``cosine_with_min_lr`` and ``warmup_stable_decay`` need settings seal does not pass)."""
+    import torch
+    from transformers import get_scheduler
+
+    if name in _NEEDS_EVALUATION:
+        return f"lr_scheduler_type {name} requires an eval strategy"  # TrainingArguments.__post_init__'s words
+    try:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        get_scheduler(name, optimizer, num_warmup_steps=0, num_training_steps=10)
+    except (ValueError, TypeError, KeyError) as e:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
 def check_scheduler(key: str, name: str) -> None:
-    """Raises RecipeError unless ``name`` is a transformers ``SchedulerType`` value."""
+    """Raises RecipeError unless ``name`` is a transformers ``SchedulerType`` value that the
+    policy update can build (:func:`scheduler_problem`); the message lists those that can."""
     names = scheduler_names()
-    if name not in names:
-        raise RecipeError(f"{key}: unknown learning-rate scheduler {name!r}; use one of {', '.join(names)}")
+    problem = None if name not in names else scheduler_problem(name)
+    if name not in names or problem:
+        usable = [n for n in names if scheduler_problem(n) is None]
+        why = f"unknown learning-rate scheduler {name!r}" if name not in names else f"scheduler {name!r} cannot run here ({problem})"
+        raise RecipeError(f"{key}: {why}; use one of {', '.join(usable)}")
 
 
 def attention_names() -> list[str]:

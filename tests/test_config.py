@@ -147,7 +147,10 @@ def test_an_empty_list_of_lora_target_modules_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("rl.sft.lr_scheduler=bogus", "rl.sft.lr_scheduler: unknown learning-rate scheduler 'bogus'; use one of linear, cosine"),
+        ("rl.sft.lr_scheduler=bogus", "rl.sft.lr_scheduler: unknown learning-rate scheduler 'bogus'; use one of linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt\n"),
+        ("rl.sft.lr_scheduler=reduce_lr_on_plateau", "rl.sft.lr_scheduler: scheduler 'reduce_lr_on_plateau' cannot run here (lr_scheduler_type reduce_lr_on_plateau requires an eval strategy)"),
+        ("rl.sft.lr_scheduler=cosine_with_min_lr", "rl.sft.lr_scheduler: scheduler 'cosine_with_min_lr' cannot run here (One of min_lr or min_lr_rate"),
+        ("rl.grpo.lr_scheduler=warmup_stable_decay", "rl.grpo.lr_scheduler: scheduler 'warmup_stable_decay' cannot run here"),
         ("rl.grpo.lr_scheduler=bogus", "rl.grpo.lr_scheduler: unknown learning-rate scheduler 'bogus'"),
         ("model.attn_implementation=bogus", "model.attn_implementation: unknown attention 'bogus'; use one of auto, eager"),
         ("model.device=banana", "model.device: 'banana' is not a device"),
@@ -165,7 +168,7 @@ def test_preflight_refuses_settings_that_would_fail_late(tmp_path, monkeypatch, 
     recipe = load_recipe(f, [override])
     with pytest.raises(RecipeError) as e:
         check_recipe(recipe)
-    assert message in str(e.value)
+    assert message in str(e.value) + "\n"
     check_recipe(load_recipe(f))  # the defaults pass
 
 

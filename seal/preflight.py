@@ -228,14 +228,21 @@ def check_targets(key: str, targets: list[str], modules: dict[str, str], linear_
 
 
 def check_model(recipe, lora_keys: list[str]) -> None:
-    """The checks that need the model's configuration: the LoRA sections ``lora_keys`` (dotted,
-    e.g. ``["inner.lora", "rl.sft.lora"]``) against ``model.name_or_path``'s module names.
-    ``inner.lora`` is seal's own LoRA (linear layers only); the others are PEFT's.
+    """The checks that need the model's configuration or tokenizer: the LoRA sections
+    ``lora_keys`` (dotted, e.g. ``["inner.lora", "rl.sft.lora"]``) against
+    ``model.name_or_path``'s module names (``inner.lora`` is seal's own LoRA, linear layers
+    only; the others are PEFT's), and with ``self_edit.chat_template`` a tokenizer that has one.
 
     Raises:
-        RecipeError: the model cannot be read, or a target module matches nothing (named).
+        RecipeError: the model cannot be read, a target module matches nothing (named), or
+            the chat template is missing.
     """
     modules = module_names(recipe.model.name_or_path, recipe.model.trust_remote_code)
+    if recipe.self_edit.chat_template:
+        from seal.models import load_tokenizer
+
+        if not getattr(load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code), "chat_template", None):
+            raise RecipeError(f"self_edit.chat_template is on but the tokenizer of {recipe.model.name_or_path} has no chat template; set self_edit.chat_template=false")
     for key in lora_keys:
         section = recipe
         for part in key.split("."):

@@ -217,3 +217,17 @@ def test_lora_target_modules_are_checked_against_the_model(tmp_path, tiny_squad_
     check_model(load_recipe(f, ["rl.sft.lora.target_modules=[embed_tokens]"]), ["rl.sft.lora"])  # PEFT adapts embeddings
     with pytest.raises(RecipeError, match="model.name_or_path: no model directory"):
         check_model(load_recipe(f, [f"model.name_or_path={tmp_path / 'nope'}"]), ["inner.lora"])
+
+
+def test_a_chat_template_the_tokenizer_lacks_is_refused_before_sampling(tmp_path, tiny_squad_model):
+    import shutil
+
+    from seal.preflight import check_model
+
+    model = shutil.copytree(tiny_squad_model, tmp_path / "model")
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    f = tmp_path / "r.yaml"
+    f.write_text(f"model: {{name_or_path: {model}}}\nself_edit: {{chat_template: true}}\n")
+    with pytest.raises(RecipeError, match="self_edit.chat_template is on but the tokenizer of .* has no chat template"):
+        check_model(load_recipe(f), ["inner.lora"])
+    check_model(load_recipe(f, [f"model.name_or_path={tiny_squad_model}"]), ["inner.lora"])  # the tiny tokenizer has one

@@ -231,3 +231,22 @@ def test_a_chat_template_the_tokenizer_lacks_is_refused_before_sampling(tmp_path
     with pytest.raises(RecipeError, match="self_edit.chat_template is on but the tokenizer of .* has no chat template"):
         check_model(load_recipe(f), ["inner.lora"])
     check_model(load_recipe(f, [f"model.name_or_path={tiny_squad_model}"]), ["inner.lora"])  # the tiny tokenizer has one
+
+
+def test_resume_accepts_the_judge_fixes_and_refuses_other_changes(tmp_path):
+    """The keys a resume may change are those that fix what no preflight can know (a judge key
+    moved to another variable, a device or batch out of memory); the rest are preflighted."""
+    import yaml
+
+    from seal.rundir import RunDir
+    from seal.train import check_resume
+
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name_or_path: x}\nqa: {grader: judge}\n")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    (run.path / "config.yaml").write_text(yaml.safe_dump(recipe_to_dict(load_recipe(f))))
+    fixes = ["qa.judge.api_key_env=OTHER_KEY", "qa.judge.preflight_request=true", "qa.judge.timeout_s=5", "model.device=cpu", "inner.batch_adapters=2", "qa.batch_size=8"]
+    check_resume(run, recipe_to_dict(load_recipe(f, fixes)))
+    with pytest.raises(RecipeError, match="differs from the recorded one in: model.attn_implementation, rl.sft.lr_scheduler"):
+        check_resume(run, recipe_to_dict(load_recipe(f, ["rl.sft.lr_scheduler=cosine", "model.attn_implementation=eager"])))

@@ -316,3 +316,23 @@ def test_no_threads_left_behind():
         make_judge(server).grade([ITEM, ("q", "a", "b")])
     after = {t for t in threading.enumerate() if t.name.startswith("seal-judge")}
     assert after <= before
+
+
+def test_the_optional_preflight_request_refuses_a_judge_that_gives_no_verdict(tmp_path, monkeypatch):
+    """qa.judge.preflight_request (off by default): one request, no retries, before any work;
+    a judge answering 401 is refused with the keys to check, one answering is accepted."""
+    from seal.config import RecipeError, load_recipe
+    from seal.preflight import check_recipe
+
+    monkeypatch.setenv("SEAL_TEST_JUDGE_KEY", "sk-test")
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name_or_path: x}\nqa: {grader: judge, judge: {api_key_env: SEAL_TEST_JUDGE_KEY, model: test-judge}}\n")
+    with JudgeServer(lambda call: Reply(status=401)) as server:
+        check_recipe(load_recipe(f, [f"qa.judge.base_url={server.url}"]))  # off: no request sent
+        assert not server.calls
+        with pytest.raises(RecipeError, match=r"qa.judge.preflight_request: the judge at .* gave no verdict .*SEAL_TEST_JUDGE_KEY"):
+            check_recipe(load_recipe(f, [f"qa.judge.base_url={server.url}", "qa.judge.preflight_request=true"]))
+        assert len(server.calls) == 1  # no retries
+    with JudgeServer(contains_grader) as server:
+        check_recipe(load_recipe(f, [f"qa.judge.base_url={server.url}", "qa.judge.preflight_request=true"]))
+        assert len(server.calls) == 1

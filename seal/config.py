@@ -495,6 +495,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "model.device",
         "model.shard",  # sharded or not, the same results (tests/test_sharding.py)
         "inner.batch_adapters",
+        "rl.sft.gradient_checkpointing",  # recomputes the same forward: the fix for a policy update out of memory (tests/test_restem.py)
         "qa.batch_size",
         "qa.judge.max_concurrency",
         "qa.judge.timeout_s",

@@ -246,7 +246,7 @@ def test_resume_accepts_the_judge_fixes_and_refuses_other_changes(tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     (run.path / "config.yaml").write_text(yaml.safe_dump(recipe_to_dict(load_recipe(f))))
-    fixes = ["qa.judge.api_key_env=OTHER_KEY", "qa.judge.preflight_request=true", "qa.judge.timeout_s=5", "model.device=cpu", "inner.batch_adapters=2", "qa.batch_size=8"]
+    fixes = ["qa.judge.api_key_env=OTHER_KEY", "rl.sft.gradient_checkpointing=true", "qa.judge.preflight_request=true", "qa.judge.timeout_s=5", "model.device=cpu", "inner.batch_adapters=2", "qa.batch_size=8"]
     check_resume(run, recipe_to_dict(load_recipe(f, fixes)))
     with pytest.raises(RecipeError, match="differs from the recorded one in: model.attn_implementation, rl.sft.lr_scheduler"):
         check_resume(run, recipe_to_dict(load_recipe(f, ["rl.sft.lr_scheduler=cosine", "model.attn_implementation=eager"])))

@@ -18,6 +18,7 @@ from seal.config import Recipe, RecipeError, load_recipe, parse_override
 from seal.data import DataError
 from seal.distributed import get_dist, main_process_first
 from seal.microworld.config import CopySkillError
+from seal.preflight import check_recipe
 from seal.prompts import PromptError
 from seal.rundir import default_run_dir
 
@@ -41,6 +42,7 @@ def _fail(e: Exception) -> None:
 def _load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     recipe = load_recipe(recipe_path, overrides or [])
+    check_recipe(recipe)  # every setting that needs no model, before any work (seal.preflight)
     if recipe.model.num_threads:  # before anything runs, so run.json records the real count
         import torch
 

@@ -131,6 +131,10 @@ class JudgeConfig(Section):
         "strict",
         description="The judge's prompt (seal.judge). strict: seal's (a system prompt, tagged fields; a hedging or multi-answer prediction is wrong). reference: the reference implementation's text verbatim (knowledge-incorporation/src/utils.py:39-45: 'The student answer can include additional information, but it must at least fully convey the gold answer...'), one user message, the question with its 'Topic: <title>' line as the reference sends it (src/query/query_server.py:129).",
     )
+    preflight_request: bool = Field(
+        False,
+        description="Before any work, send the judge one cheap request (no retries) and refuse to start unless it comes back graded (seal.preflight.check_judge). Off: only the key is checked (present, usable in a header).",
+    )
 
 
 class QAConfig(Section):
@@ -558,11 +562,14 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "model.device",
         "model.shard",  # sharded or not, the same results (tests/test_sharding.py)
         "inner.batch_adapters",
+        "rl.sft.gradient_checkpointing",  # recomputes the same forward: the fix for a policy update out of memory (tests/test_restem.py)
         "qa.batch_size",
         "qa.judge.max_concurrency",
         "qa.judge.timeout_s",
         "qa.judge.max_retries",
         "qa.judge.backoff_s",
+        "qa.judge.preflight_request",  # a check before the run, no result depends on it
+        "qa.judge.api_key_env",  # where the key is read from; the key itself is never recorded
         "rl.grpo.logging_steps",
         "rl.grpo.save_steps",
         "rl.grpo.keep_checkpoints",

@@ -103,7 +103,7 @@ def load_passages(
     """Read the first ``n`` passages of a SEAL-format JSON file.
 
     Raises:
-        DataError: the file is missing or not JSON, a passage lacks a field, has no
+        DataError: the file is missing, not JSON or an empty list, a passage lacks a field, has no
             questions (when ``require_questions``) or no self-edits (when ``require_completions``).
             The message names the file, the passage index and its title.
     """
@@ -116,6 +116,8 @@ def load_passages(
         raise DataError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(raw, list):
         raise DataError(f"{p}: expected a JSON list of passages, got {type(raw).__name__}")
+    if not raw:
+        raise DataError(f"{p}: holds no passages (an empty list); point the recipe at a file with passages")
     raw = raw if n is None else raw[:n]
     out = [passage_from_json(obj, f"{p}: passage {i}", require_questions) for i, obj in enumerate(raw)]
     if require_completions:

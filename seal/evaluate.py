@@ -32,6 +32,7 @@ from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
 from seal.models import load_model, load_model_from_config
+from seal.preflight import check_model, check_recipe
 from seal.prompts import check_template
 from seal.rundir import RunDir, append_jsonl, write_json_atomic
 from seal.scoring import (
@@ -164,7 +165,9 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
     if config is None:
         raise RecipeError("the recipe has no 'evaluate' section (set evaluate.source=...)")
     parse_source(config.source)
+    check_recipe(recipe)  # seal.preflight: every setting, before any work
     passages = load_eval_passages(recipe)
+    check_model(recipe, ["inner.lora"])
     run = RunDir(out_dir)
     if run.exists():
         raise RecipeError(f"{run.path} already holds results; choose another --out")

@@ -158,8 +158,8 @@ def _number(key: str, value, integer: bool, text: bool) -> float | int:
     if not isinstance(value, (int, float)):
         raise HparamsError(f"{key} must be a number, got a {type(value).__name__}")
     if not integer:
-        if abs(value) > 1e300:  # huge JSON ints would overflow float()
-            raise HparamsError(f"{key} {value:.3g} is not finite")
+        if abs(value) > 1e300:  # huge JSON ints would overflow float() (and a format of them)
+            raise HparamsError(f"{key} is not finite (over 1e300)")
         value = float(value)
         if not math.isfinite(value):
             raise HparamsError(f"{key} {value} is not finite")

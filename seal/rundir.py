@@ -91,7 +91,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # not the locale's: readers decode UTF-8
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -142,33 +142,42 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one JSON line and fsync it, so a finished record survives a crash right after."""
-    line = json.dumps(row, ensure_ascii=False) + "\n"
-    with open(path, "a") as f:
+    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    with open(path, "ab") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file written by :func:`write_json_atomic`."""
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file written by :func:`write_json_atomic` (UTF-8)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file, skipping (with a warning) lines that do not parse.
+    """Read a JSON-lines file, skipping (with a warning) lines that are not one JSON object.
 
-    A crash mid-append leaves at most one partial last line; it is skipped, the rest kept.
+    The file is read as bytes and split on ``\n`` only: a record whose strings hold U+2028,
+    U+0085 or other characters that ``str.splitlines`` treats as line breaks (written raw,
+    ``ensure_ascii=False``) stays whole. A crash mid-append leaves at most one partial last
+    line, possibly cut inside a multi-byte UTF-8 character; it, and any line that is not
+    UTF-8, not JSON or not an object, is skipped with a warning and the rest kept (a resume
+    recomputes what it held).
     """
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
             warnings.warn(f"{path}:{n}: skipping a corrupt (partially written) journal line", stacklevel=2)
     return rows
 

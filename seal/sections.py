@@ -19,9 +19,12 @@ class RecipeError(ValueError):
 
 
 class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, values are re-validated on set."""
+    """Base for every recipe section: unknown keys are errors, values are re-validated on set,
+    and every float must be finite (``.nan`` / ``.inf`` are refused naming the key: a NaN
+    threshold keeps nothing, a NaN failure reward poisons the metrics, an infinite learning
+    rate fails every evaluation)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TinyModelConfig(Section):
@@ -52,7 +55,8 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "v_proj"],
-        description="Names of the linear layers to adapt. ['q_proj', 'v_proj'] is PEFT's default for Llama/Qwen2.",
+        min_length=1,
+        description="Names of the linear layers to adapt (at least one; each must match a module of the model, checked before a run starts: seal.preflight). ['q_proj', 'v_proj'] is PEFT's default for Llama/Qwen2.",
     )
 
 

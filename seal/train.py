@@ -109,6 +109,7 @@ from seal.data import DataError, Passage, load_passages, load_squad_from_hub, re
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import run_grpo
+from seal.preflight import check_model, check_recipe, train_lora_keys
 from seal.prompts import check_template
 from seal.restem import sft_grad_accum_steps
 from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_atomic
@@ -168,7 +169,10 @@ def _read_passages(recipe: Recipe, path: str, n: int | None) -> list[Passage]:
         tasks = load_arc_tasks(path, arc.train_solutions, data.root, arc.task_ids, n)
         return [arc_passage(task, arc, recipe.seed) for task in tasks]
     if data.hf_dataset:
-        return load_squad_from_hub(data.hf_dataset, "train", n)
+        passages = load_squad_from_hub(data.hf_dataset, "train", n)
+        if not passages:
+            raise DataError(f"data.hf_dataset {data.hf_dataset!r}: its train split holds no passages")
+        return passages
     return load_passages(path, n, data.root)
 
 
@@ -278,12 +282,15 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     is used by all.
 
     Raises:
-        RecipeError: resuming with a recipe that differs in result-changing keys (the message
-            lists them), resuming a directory without a run, a fresh run into a directory
-            that already holds one, GRPO / RLOO under more than one process, or
-            ``rl.sft.global_batch_size`` not a multiple of ``rl.sft.batch_size`` x processes.
-        DataError: missing or malformed data files; with ``data.passage_schedule: fresh``, too
-            few passages for ``rl.rounds`` (:func:`load_round_passages`).
+        RecipeError: a setting refused by ``seal.preflight`` (a scheduler, attention or device
+            name, a LoRA target module the model lacks, the judge's key), resuming with a
+            recipe that differs in result-changing keys (the message lists them), resuming a
+            directory without a run, a fresh run into a directory that already holds one,
+            GRPO / RLOO under more than one process, or ``rl.sft.global_batch_size`` not a
+            multiple of ``rl.sft.batch_size`` x processes.
+        DataError: missing, malformed or empty data files (or an empty selection of them); with
+            ``data.passage_schedule: fresh``, too few passages for ``rl.rounds``
+            (:func:`load_round_passages`).
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
             before stays on disk and ``--resume`` continues from it.
@@ -295,10 +302,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     run = RunDir(dist.broadcast(str(run_dir)))
     config = recipe_to_dict(recipe)
     check_template(recipe.self_edit.template)
+    check_recipe(recipe)  # every setting the run will use, before any work (seal.preflight)
     # Validate the data, and the policy update's batch for this many processes, before writing anything.
     passages = load_train_passages(recipe) if recipe.rl.algorithm != "restem" else None
     round_passages = load_round_passages(recipe) if passages is None else []
     sft_grad_accum_steps(recipe.rl.sft, dist.world_size)
+    check_model(recipe, train_lora_keys(recipe))
     if recipe.rl.algorithm != "restem" and dist.distributed:
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
 

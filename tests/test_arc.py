@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import hostile
 import numpy as np
 import pytest
 from train_helpers import one_thread
@@ -231,6 +232,34 @@ def test_bad_configurations_fail_with_their_reason(text, reason):
     assert config is None and error.startswith("arc config: ") and reason in error, error
 
 
+def test_a_list_as_the_reference_strategy_is_a_reason_not_a_type_error():
+    # Before: TypeError: unhashable type: 'list' out of read_configuration.
+    text = json.dumps({"training": {"strategy": ["train_using_all_tokens"]}})
+    assert read_configuration(text, SPACE, ArcSection()) == (None, "arc config: strategy \"['train_using_all_tokens']\" not one of ['train_using_all_tokens', 'train_using_output_tokens']")
+
+
+@pytest.mark.parametrize("fmt", ["json", "key-value"])
+@pytest.mark.parametrize("max_chars", [512, 20_000_000])
+def test_configuration_parsing_is_total_over_hostile_text(fmt, max_chars):
+    """Every JSON type at every key (ours and the reference's nested keys), deep nesting, huge
+    numbers, NaN literals, a 10 MB string: parse_configuration raises only HparamsError and
+    read_configuration returns a configuration or a reason."""
+    space = SPACE.model_copy(update={"format": fmt, "max_chars": max_chars, "lora_rank": [4]})
+    arc = ArcSection(families=["basic", "size"])
+    texts = (hostile.json_texts() if fmt == "json" else hostile.key_value_texts()) + [hostile.HUGE]
+    parsed = 0
+    for text in texts:
+        try:
+            parse_configuration(text, space, arc)
+            parsed += 1
+        except HparamsError as e:
+            assert str(e), text[:80]
+        config, reason = read_configuration(text, space, arc)
+        assert (config is None) != (reason is None), text[:80]
+        assert reason is None or reason.startswith("arc config: ")
+    assert 0 < parsed < len(texts)
+
+
 # ----------------------------------------------------------------------------- recipes and a round
 
 
@@ -312,6 +341,52 @@ def test_tiny_arc_round_end_to_end(tiny_squad_model, data_root, tmp_path, monkey
     metrics = json.loads((run / "round_0" / "metrics.json").read_text())
     assert metrics["n_failed"] == 2 and metrics["sft"]["rows"] == 2 and metrics["hparams"]["n_refused"] == 2
     assert metrics["hparams"]["all"]["families"] == {"basic": 0.5, "size": 0.5}
+
+
+def test_a_resume_over_saved_self_edits_with_a_list_strategy_finishes(tiny_squad_model, data_root, tmp_path, monkeypatch):
+    """Before: once `{"training": {"strategy": [...]}}` was in round_0/self_edits.json, every
+    --resume crashed with TypeError. Now that evaluation fails with its reason and the round ends."""
+    from pathlib import Path
+
+    import seal.stages
+    import seal.train
+    from seal.rundir import read_jsonl
+    from seal.self_edits import SelfEdit
+    from seal.train import train
+
+    bad = json.dumps({"training": {"strategy": ["train_using_all_tokens"]}})
+    written = ['{"basic": true, "lr": 0.001, "epochs": 1}', bad]
+
+    def scripted(model, tokenizer, passages, template, k, *args, hint="", **kwargs):
+        from seal.prompts import self_edit_prompt
+
+        return [[SelfEdit(self_edit_prompt(template, p.title, p.context, hint=hint), text) for text in written[:k]] for p in passages]
+
+    class Killed(Exception):
+        pass
+
+    def killed(round_):
+        raise Killed  # the launch ends right after the self-edits were saved
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.task_ids=[5582e5ca]",
+                 "self_edit.k=2", "arc.max_train_texts=2", "qa.max_new_tokens=12", "inner.max_length=384", "rl.sft.max_length=512"]  # fmt: skip
+    recipe = load_recipe(root / "arc_tiny_cpu.yaml", overrides)
+    run = tmp_path / "run"
+    monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)
+    monkeypatch.setattr(seal.train, "baselines_stage", killed)
+    with one_thread(), pytest.raises(Killed):
+        train(recipe, run)
+    saved = json.loads((run / "round_0" / "self_edits.json").read_text())
+    assert saved[0]["completions"] == written
+
+    monkeypatch.undo()
+    monkeypatch.setattr(seal.stages, "generate_self_edits", lambda *a, **k: pytest.fail("the saved self-edits must be reused"))
+    with one_thread():
+        train(recipe, run, resume=True)
+    evals = [r for r in read_jsonl(run / "journal.jsonl") if r["kind"] == "evaluation"]
+    assert [r["error"] for r in evals] == [None, "arc config: strategy \"['train_using_all_tokens']\" not one of ['train_using_all_tokens', 'train_using_output_tokens']"]
+    assert (run / "round_0" / "metrics.json").exists() and (run / "final.json").exists()
 
 
 @pytest.mark.timeout(120)

@@ -37,3 +37,15 @@ def test_match_self_edits_names_missing_passage(squad_train, data_root):
     gpt = load_passages("squad/val_200_selfedits_gpt-4.1.json", root=data_root)
     with pytest.raises(DataError, match=squad_train[0].title):
         match_self_edits(squad_train[:1], gpt, "gpt.json")
+
+
+def test_an_empty_passage_list_is_an_error_naming_the_file(tmp_path, data_root):
+    """Before: an empty training file trained nothing and exited 0."""
+    f = tmp_path / "empty.json"
+    f.write_text("[]")
+    with pytest.raises(DataError, match=r"empty.json: holds no passages"):
+        load_passages(f)
+    from seal.arc.tasks import load_arc_tasks
+
+    with pytest.raises(DataError, match=r"training_challenges_filtered_1B_training_set.json: no tasks to use"):
+        load_arc_tasks("arc/arc-agi_training_challenges_filtered_1B_training_set.json", root=data_root, task_ids=[])

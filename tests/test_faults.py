@@ -47,7 +47,7 @@ from train_helpers import (
 
 from seal.config import RecipeError, recipe_to_dict
 from seal.journal import journal_key, merge_journal, read_journal, seal_partial_line
-from seal.rundir import RunDir, read_jsonl, write_json_atomic
+from seal.rundir import RunDir, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from seal.seeding import derive_seed
 from seal.train import load_train_passages, train
 
@@ -143,6 +143,43 @@ def test_partial_last_journal_line_is_skipped_and_the_rest_kept(killed, referenc
     assert all(after[k] == v for k, v in kept.items())  # the other records were kept as they were
     assert journal_key(torn) in after  # the torn one was recomputed
     assert all(json.loads(line) for line in path.read_text().splitlines())  # merged journal is clean
+
+
+def test_a_journal_torn_inside_a_utf8_character_or_holding_other_bytes_resumes(killed, reference, tiny_squad_model, data_root, tmp_path):
+    """Before: every --resume failed with UnicodeDecodeError. Now a line that is not UTF-8 (in the
+    middle) and a last line cut inside a multi-byte character are dropped like any torn line."""
+    run = copy_run(killed, tmp_path / "run")
+    path = run / "journal.jsonl"
+    lines = path.read_bytes().split(b"\n")[:-1]
+    torn = json.loads(lines[-1])
+    torn["answers"] = ["caf\u00e9 \u2028 na\u00efve"] + torn["answers"][1:]
+    torn_bytes = json.dumps(torn, ensure_ascii=False).encode()
+    cut = torn_bytes.index("\u00e9".encode()) + 1  # inside the two bytes of the e-acute
+    bad = b'{"kind": "evaluation", "round": 0, "passage": 9, "note": "\xff\xfe"}'
+    path.write_bytes(b"\n".join([*lines[:1], bad, *lines[1:-1]]) + b"\n" + torn_bytes[:cut])
+    with pytest.warns(UserWarning, match="corrupt"):
+        kept = raw_seconds(run)
+    whole = [json.loads(x) for x in lines[:-1]]
+    assert set(kept) == {journal_key(r) for r in whole if r["kind"] == "evaluation"} and journal_key(torn) not in kept
+
+    with one_thread(), pytest.warns(UserWarning, match="partially written"):
+        train(tiny_recipe(tiny_squad_model, data_root, rl__rounds=2), run, resume=True, console=quiet())
+    assert journal(run) == journal(reference)
+    assert metrics(run) == metrics(reference)
+    assert journal_key(torn) in raw_seconds(run)  # recomputed
+
+
+def test_records_with_unicode_line_separators_survive_a_write_read_round_trip(tmp_path):
+    """U+2028, U+0085 and the other characters str.splitlines() breaks on, written raw by
+    ensure_ascii=False, stay inside their record (the reader splits on \\n only)."""
+    text = "a\u2028b\u2029c\u0085d\x1ce\x1df\x1eg\x0bh\x0ci\rj"
+    rows = [{"kind": "evaluation", "round": 0, "passage": p, "self_edit": 0, "repetition": 0, "answers": [text]} for p in range(3)]
+    for row in rows:
+        append_jsonl(tmp_path / "journal.jsonl", row)
+    assert read_jsonl(tmp_path / "journal.jsonl") == rows
+    assert merge_journal(RunDir(tmp_path)) == rows and read_journal(RunDir(tmp_path)) == rows
+    write_jsonl_atomic(tmp_path / "m.jsonl", rows)
+    assert read_jsonl(tmp_path / "m.jsonl") == rows
 
 
 def test_journal_files_merge_dedupe_and_seal(tmp_path):
@@ -444,3 +481,43 @@ def test_resume_refuses_a_recipe_that_changes_results(reference, tiny_squad_mode
     assert metrics(run) == metrics(reference)
     launches = json.loads((run / "run.json").read_text())["launches"]
     assert [x["resume"] for x in launches] == [False, True]
+
+
+# ----------------------------------------------------------------------------- preflight (issue 20)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("rl.sft.lr_scheduler=bogus", "rl.sft.lr_scheduler"),  # before: failed at the policy update, after every evaluation
+        ("model.attn_implementation=bogus", "model.attn_implementation"),
+        ("model.device=banana", "model.device"),  # before: a traceback
+        ("rl.reward_threshold=.nan", "rl.reward_threshold"),  # before: kept nothing, exit 0
+        ("inner.failure_reward=.nan", "inner.failure_reward"),  # before: NaN in metrics.jsonl, exit 0
+        ("inner.lr=.inf", "inner.lr"),  # before: every evaluation failed, exit 0
+        ("inner.lora.target_modules=[]", "inner.lora.target_modules"),  # likewise
+        ("inner.lora.target_modules=[qproj]", "'qproj' match no module"),
+        ("rl.sft.lora.target_modules=[c_attn]", "rl.sft.lora.target_modules"),
+        ("data.train_file={empty}", "holds no passages"),  # before: trained nothing, exit 0
+        ("qa.grader=judge", "SEAL_TEST_NO_KEY"),
+    ],
+)
+def test_bad_settings_are_refused_at_load_before_any_work(tiny_squad_model, data_root, tmp_path, monkeypatch, override, named):
+    """The issue's reduced recipe with one bad setting: `seal train` exits non-zero with one
+    error naming the key or file, and nothing is written (no run directory, no evaluation)."""
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+
+    monkeypatch.delenv("SEAL_TEST_NO_KEY", raising=False)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    run = tmp_path / "run"
+    overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "rl.rounds=1",
+                 "data.n_train_passages=1", "self_edit.k=2", "inner.eval_times=1", "qa.judge.api_key_env=SEAL_TEST_NO_KEY",
+                 override.format(empty=empty)]  # fmt: skip
+    res = CliRunner().invoke(app, ["train", str(REPO / "recipes" / "squad_tiny_cpu.yaml"), *overrides, "--run-dir", str(run)])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output  # a handled user error
+    said = " ".join(res.output.split())  # rich wraps long lines
+    assert named in said and "Traceback" not in said, res.output
+    assert not run.exists()

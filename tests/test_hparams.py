@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import hostile
 import pytest
 import torch
 from train_helpers import one_thread, tiny_recipe
@@ -134,6 +135,33 @@ def test_a_key_the_recipe_does_not_declare_is_refused():
 def test_garbage_and_hostile_blocks_are_refused_never_evaluated(block, fmt, reason):
     with pytest.raises(HparamsError, match=reason):
         parse_block(block, space(format=fmt))
+
+
+@pytest.mark.parametrize("fmt", ["json", "key-value"])
+@pytest.mark.parametrize("max_chars", [512, 20_000_000])
+def test_every_json_value_at_every_key_is_a_value_or_a_reason_never_an_exception(fmt, max_chars):
+    """The block parser is total over model text: every JSON type at every key, deep nesting,
+    huge numbers, NaN / Infinity literals, a 10 MB string. Only HparamsError may come out of
+    parse_block, and parse_self_edit never raises (a reason instead)."""
+    sp = space(format=fmt, max_chars=max_chars)
+    texts = (hostile.json_texts() if fmt == "json" else hostile.key_value_texts()) + [hostile.HUGE]
+    outcomes = set()
+    for block in texts:
+        try:
+            outcomes.add(type(parse_block(block, sp)).__name__)
+        except HparamsError as e:
+            assert str(e), block[:80]
+            outcomes.add("refused")
+        parsed = parse_self_edit(f"A fact.\nHyperparameters:\n{block}", sp)
+        assert (parsed.settings is None) == (parsed.error is not None), block[:80]
+        assert parsed.error is None or parsed.error.startswith("hparams: ")
+    assert outcomes == {"AdapterSettings", "refused"}  # both kinds of answer were exercised
+
+
+def test_a_huge_integer_learning_rate_is_refused_with_a_reason():
+    # Before: formatting the reason of a 400-digit lr raised OverflowError out of the parser.
+    with pytest.raises(HparamsError, match="lr is not finite"):
+        parse_block('{"lr": 1' + "0" * 400 + "}", space())
 
 
 def test_the_recipe_section_validates_its_space():

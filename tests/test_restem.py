@@ -107,3 +107,27 @@ def test_the_selection_stage_records_curation_scores_and_gain_rows_stay_plain(tm
         else:
             assert [row["completion"] for row in recorded] == [TEXTS[i] for i in expected]
             assert recorded[0]["curation"]["gain"] == REWARDS[expected[0]] and {"coverage", "novelty"} <= set(recorded[0]["curation"])
+
+
+def test_gradient_checkpointing_leaves_the_policy_update_bitwise_unchanged(tiny_squad_model, tmp_path):
+    """rl.sft.gradient_checkpointing is result-neutral (a resume may switch it on: the fix for a
+    policy update that runs out of memory after a round's evaluations): same loss, same merged
+    weights, bit for bit (CPU; recomputing a forward pass is deterministic)."""
+    import torch
+    from safetensors.torch import load_file
+    from train_helpers import one_thread
+
+    from seal.config import RESULT_NEUTRAL_KEYS, SFTConfig
+    from seal.restem import update_policy
+
+    assert "rl.sft.gradient_checkpointing" in RESULT_NEUTRAL_KEYS
+    rows = [{"prompt": f"Passage {i}: the cat sat on the mat.\nImplications:", "completion": f" fact {i} about cats"} for i in range(3)]
+    out = {}
+    for checkpointing in (False, True):
+        cfg = SFTConfig(epochs=1, max_length=128, gradient_checkpointing=checkpointing)
+        with one_thread():
+            stats = update_policy(tiny_squad_model, rows, cfg, tmp_path / str(checkpointing), seed=7)
+        out[checkpointing] = stats["train_loss"], load_file(tmp_path / str(checkpointing) / "model.safetensors")
+    assert out[False][0] == out[True][0]
+    assert out[False][1].keys() == out[True][1].keys()
+    assert all(torch.equal(out[False][1][k], out[True][1][k]) for k in out[False][1])

@@ -94,7 +94,7 @@ def _flatten_reference(raw: dict) -> dict:
             if key not in _REFERENCE_KEYS:
                 raise HparamsError(f"unknown key {str(key)[:40]!r} in {section}")
             if key == "strategy":
-                if v not in _STRATEGIES:
+                if not isinstance(v, str) or v not in _STRATEGIES:  # a list or object is not hashable
                     raise HparamsError(f"strategy {str(v)[:40]!r} not one of {list(_STRATEGIES)}")
                 v = _STRATEGIES[v]
             flat[_REFERENCE_KEYS[key]] = v
@@ -143,7 +143,11 @@ def parse_configuration(text: str, space: HparamsConfig, arc: ArcSection) -> Con
 
 
 def read_configuration(text: str, space: HparamsConfig, arc: ArcSection) -> tuple[Configuration | None, str | None]:
-    """:func:`parse_configuration` that never raises: (configuration, None) or (None, reason)."""
+    """:func:`parse_configuration` that never raises: (configuration, None) or (None, reason).
+
+    Total over model text: :func:`parse_configuration` raises nothing but ``HparamsError`` for
+    any text, whatever JSON value sits at whatever key (tests/test_arc.py feeds it every JSON
+    type at every key, deep nesting, huge numbers, NaN literals and a 10 MB string)."""
     try:
         return parse_configuration(text, space, arc), None
     except HparamsError as e:

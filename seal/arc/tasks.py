@@ -111,7 +111,8 @@ def load_arc_tasks(
     Raises:
         DataError: a file missing or not JSON; a task without train/test examples; a grid not
             rectangular, outside 1-30 per side or with a colour outside 0-9; solutions missing
-            for a task or not one per test input; a ``task_ids`` entry not in the file. The
+            for a task or not one per test input; a ``task_ids`` entry not in the file; no
+            task at all (an empty file or ``task_ids``). The
             message names the file and the task id (and the example and grid).
     """
     c_path = resolve_data_path(challenges, root)
@@ -125,6 +126,8 @@ def load_arc_tasks(
     if missing:
         raise DataError(f"{c_path}: no task {missing[0]!r} (task_ids)")
     ids = ids if n is None else ids[:n]
+    if not ids:
+        raise DataError(f"{c_path}: no tasks to use (the file holds none, or task_ids is empty)")
     tasks = []
     for task_id in ids:
         obj = raw[task_id]

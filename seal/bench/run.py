@@ -58,6 +58,7 @@ from seal.display import progress_bar
 from seal.evaluate import load_eval_passages
 from seal.hparams import journal_choices, round_summary
 from seal.models import load_model, load_model_from_config
+from seal.preflight import check_recipe, check_targets, module_names
 from seal.prepare import ensure_model
 from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
 from seal.scoring import baselines, make_judge
@@ -138,6 +139,7 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     if cfg is None:
         raise RecipeError("the recipe has no 'bench' section (see recipes/bench_squad_tiny_cpu.yaml)")
     seed = recipe.seed if cfg.seed is None else cfg.seed
+    check_recipe(recipe)  # seal.preflight: every setting, before any work
     run = RunDir(out_dir)
     config = recipe_to_dict(recipe)
     if resume:
@@ -162,6 +164,9 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     students = cfg.students or [StudentSpec(name_or_path=recipe.model.name_or_path)]
     for student in students:
         _ensure_student(recipe, student)
+        modules = module_names(student.name_or_path, recipe.model.trust_remote_code)  # seal.preflight
+        for name, r in recipes.items():
+            check_targets("inner.lora", list(r.inner.lora.target_modules), modules, linear_only=True, where=f"{student.name_or_path} (protocol {name})")
     specs, train_metrics = list(cfg.sources), []
     if cfg.train_run:
         round_specs, train_metrics = train_run_sources(cfg.train_run)

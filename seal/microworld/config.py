@@ -55,7 +55,7 @@ class PretrainConfig(BaseModel):
     3 % of values right with 1.3 M tokens, or with a 3-layer width-96 model).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as seal.sections.Section
 
     seed: int = Field(
         0, description="Seeds the world, the corpus, the initialisation and the data order."

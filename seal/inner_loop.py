@@ -14,7 +14,8 @@ Per adapter, the result is what training it alone with a standard loop gives:
   ``cfg.max_length`` tokens (a cut text loses its EOS). Texts without a single content
   token (empty strings) are dropped. Each epoch shuffles the adapter's texts with a
   generator seeded from (job seed, epoch) (:func:`epoch_order`), and step s of the epoch
-  takes its texts ``s*batch_size ... (s+1)*batch_size - 1``.
+  takes its texts ``s*B ... (s+1)*B - 1``, ``B = batch_size * grad_accum_steps``
+  (gradient accumulation is exactly a larger batch here, :func:`step_rows`).
 * A global step feeds every adapter that still has a batch in this epoch; an adapter
   whose texts are exhausted gets no rows and no update (no Adam step, no decay, its step
   count and LR schedule do not advance).
@@ -32,7 +33,7 @@ Per adapter, the result is what training it alone with a standard loop gives:
   to match that too. (HF's ``DataCollatorForLanguageModeling`` would instead mask the
   pad labels, which is the default behaviour here.)
 * Optimizer: AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) per adapter, LR linear from
-  ``cfg.lr`` to 0 over the adapter's own ``epochs * ceil(n_texts / batch_size)`` steps
+  ``cfg.lr`` to 0 over the adapter's own ``epochs * ceil(n_texts / B)`` steps
   (HF Trainer's default schedule) or constant; gradient norm clipped per adapter to
   ``cfg.max_grad_norm`` (HF Trainer's default 1.0).
 * Init: A as PEFT's default (kaiming-uniform) from a generator seeded by the job seed
@@ -417,6 +418,19 @@ def _learning_rates(
     return peak * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
 
 
+def step_rows(cfg: InnerLoopConfig) -> int:
+    """Texts per optimizer step, per adapter: ``batch_size * grad_accum_steps``.
+
+    Accumulating g batches of b texts with the loss normalised by all their loss tokens (HF
+    Trainer since transformers 4.46: ``num_items_in_batch``) is one batch of g*b texts: the
+    same rows per step (the epoch order cut in g*b-text steps, a short last one), the same
+    token-mean loss, ``ceil(n / (g*b))`` steps per epoch for the schedule (= HF's
+    ``ceil(ceil(n / b) / g)``). The passes of a step are already split by the token budget
+    (:func:`micro_batches`), so memory is bounded either way.
+    """
+    return cfg.batch_size * cfg.grad_accum_steps
+
+
 class _SlotData:
     """One slot's tokenized texts, its settings (lr, epochs) and step bookkeeping."""
 
@@ -429,7 +443,7 @@ class _SlotData:
         self.lr = lr
         self.epochs = epochs
         self.in_epoch = False  # this slot trains in the current epoch (epoch < self.epochs)
-        self.steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(rows) / step_rows(cfg))
         self.order: list[int] = []
         self.error: str | None = None
         self.loss_sum = 0.0
@@ -497,7 +511,7 @@ class _BankTrainer:
         """
         rows, starts, slots = [], [], []
         for slot, d in enumerate(self.data):
-            part = d.batch(step, self.cfg.batch_size)
+            part = d.batch(step, step_rows(self.cfg))
             rows += [d.rows[j] for j in part]
             starts += [d.starts[j] for j in part]
             slots += [slot] * len(part)

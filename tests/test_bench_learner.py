@@ -5,6 +5,7 @@ random with self-edits written by the model being updated. Real tiny models, no 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,41 @@ def test_continual_settings_are_checked():
     with pytest.raises(ValueError, match="pool 4 < n_passages 8"):
         ContinualConfig(order="random", pool=4)
     assert ContinualConfig(order="random", runs=8, sequences=8).n_sequences() == 64
+
+
+@pytest.mark.slow
+def test_paper_bench_recipe_runs_end_to_end_with_tiny_models(tmp_path, tiny_squad_model, policy_dir, data_root):
+    """recipes/bench_squad_qwen2.5-7b.yaml as shipped, with the tiny models for Qwen2.5-7B (and
+    a one-round train run whose policy is `policy_dir`), the substring grader for the GPT-4.1
+    judge, and every size shrunk by overrides: it loads and runs every protocol on CPU."""
+    from seal.bench.run import bench, learner_key
+
+    shipped = (Path(__file__).resolve().parents[1] / "recipes" / "bench_squad_qwen2.5-7b.yaml").read_text()
+    path = tmp_path / "bench_squad_qwen2.5-7b.yaml"
+    path.write_text(shipped.replace("Qwen/Qwen2.5-7B", str(tiny_squad_model)))
+    run = tmp_path / "train_run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_squad_model)}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 0, "next_policy": str(policy_dir)}) + "\n")
+    recipe = load_recipe(path, [
+        "model.dtype=float32", "model.device=cpu", "model.num_threads=1", f"data.root={data_root}", "data.n_eval_passages=2",
+        "self_edit.max_new_tokens=8", "inner.lora.rank=4", "inner.lora.alpha=8", "inner.epochs=1", "inner.max_length=64",
+        "qa.grader=contains", "qa.max_new_tokens=4", "bench.bootstrap_samples=200", f"bench.train_run={run}",
+        "bench.protocols.single.n_passages=2", "bench.protocols.multi.n_passages=2", "bench.protocols.multi.inner.epochs=1", "bench.protocols.multi.n_self_edits=2",
+        "bench.protocols.continual.runs=1", "bench.protocols.continual.sequences=1", "bench.protocols.continual.n_passages=2",
+    ])  # fmt: skip
+    assert recipe.bench.protocols.continual.writer == "current" and recipe.bench.train_run_learner == "self"
+    out = bench(recipe, tmp_path / "out")
+    results = json.loads((out / "results.json").read_text())
+    student = str(tiny_squad_model).rstrip("/").rsplit("/", 1)[-1]
+    tables = {name: {c["source"]: c for c in proto["tables"][student]["cells"]} for name, proto in results["protocols"].items()}
+    assert len(tables["single"]) == len(tables["multi"]) == 9
+    assert set(tables["continual"]) == {"base-model self-edits (sampled now)", "policy round 1"}  # the rows that write as they learn
+    assert tables["single"]["policy round 1"]["learner"] == str(policy_dir)
+    assert tables["single"]["GPT-4.1 self-edits"]["expected"] == 0.463
+    journal = read_jsonl(out / "journal.jsonl")
+    steps = [r for r in journal if r["kind"] == "continual"]
+    assert {r["student"] for r in steps} == {student, learner_key(str(policy_dir))}
+    assert len(steps) == 2 * 2 and all(len(r["self_edits"]) == 1 for r in steps)  # 2 rows x 1 sequence of 2 written steps
+    multi = {r["source_label"]: r for r in journal if r["kind"] == "multi"}
+    assert multi["passage only"]["n_train_texts"] == 2 and "lr 0.001" in results["setup"]["protocols"]["multi"]

@@ -131,12 +131,13 @@ def analyze(
         for student in students:
             base = baselines[(name, student)]
             base_scored, _, _ = pair_verdicts(base, base)
-            cells = [cell_summary(row, student, name, outcomes[(name, student, row.label)], base, bench, seed) for row in rows]
+            ran = [row for row in rows if (name, student, row.label) in outcomes]  # a source may leave a protocol out
+            cells = [cell_summary(row, student, name, outcomes[(name, student, row.label)], base, bench, seed) for row in ran]
             tables[student] = {
                 "baseline": _interval(bootstrap_accuracy(base_scored, "macro", bench.bootstrap_samples, bench.confidence, seed)) if base_scored else None,
                 "baseline_micro": _interval(bootstrap_accuracy(base_scored, "micro", bench.bootstrap_samples, bench.confidence, seed)) if base_scored else None,
                 "cells": cells,
-                "comparisons": pairwise(rows, {row.label: outcomes[(name, student, row.label)].verdicts for row in rows}, bench, seed),
+                "comparisons": pairwise(ran, {row.label: outcomes[(name, student, row.label)].verdicts for row in ran}, bench, seed),
             }
         out["protocols"][name] = {"n_passages": n, "tables": tables}
         out["compatibility"][name] = [c for student in students for c in tables[student]["cells"]]

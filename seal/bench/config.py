@@ -102,6 +102,10 @@ class SourceSpec(Section):
         None,
         description="The model that learns this row's data, answers, and gives its un-adapted baseline: None (each student, as before), 'self' (a policy: source's own checkpoint: a round's self-edits learned by that round's policy, as the reference's SEAL rows, TTT_server.sh:13), or a model directory / hub id (e.g. the round's checkpoint for a file: of its self-edits). Such a row is trained once and shown under every student, its gain measured against the learner's own baseline.",
     )
+    protocols: list[Literal["single", "multi", "continual"]] | None = Field(
+        None,
+        description="The protocols this row runs in (None: every enabled one); a row left out of a protocol is absent from its table (e.g. the continual protocol for the SEAL policy only, as the reference ran it: 64 sequences x 8 merged steps per row).",
+    )
     inner: dict[Literal["single", "multi", "continual"], dict[str, Any]] = Field(
         default_factory=dict,
         description="Per protocol, overrides of that protocol's inner settings for this source only, applied after the protocol's (e.g. the reference's passage-only CPT at lr 1e-4: {multi: {lr: 1.0e-4}}).",
@@ -127,6 +131,10 @@ class SourceSpec(Section):
         if self.learner == "self" and not self.source.startswith("policy:"):
             raise ValueError(f"learner 'self' needs a policy: source (its checkpoint learns); {self.source!r} has none: give a model path")
         return self
+
+    def runs_in(self, protocol: str) -> bool:
+        """Whether this row runs in ``protocol`` (``protocols``)."""
+        return self.protocols is None or protocol in self.protocols
 
     def learner_path(self) -> str | None:
         """The model that learns this row (None: each student)."""

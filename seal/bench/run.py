@@ -283,12 +283,12 @@ def _learn(model, tok, who: str, sources, protocols, recipes, sizes, passages, r
     bar.advance(task)
     found = {}
     for name, proto in protocols:
-        n = sizes[name]
+        n, rows = sizes[name], [source for source in sources if source.spec.runs_in(name)]
         cut = {source.name: [edits[: proto.n_self_edits] for edits in source.edits[:n]] for source in sources}
-        own = {source.name: source_recipe(recipes[name], name, source.spec) for source in sources}
-        total = sum(n_steps(name, source.spec.source, passages[:n], cut[source.name], own[source.name]) for source in sources)
+        own = {source.name: source_recipe(recipes[name], name, source.spec) for source in rows}
+        total = sum(n_steps(name, source.spec.source, passages[:n], cut[source.name], own[source.name]) for source in rows)
         task = bar.add_task(f"{who}: {name}", total=max(total, 1))
-        for source in sources:
+        for source in rows:
             found[(name, source.name)] = PROTOCOL_RUNNERS[name](
                 model, tok, own[source.name], source.spec.source, passages[:n], cut[source.name], base[:n], seed, judge,
                 key={"kind": name, "student": who, "source_label": source.name},

@@ -10,15 +10,18 @@ reused as they are) plus::
         - source: file:squad/val_200_selfedits_gpt-4.1.json
           label: GPT-4.1
           expected: {single: 0.463, multi: 0.394}   # paper figures shown beside the row
+          inner: {multi: {grad_accum_steps: 2}}     # this row's own inner settings, per protocol
+        - {source: "policy:runs/x/round_1/policy", learner: self}   # the policy learns its own self-edits
       students: null                 # models trained on the data (default: [model.name_or_path])
       protocols:
         single: {n_passages: 200, n_self_edits: 1}
         multi: {n_passages: 200, n_self_edits: 5, inner: {epochs: 3, batch_size: 4}}
-        continual: {n_passages: 8}
+        continual: {n_passages: 8}   # or {order: random, runs: 8, sequences: 8, writer: current}
       bootstrap_samples: 10000
       confidence: 0.95
       seed: null                     # default: the recipe's seed
       train_run: null                # a `seal train` run: adds each round's policy as a source
+      train_run_learner: student     # or self: each round's policy learns its own rows
 """
 
 from __future__ import annotations

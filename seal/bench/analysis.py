@@ -80,6 +80,8 @@ def cell_summary(
             out["expected_holds"] = measured["lo"] <= exp.accuracy <= measured["hi"]
     if outcome.matrix is not None:
         out["continual"] = {"matrix": _nan_to_none(outcome.matrix), **continual_summary(outcome.matrix)}
+        if "sequences" in outcome.extra:  # indices into the protocol's passages, per sequence
+            out["continual"]["sequences"] = outcome.extra["sequences"]
     return out
 
 

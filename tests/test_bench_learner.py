@@ -93,6 +93,7 @@ def test_a_source_learned_by_its_own_policy(tmp_path, tiny_squad_model, policy_d
     results = json.loads((out / "results.json").read_text())
     cells = {c["source"]: c for c in results["protocols"]["single"]["tables"][student]["cells"]}
     assert cells["round 1, own learner"]["learner"] == str(policy_dir) and cells["round 1, base learner"]["learner"] is None
+    assert cells["round 1, own learner"]["own_data"] and not cells["round 1, base learner"]["own_data"]  # the policy learns what it wrote
     # 'none' learned by the policy is the policy's baseline: its gain over its own baseline is 0
     assert cells["round 1 un-adapted"]["gain"]["value"] == 0.0
     assert results["setup"]["learners"] == {"round 1, own learner": str(policy_dir), "round 1 un-adapted": str(policy_dir)}

@@ -222,7 +222,7 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     rows = [
         Row(
             source.name, source.spec.source, dict(source.spec.expected),
-            {student.name: same_model(source.author, source.learner or student.name_or_path) for student in students}, source.author, source.learner,
+            {student.name: _own_data(source, student) for student in students}, source.author, source.learner,
         )
         for source in sources
     ]  # fmt: skip
@@ -256,6 +256,14 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     _print_summary(console, results, rounds)
     console.print(f"report: {run.path / 'report.md'}  ({setup['seconds']:.0f} s)")
     return run.path
+
+
+def _own_data(source: Source, student: StudentSpec) -> bool:
+    """Whether the model that learns ``source`` in ``student``'s table also wrote its data: the
+    student itself, or the row's own learner (``learner: self``: the policy learns what it wrote)."""
+    if source.spec.learner == "self":
+        return True
+    return same_model(source.author, source.learner or student.name_or_path)
 
 
 def learner_key(learner: str) -> str:

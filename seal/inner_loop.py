@@ -971,6 +971,66 @@ def run_inner_loop(
     return results
 
 
+def train_full(model, tokenizer, texts: Sequence[str], cfg: InnerLoopConfig, seed: int) -> list[float]:
+    """Full fine-tuning: every weight of ``model`` trains on ``texts``, in place (the caller
+    passes a copy). The reference's CPT in the paper's second version (their issue 13).
+
+    The same data, order, loss and schedule as an adapter of :func:`train_bank`: rows of
+    :func:`tokenize_with_loss`, :func:`epoch_order` per epoch, :func:`step_rows` texts per
+    step with the token-mean loss over them (one row per forward/backward pass, the gradients
+    summed), AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) over all parameters in their own
+    dtype, the linear (or constant) schedule over ``epochs * steps_per_epoch`` steps, the
+    global gradient norm clipped to ``cfg.max_grad_norm``. ``cfg.lora`` is unused. Memory:
+    the model's weights, gradients and two AdamW moments, about 4x its bytes, in one process
+    (no ZeRO sharding). Returns the epoch losses (nats/token).
+
+    Raises:
+        InnerLoopError: no trainable token, or a non-finite loss or gradient (``model`` is then
+            part-trained: discard it).
+        ValueError: ``cfg.train_on_padding`` (not supported here).
+    """
+    if cfg.train_on_padding:
+        raise ValueError("full fine-tuning does not reproduce train_on_padding")
+    rows, starts = tokenize_with_loss(tokenizer, texts, cfg.max_length, cfg.loss_on, cfg.answer_marker)
+    if not rows:
+        raise InnerLoopError("no trainable tokens (every text is empty, or has no loss-bearing token)")
+    device = next(model.parameters()).device
+    per_step = step_rows(cfg)
+    steps_per_epoch = math.ceil(len(rows) / per_step)
+    total = cfg.epochs * steps_per_epoch
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    schedule = (lambda t: 1.0) if cfg.lr_scheduler == "constant" else (lambda t: max(0.0, (total - t) / total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    losses = []
+    with frozen(model):  # eval mode (no dropout), restored after; the weights are made trainable below
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for epoch in range(cfg.epochs):
+                order, loss_sum, n_tokens = epoch_order(seed, epoch, len(rows)), 0.0, 0
+                for step in range(steps_per_epoch):
+                    part = order[step * per_step : (step + 1) * per_step]
+                    count = sum(len(rows[j]) - starts[j] for j in part)
+                    for j in part:
+                        ids = torch.tensor([rows[j]], device=device)
+                        logits = model(input_ids=ids).logits[0, starts[j] - 1 : -1].float()
+                        loss = F.cross_entropy(logits, ids[0, starts[j] :], reduction="sum")
+                        if not torch.isfinite(loss):
+                            raise InnerLoopError(f"non-finite loss at step {epoch * steps_per_epoch + step + 1}")
+                        (loss / count).backward()
+                        loss_sum += loss.item()
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                    if not torch.isfinite(norm):
+                        raise InnerLoopError(f"non-finite gradient at step {epoch * steps_per_epoch + step + 1}")
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    n_tokens += count
+                losses.append(loss_sum / n_tokens)
+    return losses
+
+
 def train_and_merge(
     model, tokenizer, texts: Sequence[str], cfg: InnerLoopConfig, seed: int
 ) -> list[float]:

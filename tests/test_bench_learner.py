@@ -177,6 +177,31 @@ def test_continual_settings_are_checked():
     assert ContinualConfig(order="random", runs=8, sequences=8).n_sequences() == 64
 
 
+def test_multi_protocol_full_fine_tuning(tmp_path, tiny_squad_model, data_root):
+    """bench.protocols.multi.update: full: a copy of the student trains on every weight and
+    answers; the student itself is untouched; 'lora' (the default) gives other answers."""
+    from seal.bench.protocols import protocol_recipe, run_multi
+    from seal.models import load_model
+    from seal.scoring import baselines
+
+    model, tok = load_model(tiny_squad_model, "float32", "cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    passages = load_passages("squad/val_200.json", 2, root=data_root)
+    edits = [["a fact.\nanother fact."], [None]]
+    out = {}
+    for update in ("full", "lora"):
+        recipe = _recipe(tmp_path, tiny_squad_model, data_root, {"sources": ["none"], "protocols": {"multi": {"update": update, "inner": {"epochs": 2, "lr": 0.05}}}})
+        pr = protocol_recipe(recipe, "multi", recipe.bench.protocols.multi)
+        records = []
+        run_multi(model, tok, pr, "file:x", passages, edits, baselines(model, tok, passages, pr.qa), seed=0, on_record=records.append)
+        (out[update],) = records
+    full = out["full"]
+    assert full["error"] is None and len(full["epoch_losses"]) == 2 and full["epoch_losses"][1] < full["epoch_losses"][0]
+    assert full["n_train_texts"] == 3 + 1 and full["n_train_tokens"] > 0
+    assert [pp["answers"] for pp in full["per_passage"]] != [pp["answers"] for pp in out["lora"]["per_passage"]]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.slow
 def test_paper_bench_recipe_runs_end_to_end_with_tiny_models(tmp_path, tiny_squad_model, policy_dir, data_root):
     """recipes/bench_squad_qwen2.5-7b.yaml as shipped, with the tiny models for Qwen2.5-7B (and

@@ -694,3 +694,31 @@ def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_d
         layer = pm.base_model.model.get_submodule(name)
         assert rel_err(a, layer.lora_A["default"].weight.detach()) < 1e-5
         assert rel_err(b, layer.lora_B["default"].weight.detach()) < 1e-5
+
+
+def test_full_fine_tuning_trains_every_weight(loaded, model_dir):
+    """train_full: Adam's first step moves every weight whose gradient is non-zero by ~lr (all
+    of them, not only q/v), its losses fall over epochs, and a part-batch of accumulated rows
+    is the token mean over them (batch 1 x 2 accumulated = batch 2)."""
+    from seal.inner_loop import train_full
+
+    _, tok = loaded
+    model, _ = load_model(model_dir, device="cpu")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = make_cfg(epochs=1, lr=1e-3, lr_scheduler="constant", max_grad_norm=None)
+    train_full(model, tok, TEXTS[:1], cfg, seed=3)
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+    assert [p.requires_grad for p in model.parameters()] == [True] * len(before)  # as load_model left them
+    assert max(float(d.max()) for d in moved.values()) == pytest.approx(1e-3, rel=1e-3)
+    changed = [n for n, d in moved.items() if float(d.max()) > 0]
+    assert any("mlp" in n for n in changed) and any("k_proj" in n for n in changed) and len(changed) >= 0.9 * len(moved)
+
+    cfg = make_cfg(epochs=3, lr=1e-2)
+    losses = train_full(load_model(model_dir, device="cpu")[0], tok, TEXTS[:3], cfg, seed=3)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    a, _ = load_model(model_dir, device="cpu")
+    b, _ = load_model(model_dir, device="cpu")
+    train_full(a, tok, TEXTS[:5], make_cfg(epochs=2, batch_size=1, grad_accum_steps=2), seed=4)
+    train_full(b, tok, TEXTS[:5], make_cfg(epochs=2, batch_size=2), seed=4)
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert rel_err(pa.detach(), pb.detach()) < 1e-6, n

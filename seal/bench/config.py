@@ -198,6 +198,11 @@ class MultiConfig(ProtocolConfig):
     Paper: n = 200, 5 self-edits per passage, epochs 3, batch size 4, lr 1e-3, split_newlines off.
     """
 
+    update: Literal["lora", "full"] = Field(
+        "lora",
+        description="'lora': one LoRA adapter (the inner section's; paper v1's CPT). 'full': every weight of a copy of the learner trains (seal.inner_loop.train_full: the same data, order, loss, lr schedule, accumulation and clipping; the paper v2's CPT, the authors' issue 13). One process, about 4x the model's bytes in memory (weights, gradients, AdamW moments: ~60 GB for Qwen2.5-7B in bf16, AdamW moments in bf16 too); no ZeRO-3 sharding yet.",
+    )
+
 
 class ContinualConfig(ProtocolConfig):
     """Protocol 3 (paper Section 5, catastrophic forgetting): self-edits applied one passage after another.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
@@ -41,10 +42,13 @@ from seal.data import Passage
 from seal.evaluate import evaluations_for
 from seal.inner_loop import (
     AdapterJob,
+    AdapterResult,
     InnerLoopError,
     answer_questions,
     run_inner_loop,
+    tokenize_with_loss,
     train_and_merge,
+    train_full,
 )
 from seal.rewards import accuracy
 from seal.scoring import grade_answers, question_prompts, run_evaluations, self_edit_hint
@@ -235,9 +239,13 @@ def run_multi(
     todo = [rep for rep in range(len(jobs)) if rep not in records]
     if progress and len(todo) < len(jobs):
         progress(len(jobs) - len(todo))
-    results = run_inner_loop(
-        model, tokenizer, [jobs[rep] for rep in todo], recipe.inner, recipe.qa.max_new_tokens, recipe.qa.batch_size, progress=progress
-    ) if todo else []  # fmt: skip
+    full = getattr(getattr(getattr(recipe, "bench", None), "protocols", None), "multi", None)
+    if full is not None and full.update == "full":
+        results = [_full_update(model, tokenizer, jobs[rep], recipe, progress) for rep in todo]
+    else:
+        results = run_inner_loop(
+            model, tokenizer, [jobs[rep] for rep in todo], recipe.inner, recipe.qa.max_new_tokens, recipe.qa.batch_size, progress=progress
+        ) if todo else []  # fmt: skip
     for rep, res in zip(todo, results, strict=True):
         per_passage = []
         if res.error is None:
@@ -264,6 +272,29 @@ def run_multi(
         seconds=sum(records[rep]["seconds"] for rep in range(len(jobs))),
         extra={"n_train_texts": len(jobs[0].texts)},
     )
+
+
+def _full_update(model, tokenizer, job: AdapterJob, recipe: Recipe, progress) -> AdapterResult:
+    """One repetition of the multi protocol with ``update: full``: a copy of ``model`` fine-tuned
+    on every weight (:func:`seal.inner_loop.train_full`) answers the job's prompts."""
+    t0 = time.perf_counter()
+    trained = copy.deepcopy(model)
+    try:
+        losses = train_full(trained, tokenizer, job.texts, recipe.inner, job.seed)
+        answers = answer_questions(trained, tokenizer, job.prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
+        result = AdapterResult(answers, losses, _n_tokens(tokenizer, job.texts, recipe.inner))
+    except InnerLoopError as e:
+        result = AdapterResult([], error=str(e))
+    del trained
+    result.seconds = time.perf_counter() - t0
+    if progress:
+        progress(1)
+    return result
+
+
+def _n_tokens(tokenizer, texts, cfg) -> int:
+    rows, starts = tokenize_with_loss(tokenizer, texts, cfg.max_length, cfg.loss_on, cfg.answer_marker)
+    return sum(len(r) - s for r, s in zip(rows, starts, strict=True))
 
 
 # ----------------------------------------------------------------------------- 3. continual

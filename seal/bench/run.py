@@ -118,8 +118,9 @@ def _ensure_student(recipe: Recipe, student: StudentSpec) -> None:
 
 def _describe(recipe: Recipe, proto) -> str:
     inner = recipe.inner
+    update = "full fine-tuning" if getattr(proto, "update", "lora") == "full" else f"LoRA r={inner.lora.rank} alpha={inner.lora.alpha:g} on {','.join(inner.lora.target_modules)}"
     return (
-        f"LoRA r={inner.lora.rank} alpha={inner.lora.alpha:g} on {','.join(inner.lora.target_modules)}, {inner.epochs} epochs, lr {inner.lr:g}, "
+        f"{update}, {inner.epochs} epochs, lr {inner.lr:g}, "
         f"batch {inner.batch_size}" + (f" x {inner.grad_accum_steps} accumulated" if inner.grad_accum_steps > 1 else "") + f", {proto.n_self_edits} self-edit(s) per passage, {inner.eval_times} repetition(s), "
         f"split_newlines={recipe.self_edit.split_newlines}"
     )

@@ -34,7 +34,8 @@ Per adapter, the result is what training it alone with a standard loop gives:
   pad labels, which is the default behaviour here.)
 * Optimizer: AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) per adapter, LR linear from
   ``cfg.lr`` to 0 over the adapter's own ``epochs * ceil(n_texts / B)`` steps
-  (HF Trainer's default schedule) or constant; gradient norm clipped per adapter to
+  (HF Trainer's default schedule), half-cosine or constant, after ``cfg.warmup_steps`` of
+  linear warm-up (:func:`_learning_rates`); gradient norm clipped per adapter to
   ``cfg.max_grad_norm`` (HF Trainer's default 1.0).
 * Init: A as PEFT's default (kaiming-uniform) from a generator seeded by the job seed
   (independent of the slot, :func:`init_seed`); B = 0.
@@ -411,11 +412,26 @@ def _slot_loss_sums(model, bank: LoraBank, batch: _Batch, pad_mask: bool) -> tor
 def _learning_rates(
     cfg: InnerLoopConfig, peak: torch.Tensor, done_steps: torch.Tensor, total_steps: torch.Tensor
 ) -> torch.Tensor:
-    """``(S,)`` float64 LR of each slot's next step from its ``(S,)`` float64 peak LR
-    (HF's linear schedule: lr * (T - t) / T, or constant)."""
+    """``(S,)`` float64 LR of each slot's next step from its ``(S,)`` float64 peak LR, ``t``
+    steps done of its ``T``: HF's schedules (``transformers.optimization``), each slot on its
+    own ``t`` and ``T``. With ``W = cfg.warmup_steps``: ``lr * t / W`` while ``t < W``; then
+    linear ``lr * (T - t) / (T - W)``, cosine ``lr * (1 + cos(pi * (t - W) / (T - W))) / 2``
+    (both floored at 0, ``T - W`` at least 1), or constant ``lr``."""
+    warm = cfg.warmup_steps
+    if cfg.lr_scheduler == "linear" and warm == 0:  # today's expression, bit for bit
+        return peak * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
     if cfg.lr_scheduler == "constant":
-        return peak.clone()
-    return peak * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
+        factor = torch.ones_like(done_steps)
+    else:
+        span = (total_steps - warm).clamp(min=1.0)
+        progress = (done_steps - warm) / span
+        if cfg.lr_scheduler == "cosine":
+            factor = (0.5 * (1.0 + torch.cos(math.pi * progress))).clamp(min=0.0)
+        else:
+            factor = ((total_steps - done_steps) / span).clamp(min=0.0)
+    if warm == 0:
+        return peak * factor if cfg.lr_scheduler != "constant" else peak.clone()
+    return peak * torch.where(done_steps < warm, done_steps / max(1, warm), factor)
 
 
 def step_rows(cfg: InnerLoopConfig) -> int:
@@ -979,7 +995,7 @@ def train_full(model, tokenizer, texts: Sequence[str], cfg: InnerLoopConfig, see
     :func:`tokenize_with_loss`, :func:`epoch_order` per epoch, :func:`step_rows` texts per
     step with the token-mean loss over them (one row per forward/backward pass, the gradients
     summed), AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) over all parameters in their own
-    dtype, the linear (or constant) schedule over ``epochs * steps_per_epoch`` steps, the
+    dtype, the schedule of :func:`_learning_rates` over ``epochs * steps_per_epoch`` steps, the
     global gradient norm clipped to ``cfg.max_grad_norm``. ``cfg.lora`` is unused. Memory:
     the model's weights, gradients and two AdamW moments, about 4x its bytes, in one process
     (no ZeRO sharding). Returns the epoch losses (nats/token).
@@ -1000,8 +1016,7 @@ def train_full(model, tokenizer, texts: Sequence[str], cfg: InnerLoopConfig, see
     total = cfg.epochs * steps_per_epoch
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    schedule = (lambda t: 1.0) if cfg.lr_scheduler == "constant" else (lambda t: max(0.0, (total - t) / total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    peak, steps = torch.tensor([cfg.lr], dtype=torch.float64), torch.tensor([float(total)], dtype=torch.float64)
     losses = []
     with frozen(model):  # eval mode (no dropout), restored after; the weights are made trainable below
         for p in params:
@@ -1023,8 +1038,10 @@ def train_full(model, tokenizer, texts: Sequence[str], cfg: InnerLoopConfig, see
                     norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
                     if not torch.isfinite(norm):
                         raise InnerLoopError(f"non-finite gradient at step {epoch * steps_per_epoch + step + 1}")
+                    done = torch.tensor([float(epoch * steps_per_epoch + step)], dtype=torch.float64)
+                    for group in opt.param_groups:  # the adapters' schedule (_learning_rates), one slot
+                        group["lr"] = float(_learning_rates(cfg, peak, done, steps)[0])
                     opt.step()
-                    sched.step()
                     opt.zero_grad(set_to_none=True)
                     n_tokens += count
                 losses.append(loss_sum / n_tokens)

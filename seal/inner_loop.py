@@ -14,7 +14,8 @@ Per adapter, the result is what training it alone with a standard loop gives:
   ``cfg.max_length`` tokens (a cut text loses its EOS). Texts without a single content
   token (empty strings) are dropped. Each epoch shuffles the adapter's texts with a
   generator seeded from (job seed, epoch) (:func:`epoch_order`), and step s of the epoch
-  takes its texts ``s*batch_size ... (s+1)*batch_size - 1``.
+  takes its texts ``s*B ... (s+1)*B - 1``, ``B = batch_size * grad_accum_steps``
+  (gradient accumulation is exactly a larger batch here, :func:`step_rows`).
 * A global step feeds every adapter that still has a batch in this epoch; an adapter
   whose texts are exhausted gets no rows and no update (no Adam step, no decay, its step
   count and LR schedule do not advance).
@@ -32,7 +33,7 @@ Per adapter, the result is what training it alone with a standard loop gives:
   to match that too. (HF's ``DataCollatorForLanguageModeling`` would instead mask the
   pad labels, which is the default behaviour here.)
 * Optimizer: AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) per adapter, LR linear from
-  ``cfg.lr`` to 0 over the adapter's own ``epochs * ceil(n_texts / batch_size)`` steps
+  ``cfg.lr`` to 0 over the adapter's own ``epochs * ceil(n_texts / B)`` steps
   (HF Trainer's default schedule), half-cosine or constant, after ``cfg.warmup_steps`` of
   linear warm-up (:func:`_learning_rates`); gradient norm clipped per adapter to
   ``cfg.max_grad_norm`` (HF Trainer's default 1.0).
@@ -433,6 +434,19 @@ def _learning_rates(
     return peak * torch.where(done_steps < warm, done_steps / max(1, warm), factor)
 
 
+def step_rows(cfg: InnerLoopConfig) -> int:
+    """Texts per optimizer step, per adapter: ``batch_size * grad_accum_steps``.
+
+    Accumulating g batches of b texts with the loss normalised by all their loss tokens (HF
+    Trainer since transformers 4.46: ``num_items_in_batch``) is one batch of g*b texts: the
+    same rows per step (the epoch order cut in g*b-text steps, a short last one), the same
+    token-mean loss, ``ceil(n / (g*b))`` steps per epoch for the schedule (= HF's
+    ``ceil(ceil(n / b) / g)``). The passes of a step are already split by the token budget
+    (:func:`micro_batches`), so memory is bounded either way.
+    """
+    return cfg.batch_size * cfg.grad_accum_steps
+
+
 class _SlotData:
     """One slot's tokenized texts, its settings (lr, epochs) and step bookkeeping."""
 
@@ -445,7 +459,7 @@ class _SlotData:
         self.lr = lr
         self.epochs = epochs
         self.in_epoch = False  # this slot trains in the current epoch (epoch < self.epochs)
-        self.steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(rows) / step_rows(cfg))
         self.order: list[int] = []
         self.error: str | None = None
         self.loss_sum = 0.0
@@ -513,7 +527,7 @@ class _BankTrainer:
         """
         rows, starts, slots = [], [], []
         for slot, d in enumerate(self.data):
-            part = d.batch(step, self.cfg.batch_size)
+            part = d.batch(step, step_rows(self.cfg))
             rows += [d.rows[j] for j in part]
             starts += [d.starts[j] for j in part]
             slots += [slot] * len(part)
@@ -971,6 +985,67 @@ def run_inner_loop(
             if progress:
                 progress(len(chunk))
     return results
+
+
+def train_full(model, tokenizer, texts: Sequence[str], cfg: InnerLoopConfig, seed: int) -> list[float]:
+    """Full fine-tuning: every weight of ``model`` trains on ``texts``, in place (the caller
+    passes a copy). The reference's CPT in the paper's second version (their issue 13).
+
+    The same data, order, loss and schedule as an adapter of :func:`train_bank`: rows of
+    :func:`tokenize_with_loss`, :func:`epoch_order` per epoch, :func:`step_rows` texts per
+    step with the token-mean loss over them (one row per forward/backward pass, the gradients
+    summed), AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) over all parameters in their own
+    dtype, the schedule of :func:`_learning_rates` over ``epochs * steps_per_epoch`` steps, the
+    global gradient norm clipped to ``cfg.max_grad_norm``. ``cfg.lora`` is unused. Memory:
+    the model's weights, gradients and two AdamW moments, about 4x its bytes, in one process
+    (no ZeRO sharding). Returns the epoch losses (nats/token).
+
+    Raises:
+        InnerLoopError: no trainable token, or a non-finite loss or gradient (``model`` is then
+            part-trained: discard it).
+        ValueError: ``cfg.train_on_padding`` (not supported here).
+    """
+    if cfg.train_on_padding:
+        raise ValueError("full fine-tuning does not reproduce train_on_padding")
+    rows, starts = tokenize_with_loss(tokenizer, texts, cfg.max_length, cfg.loss_on, cfg.answer_marker)
+    if not rows:
+        raise InnerLoopError("no trainable tokens (every text is empty, or has no loss-bearing token)")
+    device = next(model.parameters()).device
+    per_step = step_rows(cfg)
+    steps_per_epoch = math.ceil(len(rows) / per_step)
+    total = cfg.epochs * steps_per_epoch
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    peak, steps = torch.tensor([cfg.lr], dtype=torch.float64), torch.tensor([float(total)], dtype=torch.float64)
+    losses = []
+    with frozen(model):  # eval mode (no dropout), restored after; the weights are made trainable below
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for epoch in range(cfg.epochs):
+                order, loss_sum, n_tokens = epoch_order(seed, epoch, len(rows)), 0.0, 0
+                for step in range(steps_per_epoch):
+                    part = order[step * per_step : (step + 1) * per_step]
+                    count = sum(len(rows[j]) - starts[j] for j in part)
+                    for j in part:
+                        ids = torch.tensor([rows[j]], device=device)
+                        logits = model(input_ids=ids).logits[0, starts[j] - 1 : -1].float()
+                        loss = F.cross_entropy(logits, ids[0, starts[j] :], reduction="sum")
+                        if not torch.isfinite(loss):
+                            raise InnerLoopError(f"non-finite loss at step {epoch * steps_per_epoch + step + 1}")
+                        (loss / count).backward()
+                        loss_sum += loss.item()
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                    if not torch.isfinite(norm):
+                        raise InnerLoopError(f"non-finite gradient at step {epoch * steps_per_epoch + step + 1}")
+                    done = torch.tensor([float(epoch * steps_per_epoch + step)], dtype=torch.float64)
+                    for group in opt.param_groups:  # the adapters' schedule (_learning_rates), one slot
+                        group["lr"] = float(_learning_rates(cfg, peak, done, steps)[0])
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    n_tokens += count
+                losses.append(loss_sum / n_tokens)
+    return losses
 
 
 def train_and_merge(

@@ -66,7 +66,12 @@ class InnerLoopConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(1, ge=1, description="Training texts per optimizer step, per adapter.")
+    batch_size: int = Field(1, ge=1, description="Training texts per forward/backward batch, per adapter.")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description="Batches accumulated per optimizer step (HF Trainer's gradient_accumulation_steps; the reference's base and GPT-4.1 CPT runs used 2). A step then learns batch_size x grad_accum_steps texts with the token-mean loss over all of them: exactly one batch of that size (transformers >= 4.46, the reference's 4.52.4, normalises by the accumulated tokens too). 1: today's steps, bit-identical.",
+    )
     max_grad_norm: float | None = Field(
         1.0, description="Per-adapter gradient clipping (HF Trainer's default, which the reference inherits). None: off."
     )

@@ -637,3 +637,88 @@ def test_each_slot_steps_with_its_own_learning_rate(loaded):
         for slot, lr in enumerate(lrs):
             largest = max(float(b.abs().max()) for _, b in bank.weights(slot).values())
             assert largest == pytest.approx(lr, rel=1e-3)
+
+
+def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_dir):
+    """inner.grad_accum_steps=2 with batch 1 is HF Trainer's accumulation (transformers >= 4.46):
+    two micro-batches of one text, each loss = its CE token sum / the tokens of both, gradients
+    summed, then one clipped AdamW step on a linear schedule over ceil(ceil(n/1)/2) steps per
+    epoch (5 texts: the last step of an epoch accumulates one batch). Written out here with PEFT;
+    and it equals batch 2 without accumulation (the token mean over both texts)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import get_linear_schedule_with_warmup
+
+    model, tok = loaded
+    cfg = make_cfg(batch_size=1, grad_accum_steps=2, epochs=2, max_grad_norm=0.5)
+    texts, seed = TEXTS[:5], 13
+    with adapter_bank(model, cfg.lora, 1) as bank:
+        bank.reset_slot(0, init_seed(seed))
+        init = bank.weights(0)
+        (stats,) = train_bank(model, tok, bank, [texts], [seed], cfg)
+        accumulated = bank.weights(0)
+    assert stats.error is None
+    (bigger,), _ = trained_weights(model, tok, [AdapterJob(texts=texts, prompts=[], seed=seed)], make_cfg(batch_size=2, epochs=2, max_grad_norm=0.5), 1)
+    assert_same_weights(accumulated, bigger, tol=1e-6)
+    (plain,), _ = trained_weights(model, tok, [AdapterJob(texts=texts, prompts=[], seed=seed)], make_cfg(batch_size=1, epochs=2, max_grad_norm=0.5), 1)
+    assert max(rel_err(accumulated[n][1], plain[n][1]) for n in plain) > 1e-3  # accumulation changes the update
+
+    fresh, _ = load_model(model_dir, device="cpu")
+    pm = get_peft_model(fresh, PeftLoraConfig(r=LORA.rank, lora_alpha=LORA.alpha, lora_dropout=0.0, target_modules=LORA.target_modules))
+    with torch.no_grad():
+        for name, (a, b) in init.items():
+            layer = pm.base_model.model.get_submodule(name)
+            layer.lora_A["default"].weight.copy_(a)
+            layer.lora_B["default"].weight.copy_(b)
+    params = [p for p in pm.parameters() if p.requires_grad]
+    rows = tokenize_texts(tok, texts, cfg.max_length)
+    batches_per_epoch = len(rows)  # batch size 1
+    steps_per_epoch = -(-batches_per_epoch // 2)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, 0, cfg.epochs * steps_per_epoch)
+    for epoch in range(cfg.epochs):
+        order = epoch_order(seed, epoch, len(rows))
+        for s in range(steps_per_epoch):
+            group = [rows[j] for j in order[2 * s : 2 * s + 2]]
+            n_items = sum(len(r) - 1 for r in group)  # loss tokens of the whole accumulation
+            for r in group:
+                ids = torch.tensor([r])
+                logits = pm(input_ids=ids).logits[0, :-1].float()
+                loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum") / n_items
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    for name, (a, b) in accumulated.items():
+        layer = pm.base_model.model.get_submodule(name)
+        assert rel_err(a, layer.lora_A["default"].weight.detach()) < 1e-5
+        assert rel_err(b, layer.lora_B["default"].weight.detach()) < 1e-5
+
+
+def test_full_fine_tuning_trains_every_weight(loaded, model_dir):
+    """train_full: Adam's first step moves every weight whose gradient is non-zero by ~lr (all
+    of them, not only q/v), its losses fall over epochs, and a part-batch of accumulated rows
+    is the token mean over them (batch 1 x 2 accumulated = batch 2)."""
+    from seal.inner_loop import train_full
+
+    _, tok = loaded
+    model, _ = load_model(model_dir, device="cpu")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = make_cfg(epochs=1, lr=1e-3, lr_scheduler="constant", max_grad_norm=None)
+    train_full(model, tok, TEXTS[:1], cfg, seed=3)
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+    assert [p.requires_grad for p in model.parameters()] == [True] * len(before)  # as load_model left them
+    assert max(float(d.max()) for d in moved.values()) == pytest.approx(1e-3, rel=1e-3)
+    changed = [n for n, d in moved.items() if float(d.max()) > 0]
+    assert any("mlp" in n for n in changed) and any("k_proj" in n for n in changed) and len(changed) >= 0.9 * len(moved)
+
+    cfg = make_cfg(epochs=3, lr=1e-2)
+    losses = train_full(load_model(model_dir, device="cpu")[0], tok, TEXTS[:3], cfg, seed=3)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    a, _ = load_model(model_dir, device="cpu")
+    b, _ = load_model(model_dir, device="cpu")
+    train_full(a, tok, TEXTS[:5], make_cfg(epochs=2, batch_size=1, grad_accum_steps=2), seed=4)
+    train_full(b, tok, TEXTS[:5], make_cfg(epochs=2, batch_size=2), seed=4)
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert rel_err(pa.detach(), pb.detach()) < 1e-6, n

@@ -34,6 +34,7 @@ class Row:
     expected: dict[str, Expected]
     own: dict[str, bool]  # student label -> this source's self-edits were written by that student
     author: str | None = None  # model that wrote the self-edits, when known
+    learner: str | None = None  # the model that learned this row (SourceSpec.learner); None: each student
 
 
 def _interval(i: Interval) -> dict:
@@ -47,13 +48,19 @@ def _nan_to_none(m: list[list[float]] | None):
 def cell_summary(
     row: Row, student: str, protocol: str, outcome: Outcome, baseline: Verdicts, bench: BenchConfig, seed: int
 ) -> dict:
-    """Accuracy (macro and micro) with CIs, gain over the student's baseline with a paired CI, expected check."""
+    """Accuracy (macro and micro) with CIs, gain over the student's baseline with a paired CI, expected check.
+
+    A row with its own learner (``row.learner``) is measured against that learner's baseline
+    (``outcome.baseline``), not the student's.
+    """
     opts = dict(n_samples=bench.bootstrap_samples, confidence=bench.confidence, seed=seed)
+    if outcome.baseline is not None:
+        baseline = outcome.baseline
     own, _, kept = pair_verdicts(outcome.verdicts, outcome.verdicts)
     a, b, _ = pair_verdicts(outcome.verdicts, baseline)
     out = {
         "protocol": protocol, "student": student, "source": row.label, "source_string": row.source,
-        "own_data": row.own.get(student, False), "author": row.author,
+        "own_data": row.own.get(student, False), "author": row.author, "learner": row.learner,
         "n_passages": len(kept), "n_questions": sum(len(q) for q in own),
         "n_runs": outcome.n_runs, "n_failed": outcome.n_failed, "seconds": outcome.seconds,
         "accuracy": None, "micro": None, "gain": None, "micro_gain": None,
@@ -73,6 +80,8 @@ def cell_summary(
             out["expected_holds"] = measured["lo"] <= exp.accuracy <= measured["hi"]
     if outcome.matrix is not None:
         out["continual"] = {"matrix": _nan_to_none(outcome.matrix), **continual_summary(outcome.matrix)}
+        if "sequences" in outcome.extra:  # indices into the protocol's passages, per sequence
+            out["continual"]["sequences"] = outcome.extra["sequences"]
     return out
 
 
@@ -124,12 +133,13 @@ def analyze(
         for student in students:
             base = baselines[(name, student)]
             base_scored, _, _ = pair_verdicts(base, base)
-            cells = [cell_summary(row, student, name, outcomes[(name, student, row.label)], base, bench, seed) for row in rows]
+            ran = [row for row in rows if (name, student, row.label) in outcomes]  # a source may leave a protocol out
+            cells = [cell_summary(row, student, name, outcomes[(name, student, row.label)], base, bench, seed) for row in ran]
             tables[student] = {
                 "baseline": _interval(bootstrap_accuracy(base_scored, "macro", bench.bootstrap_samples, bench.confidence, seed)) if base_scored else None,
                 "baseline_micro": _interval(bootstrap_accuracy(base_scored, "micro", bench.bootstrap_samples, bench.confidence, seed)) if base_scored else None,
                 "cells": cells,
-                "comparisons": pairwise(rows, {row.label: outcomes[(name, student, row.label)].verdicts for row in rows}, bench, seed),
+                "comparisons": pairwise(ran, {row.label: outcomes[(name, student, row.label)].verdicts for row in ran}, bench, seed),
             }
         out["protocols"][name] = {"n_passages": n, "tables": tables}
         out["compatibility"][name] = [c for student in students for c in tables[student]["cells"]]

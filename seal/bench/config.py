@@ -10,15 +10,18 @@ reused as they are) plus::
         - source: file:squad/val_200_selfedits_gpt-4.1.json
           label: GPT-4.1
           expected: {single: 0.463, multi: 0.394}   # paper figures shown beside the row
+          inner: {multi: {grad_accum_steps: 2}}     # this row's own inner settings, per protocol
+        - {source: "policy:runs/x/round_1/policy", learner: self}   # the policy learns its own self-edits
       students: null                 # models trained on the data (default: [model.name_or_path])
       protocols:
         single: {n_passages: 200, n_self_edits: 1}
         multi: {n_passages: 200, n_self_edits: 5, inner: {epochs: 3, batch_size: 4}}
-        continual: {n_passages: 8}
+        continual: {n_passages: 8}   # or {order: random, runs: 8, sequences: 8, writer: current}
       bootstrap_samples: 10000
       confidence: 0.95
       seed: null                     # default: the recipe's seed
       train_run: null                # a `seal train` run: adds each round's policy as a source
+      train_run_learner: student     # or self: each round's policy learns its own rows
 """
 
 from __future__ import annotations
@@ -98,6 +101,18 @@ class SourceSpec(Section):
         default_factory=dict,
         description="Reference figure per protocol (e.g. the paper's), printed beside the measured one: a fraction (macro accuracy) or {accuracy, statistic, note}.",
     )
+    learner: str | None = Field(
+        None,
+        description="The model that learns this row's data, answers, and gives its un-adapted baseline: None (each student, as before), 'self' (a policy: source's own checkpoint: a round's self-edits learned by that round's policy, as the reference's SEAL rows, TTT_server.sh:13), or a model directory / hub id (e.g. the round's checkpoint for a file: of its self-edits). Such a row is trained once and shown under every student, its gain measured against the learner's own baseline.",
+    )
+    protocols: list[Literal["single", "multi", "continual"]] | None = Field(
+        None,
+        description="The protocols this row runs in (None: every enabled one); a row left out of a protocol is absent from its table (e.g. the continual protocol for the SEAL policy only, as the reference ran it: 64 sequences x 8 merged steps per row).",
+    )
+    inner: dict[Literal["single", "multi", "continual"], dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per protocol, overrides of that protocol's inner settings for this source only, applied after the protocol's (e.g. the reference's passage-only CPT at lr 1e-4: {multi: {lr: 1.0e-4}}).",
+    )
 
     @field_validator("source")
     @classmethod
@@ -106,6 +121,27 @@ class SourceSpec(Section):
         if kind == "prompt":
             check_template(arg)
         return v
+
+    @field_validator("inner")
+    @classmethod
+    def _valid_inner(cls, v: dict) -> dict:
+        for overrides in v.values():
+            merged_inner(InnerLoopConfig(), overrides)  # unknown or mistyped keys fail at load time
+        return v
+
+    @model_validator(mode="after")
+    def _self_is_a_policy(self) -> SourceSpec:
+        if self.learner == "self" and not self.source.startswith("policy:"):
+            raise ValueError(f"learner 'self' needs a policy: source (its checkpoint learns); {self.source!r} has none: give a model path")
+        return self
+
+    def runs_in(self, protocol: str) -> bool:
+        """Whether this row runs in ``protocol`` (``protocols``)."""
+        return self.protocols is None or protocol in self.protocols
+
+    def learner_path(self) -> str | None:
+        """The model that learns this row (None: each student)."""
+        return parse_source(self.source)[1] if self.learner == "self" else self.learner
 
     @property
     def name(self) -> str:
@@ -162,6 +198,11 @@ class MultiConfig(ProtocolConfig):
     Paper: n = 200, 5 self-edits per passage, epochs 3, batch size 4, lr 1e-3, split_newlines off.
     """
 
+    update: Literal["lora", "full"] = Field(
+        "lora",
+        description="'lora': one LoRA adapter (the inner section's; paper v1's CPT). 'full': every weight of a copy of the learner trains (seal.inner_loop.train_full: the same data, order, loss, lr schedule, accumulation and clipping; the paper v2's CPT, the authors' issue 13). One process, about 4x the model's bytes in memory (weights, gradients, AdamW moments: ~60 GB for Qwen2.5-7B in bf16, AdamW moments in bf16 too); no ZeRO-3 sharding yet.",
+    )
+
 
 class ContinualConfig(ProtocolConfig):
     """Protocol 3 (paper Section 5, catastrophic forgetting): self-edits applied one passage after another.
@@ -171,6 +212,29 @@ class ContinualConfig(ProtocolConfig):
     """
 
     n_passages: int | None = Field(8, ge=1, description="Sequence length (the paper uses 8).")
+    order: Literal["first", "random"] = Field(
+        "first",
+        description="'first': one sequence, the first n_passages evaluation passages (as before); 'random': runs x sequences sequences, each n_passages passages drawn without replacement from the pool, seeded by (bench seed, run, sequence) and shared by every source (the reference: continual_self_edits.py:417-419).",
+    )
+    pool: int | None = Field(None, ge=1, description="order random: draw from the first `pool` evaluation passages (None: every passage the data section loads).")
+    runs: int = Field(1, ge=1, description="order random: independent runs (the reference: 8 jobs, continual_self_edits.sh INDEX 0-7).")
+    sequences: int = Field(1, ge=1, description="order random: sequences per run (the reference: N_SEQUENCES=8); the matrix is the mean over all runs x sequences.")
+    writer: Literal["fixed", "current"] = Field(
+        "fixed",
+        description="'fixed': every step learns the source's self-edits produced up front (as before); 'current': policy: and prompt: sources' self-edits are written at every step by the model being updated (the merged model so far), n_self_edits fresh samples with the source's template (the reference, continual_self_edits.py:244-263; pair with learner: self so that the policy writes and learns). Other kinds keep their fixed texts.",
+    )
+
+    @model_validator(mode="after")
+    def _one_first_sequence(self) -> ContinualConfig:
+        if self.order == "first" and (self.runs > 1 or self.sequences > 1 or self.pool is not None):
+            raise ValueError("runs, sequences and pool need order: random (order: first is the one sequence of the first n_passages passages; use repetitions for adapter seeds)")
+        if self.pool is not None and self.n_passages is not None and self.pool < self.n_passages:
+            raise ValueError(f"pool {self.pool} < n_passages {self.n_passages}: a sequence draws n_passages distinct passages from the pool")
+        return self
+
+    def n_sequences(self) -> int:
+        """Sequences in all (runs x sequences)."""
+        return self.runs * self.sequences
 
 
 class ProtocolsConfig(Section):
@@ -203,6 +267,10 @@ class BenchConfig(Section):
     train_run: str | None = Field(
         None,
         description="A `seal train` run directory: one 'policy round N' source is added per finished round (after the listed sources), and rounds.png plots accuracy per round.",
+    )
+    train_run_learner: Literal["student", "self"] = Field(
+        "student",
+        description="Who learns the rows bench.train_run adds: 'student' (each student, as before) or 'self' (each round's policy learns its own self-edits and is its own baseline: the reference's SEAL rows; see the sources' `learner`).",
     )
 
     @field_validator("sources", mode="before")

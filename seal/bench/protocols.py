@@ -30,24 +30,30 @@ from __future__ import annotations
 
 import copy
 import math
+import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
 
-from seal.bench.config import ProtocolConfig, merged_inner
-from seal.config import Recipe
+from seal.bench.config import ContinualConfig, ProtocolConfig, SourceSpec, merged_inner
+from seal.config import Recipe, parse_source
 from seal.data import Passage
 from seal.evaluate import evaluations_for
 from seal.inner_loop import (
     AdapterJob,
+    AdapterResult,
     InnerLoopError,
     answer_questions,
     run_inner_loop,
+    tokenize_with_loss,
     train_and_merge,
+    train_full,
 )
 from seal.rewards import accuracy
-from seal.scoring import grade_answers, n_prompts, question_prompts, run_evaluations
+from seal.scoring import grade_answers, n_prompts, question_prompts, run_evaluations, self_edit_hint
 from seal.seeding import derive_seed
+from seal.self_edits import sample_self_edits
 
 Verdicts = list[list[float | None]]
 OnRecord = Callable[[dict], None]
@@ -71,6 +77,7 @@ class Outcome:
     matrix: list[list[float]] | None = None
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    baseline: Verdicts | None = None  # a row with its own learner: that learner's un-adapted verdicts (else the student's)
 
 
 def protocol_recipe(recipe: Recipe, name: str, proto: ProtocolConfig) -> Recipe:
@@ -233,9 +240,13 @@ def run_multi(
     todo = [rep for rep in range(len(jobs)) if rep not in records]
     if progress and len(todo) < len(jobs):
         progress(len(jobs) - len(todo))
-    results = run_inner_loop(
-        model, tokenizer, [jobs[rep] for rep in todo], recipe.inner, recipe.qa.max_new_tokens, recipe.qa.batch_size, progress=progress
-    ) if todo else []  # fmt: skip
+    full = getattr(getattr(getattr(recipe, "bench", None), "protocols", None), "multi", None)
+    if full is not None and full.update == "full":
+        results = [_full_update(model, tokenizer, jobs[rep], recipe, progress) for rep in todo]
+    else:
+        results = run_inner_loop(
+            model, tokenizer, [jobs[rep] for rep in todo], recipe.inner, recipe.qa.max_new_tokens, recipe.qa.batch_size, progress=progress
+        ) if todo else []  # fmt: skip
     for rep, res in zip(todo, results, strict=True):
         per_passage = []
         if res.error is None:
@@ -264,7 +275,62 @@ def run_multi(
     )
 
 
+def _full_update(model, tokenizer, job: AdapterJob, recipe: Recipe, progress) -> AdapterResult:
+    """One repetition of the multi protocol with ``update: full``: a copy of ``model`` fine-tuned
+    on every weight (:func:`seal.inner_loop.train_full`) answers the job's prompts."""
+    t0 = time.perf_counter()
+    trained = copy.deepcopy(model)
+    try:
+        losses = train_full(trained, tokenizer, job.texts, recipe.inner, job.seed)
+        answers = answer_questions(trained, tokenizer, job.prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
+        result = AdapterResult(answers, losses, _n_tokens(tokenizer, job.texts, recipe.inner))
+    except InnerLoopError as e:
+        result = AdapterResult([], error=str(e))
+    del trained
+    result.seconds = time.perf_counter() - t0
+    if progress:
+        progress(1)
+    return result
+
+
+def _n_tokens(tokenizer, texts, cfg) -> int:
+    rows, starts = tokenize_with_loss(tokenizer, texts, cfg.max_length, cfg.loss_on, cfg.answer_marker)
+    return sum(len(r) - s for r, s in zip(rows, starts, strict=True))
+
+
 # ----------------------------------------------------------------------------- 3. continual
+
+
+def continual_config(recipe: Recipe) -> ContinualConfig:
+    """The recipe's ``bench.protocols.continual`` (defaults without one: one sequence of every passage given)."""
+    bench = getattr(recipe, "bench", None)
+    cfg = bench.protocols.continual if bench is not None else None
+    return cfg if cfg is not None else ContinualConfig(n_passages=None)
+
+
+def continual_sequences(cfg: ContinualConfig, n_pool: int, seed: int) -> list[list[int]]:
+    """The sequences of protocol 3, as indices into the ``n_pool`` passages given to it.
+
+    ``order: first``: one sequence, ``0 .. n_pool-1``. ``order: random``: ``runs x sequences``
+    sequences of ``n_passages`` distinct passages each, sequence ``(run, q)`` drawn by
+    ``random.Random(derive_seed(seed, "bench-continual-sequence", run, q)).sample`` (the
+    reference draws ``random.sample(dataset, n_datapoints)`` after ``random.seed(42 + run)``,
+    continual_self_edits.py:403,417-419); the draw depends on the bench seed and the identity,
+    never the source, so every source learns the same sequences.
+
+    Raises:
+        ValueError: a sequence longer than the pool.
+    """
+    if cfg.order == "first":
+        return [list(range(n_pool))]
+    length = cfg.n_passages or n_pool
+    if length > n_pool:
+        raise ValueError(f"continual sequences of {length} passages from a pool of {n_pool}")
+    return [
+        random.Random(derive_seed(seed, "bench-continual-sequence", run, q)).sample(range(n_pool), length)
+        for run in range(cfg.runs)
+        for q in range(cfg.sequences)
+    ]
 
 
 def run_continual(
@@ -282,83 +348,138 @@ def run_continual(
     progress: Callable[[int], None] | None = None,
     done: Sequence[dict] = (),
 ) -> Outcome:
-    """Protocol 3: merge passage i's self-edit update into the model at step i; score passages 0..i.
+    """Protocol 3: merge each step's self-edit update into the model; after step i score the
+    sequence's passages 0..i.
 
-    ``model`` itself is never changed: each repetition works on a deep copy. Step i's texts are
-    those of all of passage i's self-edits together. A step whose training fails leaves the
-    model as it was (recorded as failed) and is still scored. ``verdicts`` are the last step's.
-    One journal record per (repetition, step). A repetition whose every step is journaled
-    (``done``) is read back; one cut off mid-sequence is recomputed from its start, and only
-    its steps missing from the journal are recorded.
+    The sequences are :func:`continual_sequences` of ``passages`` (with ``order: random``, the
+    pool) under the recipe's ``bench.protocols.continual``; each is run ``inner.eval_times``
+    times (repetitions: adapter seeds). ``model`` itself is never changed: each (sequence,
+    repetition) works on a deep copy. Step i's texts are those of all of its passage's
+    self-edits together; with ``writer: current`` a policy:/prompt: source's self-edits are
+    instead sampled at step i by the merged model so far (``len(edits[i])`` of them, the
+    source's template, seeded by the identity). A step whose training fails leaves the model as
+    it was (recorded as failed) and is still scored.
+
+    ``matrix[i][j]``: accuracy on the sequence's j-th passage after step i (j <= i), the mean
+    over sequences and repetitions, NaN above the diagonal. ``verdicts``: per passage of
+    ``passages``, its scores after the last step of each sequence that holds it, averaged
+    (None for a passage no sequence drew). ``extra['sequences']``: the sequences.
+    One journal record per (sequence, repetition, step). A (sequence, repetition) whose every
+    step is journaled (``done``) is read back; one cut off mid-sequence is recomputed from its
+    start, and only its steps missing from the journal are recorded.
     """
-    n = len(passages)
+    cfg = continual_config(recipe)
+    sequences = continual_sequences(cfg, len(passages), seed)
+    length = len(sequences[0])
+    kind, arg = parse_source(source)
+    template = None  # fixed texts
+    if cfg.writer == "current" and kind in ("policy", "prompt"):
+        template = arg if kind == "prompt" else recipe.self_edit.template
     texts = _texts_per_passage(source, passages, edits, recipe)
     reps = recipe.inner.eval_times
-    if not any(texts):  # source 'none': nothing changes, every row is the baseline
-        row = [base["accuracy"] if base["accuracy"] is not None else math.nan for base in baseline]
-        matrix = [[row[j] if j <= i else math.nan for j in range(n)] for i in range(n)]
-        return Outcome([list(base["scores"]) for base in baseline], matrix=matrix)
-    journaled = {(row["repetition"], row["step"]): row for row in done}
-    sums, counts = [[0.0] * n for _ in range(n)], [[0] * n for _ in range(n)]
+    if template is None and not any(texts):  # source 'none': nothing changes, every row is the baseline
+        base_acc = [base["accuracy"] if base["accuracy"] is not None else math.nan for base in baseline]
+        row = [_nanmean([base_acc[seq[j]] for seq in sequences]) for j in range(length)]
+        matrix = [[row[j] if j <= i else math.nan for j in range(length)] for i in range(length)]
+        drawn = {p for seq in sequences for p in seq}
+        verdicts = [list(base["scores"]) if i in drawn else [None] * len(base["scores"]) for i, base in enumerate(baseline)]
+        return Outcome(verdicts, matrix=matrix, extra={"sequences": sequences})
+    journaled = {(row.get("sequence", 0), row["repetition"], row["step"]): row for row in done}
+    sums, counts = [[0.0] * length for _ in range(length)], [[0] * length for _ in range(length)]
     final_runs: list[list[list[float | None]]] = [[] for _ in passages]
     n_runs = n_failed = 0
-    for rep in range(reps):
-        if all((rep, i) in journaled for i in range(n)):
-            steps = [journaled[(rep, i)] for i in range(n)]
-            if progress:
-                progress(n)
-        else:
-            steps = _continual_repetition(model, tokenizer, recipe, source, passages, texts, rep, seed, judge, key, on_record, progress, journaled)
-        for i, step in enumerate(steps):
-            n_runs += bool(texts[i])
-            n_failed += step["error"] is not None
-            for j, row in enumerate(step["scored"]):
-                if row["accuracy"] is not None:
-                    sums[i][j] += row["accuracy"]
-                    counts[i][j] += 1
-                if i == n - 1:
-                    final_runs[j].append(row["scores"])
-    matrix = [[sums[i][j] / counts[i][j] if j <= i and counts[i][j] else math.nan for j in range(n)] for i in range(n)]
+    for q, seq in enumerate(sequences):
+        for rep in range(reps):
+            if all((q, rep, i) in journaled for i in range(length)):
+                steps = [journaled[(q, rep, i)] for i in range(length)]
+                if progress:
+                    progress(length)
+            else:
+                steps = _continual_repetition(
+                    model, tokenizer, recipe, source, passages, seq, texts, edits, template, q, rep,
+                    _step_seeds(cfg, seed, q, rep, length), judge, key, on_record, progress, journaled,
+                )  # fmt: skip
+            for i, step in enumerate(steps):
+                n_runs += step["n_train_texts"] > 0 or step["error"] is not None
+                n_failed += step["error"] is not None
+                for j, row in enumerate(step["scored"]):
+                    if row["accuracy"] is not None:
+                        sums[i][j] += row["accuracy"]
+                        counts[i][j] += 1
+                    if i == length - 1:
+                        final_runs[seq[j]].append(row["scores"])
+    matrix = [[sums[i][j] / counts[i][j] if j <= i and counts[i][j] else math.nan for j in range(length)] for i in range(length)]
     verdicts = [mean_question_scores(final_runs[j], len(p.questions), recipe.qa.ungraded) for j, p in enumerate(passages)]
-    return Outcome(verdicts, n_runs=n_runs, n_failed=n_failed, matrix=matrix)
+    return Outcome(verdicts, n_runs=n_runs, n_failed=n_failed, matrix=matrix, extra={"sequences": sequences})
+
+
+def _nanmean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return fmean(xs) if xs else math.nan
+
+
+def _step_seeds(cfg: ContinualConfig, seed: int, q: int, rep: int, length: int) -> list[int]:
+    """Adapter seeds of one (sequence, repetition); ``order: first`` keeps the seeds it always had."""
+    if cfg.order == "first":
+        return [derive_seed(seed, "bench-continual", rep, i) for i in range(length)]
+    return [derive_seed(seed, "bench-continual-random", q, rep, i) for i in range(length)]
 
 
 def _continual_repetition(
-    model, tokenizer, recipe: Recipe, source: str, passages: list[Passage], texts: list[list[str]], rep: int, seed: int,
+    model, tokenizer, recipe: Recipe, source: str, passages: list[Passage], seq: list[int], texts: list[list[str]],
+    edits: list[list[str | None]], template: str | None, q: int, rep: int, seeds: list[int],
     judge, key: dict | None, on_record: OnRecord | None, progress: Callable[[int], None] | None, journaled: dict,
 ) -> list[dict]:
-    """One repetition of protocol 3 on a copy of ``model``: its step records, in order.
+    """One repetition of one sequence of protocol 3 on a copy of ``model``: its step records, in order.
 
-    Steps already in ``journaled`` (keyed ``(repetition, step)``) are recomputed, since the
-    later steps need the merged model, but not recorded again.
+    ``template`` (``writer: current``): each step's self-edits are sampled from the current
+    merged model with it; None: ``texts`` (fixed). Steps already in ``journaled`` (keyed
+    ``(sequence, repetition, step)``) are recomputed, since the later steps need the merged
+    model, but not recorded again.
     """
     current = copy.deepcopy(model)
     steps = []
-    for i in range(len(passages)):
-        error, losses = None, []
-        if texts[i]:
+    for i, p in enumerate(seq):
+        error, losses, written = None, [], None
+        step_texts = texts[p]
+        if template is not None:
+            written = _write_now(current, tokenizer, recipe, passages[p], template, max(len(edits[p]), 1), derive_seed(seeds[i], "write"))
+            step_texts = _texts_per_passage(source, [passages[p]], [written], recipe)[0]
+        if step_texts:
             try:
-                losses = train_and_merge(current, tokenizer, texts[i], recipe.inner, derive_seed(seed, "bench-continual", rep, i))
+                losses = train_and_merge(current, tokenizer, step_texts, recipe.inner, seeds[i])
             except InnerLoopError as e:
                 error = str(e)
-        seen = passages[: i + 1]
-        prompts = [pr for p in seen for pr in question_prompts(p, recipe.qa.template)]
+        seen = [passages[j] for j in seq[: i + 1]]
+        prompts = [pr for sp in seen for pr in question_prompts(sp, recipe.qa.template)]
         answers = answer_questions(current, tokenizer, prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
         scored = []
-        for j, (p, ans) in enumerate(zip(seen, split_answers(answers, seen), strict=True)):
-            scores = grade_answers(p, ans, recipe.qa, judge)
-            scored.append({"passage": j, "passage_id": p.id, "accuracy": accuracy(scores, recipe.qa.ungraded), "answers": ans, "scores": scores})
+        for j, (sp, ans) in zip(seq[: i + 1], zip(seen, split_answers(answers, seen), strict=True), strict=True):
+            scores = grade_answers(sp, ans, recipe.qa, judge)
+            scored.append({"passage": j, "passage_id": sp.id, "accuracy": accuracy(scores, recipe.qa.ungraded), "answers": ans, "scores": scores})
         step = {
-            **(key or {}), "source": source, "repetition": rep, "step": i, "passage_id": passages[i].id,
-            "n_train_texts": len(texts[i]), "epoch_losses": losses, "error": error, "scored": scored,
+            **(key or {}), "source": source, "sequence": q, "repetition": rep, "step": i, "passage": p, "passage_id": passages[p].id,
+            "n_train_texts": len(step_texts), "epoch_losses": losses, "error": error, "scored": scored,
         }  # fmt: skip
+        if written is not None:
+            step["self_edits"] = written
         steps.append(step)
-        if on_record and (rep, i) not in journaled:
+        if on_record and (q, rep, i) not in journaled:
             on_record(step)
         if progress:
             progress(1)
     del current
     return steps
+
+
+def _write_now(model, tokenizer, recipe: Recipe, passage: Passage, template: str, k: int, seed: int) -> list[str]:
+    """``k`` self-edits for ``passage`` sampled now from ``model`` (the recipe's self_edit settings)."""
+    cfg = recipe.self_edit
+    (texts,) = sample_self_edits(
+        model, tokenizer, [passage], template, k, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed=seed,
+        batch_size=1, chat=cfg.chat_template, hint=self_edit_hint(cfg, recipe.arc),
+    )  # fmt: skip
+    return texts
 
 
 def continual_summary(matrix: list[list[float]]) -> dict:
@@ -391,4 +512,25 @@ def n_steps(name: str, source: str, passages: list[Passage], edits, recipe: Reci
     if name == "single":
         return sum(len(e) for e in edits) * reps
     has_texts = any(any(t) for t in _texts_per_passage(source, passages, edits, recipe))
-    return (reps if name == "multi" else len(passages) * reps) if has_texts else 0
+    if name == "multi":
+        return reps if has_texts else 0
+    cfg = continual_config(recipe)
+    writes = cfg.writer == "current" and parse_source(source)[0] in ("policy", "prompt")
+    sequences = continual_sequences(cfg, len(passages), 0)
+    return len(sequences) * len(sequences[0]) * reps if has_texts or writes else 0
+
+
+def protocol_size(proto: ProtocolConfig, n_loaded: int) -> int:
+    """Evaluation passages a protocol works on: its n_passages (default: all loaded); the
+    continual protocol with ``order: random`` its pool (default: all loaded)."""
+    if isinstance(proto, ContinualConfig) and proto.order == "random":
+        return proto.pool or n_loaded
+    return proto.n_passages or n_loaded
+
+
+def source_recipe(recipe: Recipe, name: str, spec: SourceSpec) -> Recipe:
+    """A protocol's recipe with one source's own inner overrides (``SourceSpec.inner[name]``) applied."""
+    overrides = spec.inner.get(name)
+    if not overrides:
+        return recipe
+    return recipe.model_copy(update={"inner": merged_inner(recipe.inner, overrides)})

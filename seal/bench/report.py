@@ -101,7 +101,7 @@ def _flat(iv: dict | None, prefix: str) -> dict:
 
 
 SUMMARY_COLUMNS = [
-    "protocol", "student", "source", "source_string", "own_data", "accuracy", "accuracy_lo", "accuracy_hi",
+    "protocol", "student", "source", "source_string", "own_data", "learner", "accuracy", "accuracy_lo", "accuracy_hi",
     "micro", "micro_lo", "micro_hi", "gain", "gain_lo", "gain_hi", "micro_gain", "micro_gain_lo", "micro_gain_hi",
     "expected", "expected_statistic", "expected_holds", "n_passages", "n_questions", "n_runs", "n_failed", "seconds",
     "final", "acquired", "forgetting",
@@ -166,6 +166,7 @@ def _accuracy_table(table: dict, protocol: str) -> list[str]:
         exp = "" if c["expected"] is None else f"{pct(c['expected'])}" + (" (micro)" if c["expected_statistic"] == "micro" else "")
         holds = {None: "", True: "yes", False: "**no**"}[c["expected_holds"]]
         own = " *(own data)*" if c["own_data"] else ""
+        own += f" *(learned by `{c['learner']}`)*" if c.get("learner") else ""
         row = f"| {c['source']}{own} | {ci(c['accuracy'])} | {ci(c['micro'])} | {ci(c['gain'], signed=True)} |"
         if cont:
             k = c["continual"]

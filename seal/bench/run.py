@@ -36,7 +36,13 @@ from rich.table import Table
 from seal.bench.analysis import Row, analyze
 from seal.bench.config import StudentSpec
 from seal.bench.plots import write_plots
-from seal.bench.protocols import PROTOCOL_RUNNERS, n_steps, protocol_recipe
+from seal.bench.protocols import (
+    PROTOCOL_RUNNERS,
+    n_steps,
+    protocol_recipe,
+    protocol_size,
+    source_recipe,
+)
 from seal.bench.report import ci, pct, round_lines, write_tables
 from seal.bench.sources import (
     Source,
@@ -113,9 +119,10 @@ def _ensure_student(recipe: Recipe, student: StudentSpec) -> None:
 
 def _describe(recipe: Recipe, proto) -> str:
     inner = recipe.inner
+    update = "full fine-tuning" if getattr(proto, "update", "lora") == "full" else f"LoRA r={inner.lora.rank} alpha={inner.lora.alpha:g} on {','.join(inner.lora.target_modules)}"
     return (
-        f"LoRA r={inner.lora.rank} alpha={inner.lora.alpha:g} on {','.join(inner.lora.target_modules)}, {inner.epochs} epochs, lr {inner.lr:g}, "
-        f"batch {inner.batch_size}, {proto.n_self_edits} self-edit(s) per passage, {inner.eval_times} repetition(s), "
+        f"{update}, {inner.epochs} epochs, lr {inner.lr:g}, "
+        f"batch {inner.batch_size}" + (f" x {inner.grad_accum_steps} accumulated" if inner.grad_accum_steps > 1 else "") + f", {proto.n_self_edits} self-edit(s) per passage, {inner.eval_times} repetition(s), "
         f"split_newlines={recipe.self_edit.split_newlines}"
     )
 
@@ -152,12 +159,13 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     all_passages = load_eval_passages(recipe)
     sizes = {}
     for name, p in protocols:
-        sizes[name] = p.n_passages or len(all_passages)
-        if sizes[name] > len(all_passages):
-            raise RecipeError(
-                f"bench.protocols.{name}.n_passages = {sizes[name]}, but the data section loads only "
-                f"{len(all_passages)} evaluation passages (data.eval_file, data.n_eval_passages)"
-            )
+        sizes[name] = protocol_size(p, len(all_passages))  # continual order random: the pool
+        for what, wanted in (("n_passages", p.n_passages), ("pool", getattr(p, "pool", None))):
+            if wanted is not None and wanted > len(all_passages):
+                raise RecipeError(
+                    f"bench.protocols.{name}.{what} = {wanted}, but the data section loads only "
+                    f"{len(all_passages)} evaluation passages (data.eval_file, data.n_eval_passages)"
+                )
     passages = all_passages[: max(sizes.values())]
     n_edits = max(p.n_self_edits for _, p in protocols)
     recipes = {name: protocol_recipe(recipe, name, p) for name, p in protocols}
@@ -169,7 +177,7 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
             check_targets("inner.lora", list(r.inner.lora.target_modules), modules, linear_only=True, where=f"{student.name_or_path} (protocol {name})")
     specs, train_metrics = list(cfg.sources), []
     if cfg.train_run:
-        round_specs, train_metrics = train_run_sources(cfg.train_run)
+        round_specs, train_metrics = train_run_sources(cfg.train_run, cfg.train_run_learner)
         specs += round_specs
     sources = check_sources(specs, recipe, passages, n_edits, students)
 
@@ -194,34 +202,34 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         # 3. self-edits sampled now -----------------------------------------------------
         _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume)
 
-        # 4. every student x protocol x source --------------------------------------------
+        # 4. every student x protocol x source, then every paired learner x its sources ------
         outcomes, base_verdicts = {}, {}
+        own_rows = [source for source in sources if source.learner is None]
         for student in students:
             model, tok = load_model(student.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
-            task = bar.add_task(f"{student.name}: baseline", total=1)
-            base = _baselines(model, tok, passages, recipe, judge, student.name, journaled_baselines[student.name], run)
-            bar.advance(task)
-            for name, proto in protocols:
-                proto_recipe, n = recipes[name], sizes[name]
-                cut = {source.name: [edits[: proto.n_self_edits] for edits in source.edits[:n]] for source in sources}
-                total = sum(n_steps(name, source.spec.source, passages[:n], cut[source.name], proto_recipe) for source in sources)
-                task = bar.add_task(f"{student.name}: {name}", total=max(total, 1))
-                for source in sources:
-                    cell = (name, student.name, source.name)
-                    outcomes[cell] = PROTOCOL_RUNNERS[name](
-                        model, tok, proto_recipe, source.spec.source, passages[:n], cut[source.name], base[:n], seed, judge,
-                        key={"kind": name, "student": student.name, "source_label": source.name},
-                        on_record=lambda record: append_jsonl(run.journal, record),
-                        progress=lambda k, task=task: bar.advance(task, k), done=journaled[cell],
-                    )  # fmt: skip
-                bar.update(task, completed=max(total, 1))
-                base_verdicts[(name, student.name)] = [list(row["scores"]) for row in base[:n]]
+            found, base = _learn(model, tok, student.name, own_rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines)
+            for (name, source_name), outcome in found.items():
+                outcomes[(name, student.name, source_name)] = outcome
+            for name, _ in protocols:
+                base_verdicts[(name, student.name)] = [list(row["scores"]) for row in base[: sizes[name]]]
+            del model, tok
+            gc.collect()
+        for learner, rows in _by_learner(sources).items():
+            model, tok = load_model(learner, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+            found, base = _learn(model, tok, learner_key(learner), rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines)
+            for (name, source_name), outcome in found.items():
+                outcome.baseline = [list(row["scores"]) for row in base[: sizes[name]]]
+                for student in students:  # one row, learned once, shown in every student's table
+                    outcomes[(name, student.name, source_name)] = outcome
             del model, tok
             gc.collect()
 
     # 5. statistics and outputs ----------------------------------------------------------
     rows = [
-        Row(source.name, source.spec.source, dict(source.spec.expected), {student.name: same_model(source.author, student.name_or_path) for student in students}, source.author)
+        Row(
+            source.name, source.spec.source, dict(source.spec.expected),
+            {student.name: _own_data(source, student) for student in students}, source.author, source.learner,
+        )
         for source in sources
     ]  # fmt: skip
     boot_seed = derive_seed(seed, "bootstrap")
@@ -241,6 +249,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         "seconds": None,
         # source label -> ReST-EM rounds behind it: the report opens with the round comparison
         "rounds": {source.name: source.spec.round for source in sources if source.spec.round is not None},
+        # source label -> the model that learned it, for rows with their own learner (SourceSpec.learner)
+        "learners": {source.name: source.learner for source in sources if source.learner is not None},
     }
     if recipe.self_edit.hparams.enabled:
         setup["hparams"] = _hparams_choices(read_jsonl(run.journal))
@@ -252,6 +262,55 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     _print_summary(console, results, rounds)
     console.print(f"report: {run.path / 'report.md'}  ({setup['seconds']:.0f} s)")
     return run.path
+
+
+def _own_data(source: Source, student: StudentSpec) -> bool:
+    """Whether the model that learns ``source`` in ``student``'s table also wrote its data: the
+    student itself, or the row's own learner (``learner: self``: the policy learns what it wrote)."""
+    if source.spec.learner == "self":
+        return True
+    return same_model(source.author, source.learner or student.name_or_path)
+
+
+def learner_key(learner: str) -> str:
+    """The journal's ``student`` field of a row learned by ``learner`` (``SourceSpec.learner``)."""
+    return f"learner {learner}"
+
+
+def _by_learner(sources: list[Source]) -> dict[str, list[Source]]:
+    """Sources with their own learner, grouped by it (in recipe order)."""
+    out: dict[str, list[Source]] = {}
+    for source in sources:
+        if source.learner is not None:
+            out.setdefault(source.learner, []).append(source)
+    return out
+
+
+def _learn(model, tok, who: str, sources, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines):
+    """``who`` (a student, or a paired learner) learns every source's data under every protocol.
+
+    Returns ``({(protocol, source label): Outcome}, its baselines)``; journal records carry
+    ``student = who``, and ``journaled`` / ``journaled_baselines`` (a resume) are read back.
+    """
+    task = bar.add_task(f"{who}: baseline", total=1)
+    base = _baselines(model, tok, passages, recipe, judge, who, journaled_baselines[who], run)
+    bar.advance(task)
+    found = {}
+    for name, proto in protocols:
+        n, rows = sizes[name], [source for source in sources if source.spec.runs_in(name)]
+        cut = {source.name: [edits[: proto.n_self_edits] for edits in source.edits[:n]] for source in sources}
+        own = {source.name: source_recipe(recipes[name], name, source.spec) for source in rows}
+        total = sum(n_steps(name, source.spec.source, passages[:n], cut[source.name], own[source.name]) for source in rows)
+        task = bar.add_task(f"{who}: {name}", total=max(total, 1))
+        for source in rows:
+            found[(name, source.name)] = PROTOCOL_RUNNERS[name](
+                model, tok, own[source.name], source.spec.source, passages[:n], cut[source.name], base[:n], seed, judge,
+                key={"kind": name, "student": who, "source_label": source.name},
+                on_record=lambda record: append_jsonl(run.journal, record),
+                progress=lambda k, task=task: bar.advance(task, k), done=journaled[(name, who, source.name)],
+            )  # fmt: skip
+        bar.update(task, completed=max(total, 1))
+    return found, base
 
 
 def _hparams_choices(journal: list[dict]) -> dict[str, dict[str, dict]]:

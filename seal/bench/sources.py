@@ -47,6 +47,11 @@ class Source:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def learner(self) -> str | None:
+        """The model that learns this row's data (None: each student; ``SourceSpec.learner``)."""
+        return self.spec.learner_path()
+
 
 def same_model(a: str | None, b: str | None) -> bool:
     """Whether two model names/paths denote the same model (local paths compared resolved)."""
@@ -95,6 +100,8 @@ def check_sources(
             check_template(arg)
         else:
             check_model_name(arg, f"source {spec.source!r}")
+        if spec.learner_path() is not None:
+            check_model_name(spec.learner_path(), f"source {spec.source!r}: learner")
         out.append(src)
     for st in students:
         if st.build_tiny is None:
@@ -125,11 +132,13 @@ def seal_format(passages: list[Passage], edits: list[list[str | None]], prompt_n
     ]
 
 
-def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]]:
+def train_run_sources(run_dir: str | Path, learner: str = "student") -> tuple[list[SourceSpec], list[dict]]:
     """One ``policy:`` source per finished round of a ``seal train`` run, and its metrics rows.
 
     Round ``r``'s policy (after ``r + 1`` ReST-EM updates) is labelled ``policy round {r + 1}``,
     with ``round = r + 1``; the base policy is not added (list it in the recipe with ``round: 0``).
+    ``learner`` (``bench.train_run_learner``): 'student' (each student learns the rows) or
+    'self' (each round's policy learns its own self-edits, ``SourceSpec.learner``).
     Their author is the run's initial model (``model.name_or_path`` in its ``config.yaml``): a
     policy trained by SEAL writes *self*-generated data for the model it started from.
 
@@ -151,7 +160,8 @@ def train_run_sources(run_dir: str | Path) -> tuple[list[SourceSpec], list[dict]
     initial = run.recorded_config()["model"]["name_or_path"]
     specs = [
         SourceSpec(
-            source=f"policy:{resolve_policy(run, m['next_policy'])}", label=f"policy round {m['round'] + 1}", author=initial, round=m["round"] + 1
+            source=f"policy:{resolve_policy(run, m['next_policy'])}", label=f"policy round {m['round'] + 1}", author=initial, round=m["round"] + 1,
+            learner="self" if learner == "self" else None,
         )
         for m in sorted(metrics, key=lambda m: m["round"])
     ]

@@ -106,7 +106,7 @@ from seal.config import (
 from seal.data import Passage, load_passages, load_squad_from_hub
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
-from seal.grpo import run_grpo
+from seal.grpo import check_processes, run_grpo
 from seal.prompts import check_template
 from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_atomic
 from seal.stages import (
@@ -214,7 +214,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     Raises:
         RecipeError: resuming with a recipe that differs in result-changing keys (the message
             lists them), resuming a directory without a run, a fresh run into a directory
-            that already holds one, or GRPO / RLOO under more than one process.
+            that already holds one, or GRPO / RLOO under more processes than a step can be
+            shared by (``seal.grpo.check_processes``) or with ``model.shard`` on.
         DataError: missing or malformed data files.
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
@@ -229,7 +230,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     check_template(recipe.self_edit.template)
     passages = load_train_passages(recipe)  # validate the data before writing anything
     if recipe.rl.algorithm != "restem" and dist.distributed:
-        raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
+        check_processes(recipe, dist.world_size)
+        if recipe.model.shard != "none":
+            raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} with model.shard {recipe.model.shard} is not supported; use model.shard=none")
 
     def open_run() -> None:
         if resume:
@@ -245,10 +248,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         console.print(f"resuming {run.path}")
     where = f", {dist.world_size} processes ({dist.backend})" if dist.distributed else ""
     if recipe.rl.algorithm != "restem":
-        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps)")
+        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps{where})")
         with progress_bar(console) as bar:
             policy = run_grpo(recipe, run, passages, bar, console, dist)
-        write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+        if dist.is_main:
+            write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+        dist.barrier()
         return run.path
     console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.rounds} rounds{where})")
     policy = recipe.model.name_or_path

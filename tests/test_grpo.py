@@ -232,11 +232,11 @@ def test_resume_takes_the_last_whole_checkpoint(tmp_path):
 def test_a_step_is_shared_evenly_by_the_processes(tmp_path):
     """Each process takes ``batch_size``-sized shares of a step's completions: gradient
     accumulation shrinks with the number of processes, and a step they cannot share is refused."""
-    recipe = load_recipe(REPO / "recipes" / "microworld_grpo_cpu.yaml")  # 16 x 5 completions a step
-    args = trl_config(recipe, tmp_path, world_size=2)
-    assert (args.gradient_accumulation_steps, args.generation_batch_size) == (40, 80)  # one generation per step, as with 1 process
-    check_processes(recipe, 80)
-    with pytest.raises(RecipeError, match=r"multiple of rl.grpo.batch_size x processes \(1 x 3\)"):
+    recipe = load_recipe(REPO / "recipes" / "microworld_grpo_cpu.yaml")  # 16 x 5 completions a step, batches of 20
+    assert trl_config(recipe, tmp_path).gradient_accumulation_steps == 4
+    assert trl_config(recipe, tmp_path, world_size=2).gradient_accumulation_steps == 2  # 2 x 2 x 20: still one step of 80
+    check_processes(recipe, 4)
+    with pytest.raises(RecipeError, match=r"multiple of rl.grpo.batch_size x processes \(20 x 3\)"):
         check_processes(recipe, 3)
 
 
@@ -257,7 +257,7 @@ def grpo_two_processes(tiny_squad_model, data_root, tmp_path_factory):
 def test_grpo_on_two_processes_scores_as_one(grpo_run, grpo_two_processes, tiny_squad_model, data_root, tmp_path):
     run, output = grpo_two_processes
     one, _ = grpo_run
-    assert "3 steps, 2 processes (gloo)" in output and "step 3/3: mean reward" in output
+    assert "2 processes (gloo)" in output and "step 3/3: mean reward" in output
     assert [x["world_size"] for x in json.loads((run / "run.json").read_text())["launches"]] == [2]
     assert not list(run.glob("journal.rank*.jsonl"))  # one journal.jsonl
     rows, reference = journal(run), journal(one)

@@ -74,7 +74,7 @@ GRPO and RLOO
 With ``rl.algorithm: grpo | rloo`` (not the paper's algorithm) :func:`train` runs
 ``seal.grpo.run_grpo`` instead of the rounds: TRL's GRPO / RLOO trainer samples and updates
 the policy, seal's inner loop is its reward function; same run directory, journal, resume
-and console story (the module docstring of ``seal.grpo``). One process only.
+and console story (the module docstring of ``seal.grpo``), on one process or many.
 
 Where the code is
 -----------------

@@ -61,7 +61,7 @@ ReST-EM's evaluations), gathers the records and hands TRL each process's share o
 rewards (TRL gathers those itself for the group advantages). Every process journals what it
 computed to its own file (``journal.rank{r}.jsonl``, crash-safe), the main process copies
 the other processes' records into ``journal.jsonl`` after each step (the rank files are then
-emptied) and rewrites it merged, in identity order, at the end; only the main process writes
+removed) and rewrites it merged, in identity order, at the end; only the main process writes
 ``metrics.jsonl``, checkpoints and the merged policy. A step is still ``prompts_per_step x
 num_generations`` completions (gradient accumulation shrinks by the number of processes,
 which must divide it together with ``rl.grpo.batch_size``). What differs from one process:
@@ -132,7 +132,8 @@ def step_evaluations(recipe: Recipe, passages: list[Passage], baselines: list[Ba
 
     A completion's ``self_edit`` index is its place among the step's completions of the same
     passage (0 .. num_generations - 1). Its key holds the text's hash (:func:`completion_hash`,
-    part of the identity) and the text itself (``completion_text``, so samples can be read back). Built by ``scoring.self_edit_evaluation``, ReST-EM's
+    part of the identity) and the text itself (``completion_text``, so samples can be read
+    back). Built by ``scoring.self_edit_evaluation``, ReST-EM's
     builder (training texts, ``self_edit.hparams`` blocks), with the adapter seed of
     ``stages.round_evaluations``, the step in the round's place: GRPO's step s scores a text
     exactly as ReST-EM's round s scores it as that self-edit.

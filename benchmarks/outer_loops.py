@@ -82,11 +82,12 @@ def round_evaluations(run: RunDir, row: dict) -> int:
     return sum(1 for j in read_jsonl(run.journal) if j.get("kind") == "evaluation" and j.get("round") == row["round"])
 
 
-def run_passages(run: RunDir):
-    """The training passages of a recorded run (its ``config.yaml``), for recomputed diagnostics."""
+def run_passages(run: RunDir, r: int = 0):
+    """Round ``r``'s training passages of a recorded run (its ``config.yaml``), for recomputed
+    diagnostics (``data.passage_schedule: fresh`` gives each round its own)."""
     from seal.train import load_train_passages
 
-    return load_train_passages(Recipe.model_validate(run.recorded_config()))
+    return load_train_passages(Recipe.model_validate(run.recorded_config()), r)
 
 
 def recomputed_diagnostics(run: RunDir, r: int) -> dict | None:
@@ -94,7 +95,7 @@ def recomputed_diagnostics(run: RunDir, r: int) -> dict | None:
     rows = read_json_or_none(run.round_dir(r) / "self_edits.json")
     if rows is None:
         return None
-    passages = run_passages(run)
+    passages = run_passages(run, r)
     domain = "microworld" if run.recorded_config().get("microworld") else "text"
     return round_diagnostics([passages[row["passage"]] for row in rows], [row["completions"] for row in rows], domain=domain)
 

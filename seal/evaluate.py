@@ -25,6 +25,7 @@ from statistics import fmean
 from rich.console import Console
 from rich.table import Table
 
+from seal.arc.self_edit import resample_self_edits
 from seal.arc.tasks import load_arc_tasks
 from seal.arc.voting import arc_passage
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
@@ -95,11 +96,18 @@ def source_self_edits(
         model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
     else:
         model, tok = base if base is not None else load_model_from_config(recipe.model)
-    out = sample_self_edits(
-        model, tok, passages, template, n, self_edit_config.temperature, self_edit_config.top_p, self_edit_config.max_new_tokens,
-        seed=derive_seed(seed, "evaluate", template), batch_size=self_edit_config.batch_size, chat=self_edit_config.chat_template,
-        hint=self_edit_hint(self_edit_config, recipe.arc),
-    )  # fmt: skip
+
+    def draw(indices: list[int], draw_seed: int) -> list[list[str]]:
+        return sample_self_edits(
+            model, tok, [passages[i] for i in indices], template, n, self_edit_config.temperature, self_edit_config.top_p,
+            self_edit_config.max_new_tokens, seed=draw_seed, batch_size=self_edit_config.batch_size,
+            chat=self_edit_config.chat_template, passage_indices=indices, hint=self_edit_hint(self_edit_config, recipe.arc),
+        )  # fmt: skip
+
+    first_seed = derive_seed(seed, "evaluate", template)
+    out = draw(list(range(len(passages))), first_seed)
+    if recipe.arc is not None and recipe.arc.invalid == "resample":  # redraw unparseable configurations
+        out = resample_self_edits(out, lambda tasks, attempt: draw(tasks, derive_seed(first_seed, "resample", attempt)), recipe)
     if kind == "policy":
         del model
         gc.collect()

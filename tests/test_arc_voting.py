@@ -148,6 +148,18 @@ def test_greedy_is_unchanged_and_vote_asks_every_query(all_tasks):
     assert prompts[0] != question_prompts(greedy, "arc")[0] and prompts[0].endswith("Test output:\n")
 
 
+def test_vote_queries_follow_the_text_format(all_tasks):
+    """With ``arc.text_format: reference`` every augmented query is the reference's chat text
+    and its answer is read numpy-style, then mapped back."""
+    task = next(t for t in all_tasks if t.id == "b1fc8b8e")
+    plan = arc_passage(task, VOTE.model_copy(update={"text_format": "reference"}), 0).vote
+    query = plan.queries[0][-1]
+    assert query.transform != "identity" and query.text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    gold = task.test[0].output
+    answer = grid_to_text(TRANSFORMS[query.transform].apply(gold), "numpy") + "#"
+    assert query.invert(query.read(answer)) == gold and query.read(grid_to_text(gold)) is None
+
+
 def test_vote_needs_the_grid_grader():
     with pytest.raises(RecipeError, match="qa.grader: grid"):
         load_recipe(RECIPES / "arc_tiny_cpu.yaml", ["arc.inference=vote", "qa.grader=exact"])
@@ -165,7 +177,7 @@ def test_vote_path_end_to_end_with_a_tiny_model(tiny_squad_model, data_root, tmp
     from seal.evaluate import evaluate, load_eval_passages
 
     overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.eval_task_ids=[66e6c45b]",
-                 "arc.inference=vote", "arc.max_train_texts=4", "evaluate.source='text:{\"basic\": true, \"epochs\": 1}'"]  # fmt: skip
+                 "arc.inference=vote", "arc.max_train_texts=4", "arc.missing_keys=inner-defaults", "evaluate.source='text:{\"basic\": true, \"epochs\": 1}'"]  # fmt: skip
     recipe = load_recipe(RECIPES / "arc_tiny_cpu.yaml", overrides)
     with one_thread():
         summary = evaluate(recipe, tmp_path / "eval")
@@ -206,7 +218,7 @@ def test_train_rewards_vote(tiny_squad_model, data_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)
     overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.task_ids=[6150a2bd]",
-                 "self_edit.k=1", "arc.max_train_texts=2", "qa.max_new_tokens=12", "inner.max_length=384", "arc.inference=vote"]  # fmt: skip
+                 "self_edit.k=1", "arc.max_train_texts=2", "qa.max_new_tokens=12", "inner.max_length=384", "arc.inference=vote", "arc.missing_keys=inner-defaults"]  # fmt: skip
     recipe = load_recipe(RECIPES / "arc_tiny_cpu.yaml", overrides)
     (passage,) = load_train_passages(recipe)
     with one_thread():

@@ -30,8 +30,15 @@ import numpy as np
 
 from seal.arc.augment import Augmentation, flip, rotate, to_grid, transpose
 from seal.arc.config import ArcSection
-from seal.arc.grids import Grid, read_answer_grid
-from seal.arc.tasks import ArcPassage, ArcTask, Example, query_text, task_passage
+from seal.arc.grids import Grid, read_answer_grid, read_numpy_answer_grid
+from seal.arc.tasks import (
+    ArcPassage,
+    ArcTask,
+    Example,
+    query_text,
+    reference_query_text,
+    task_passage,
+)
 from seal.seeding import derive_seed
 
 IDENTITY = Augmentation("identity", lambda g: g, lambda g: g)
@@ -57,11 +64,19 @@ class Query:
     transform: str
     demos: tuple[Example, ...]
     test_input: Grid
+    text_format: str = "plain"
 
     @property
     def text(self) -> str:
-        """The query's text (:func:`seal.arc.tasks.query_text`)."""
+        """The query's text in ``arc.text_format`` (:func:`seal.arc.tasks.query_text`, or
+        :func:`seal.arc.tasks.reference_query_text`)."""
+        if self.text_format == "reference":
+            return reference_query_text(self.demos, self.test_input)
         return query_text(self.demos, self.test_input)
+
+    def read(self, answer: str) -> Grid | None:
+        """The grid an answer to this query starts with, in its text format (never raises)."""
+        return read_numpy_answer_grid(answer) if self.text_format == "reference" else read_answer_grid(answer)
 
     def invert(self, grid: Grid) -> Grid:
         """An answer grid in the original task's frame."""
@@ -100,12 +115,12 @@ def input_queries(train: Sequence[Example], test_input: Grid, arc: ArcSection, r
             for _ in range(arc.query_permutations):
                 bases.append(tuple(demos[int(k)] for k in rng.permutation(len(demos))))
     bases = list(dict.fromkeys(bases)) or [tuple(train)]
-    identity = [Query("identity", demos, test_input) for demos in bases]
+    identity = [Query("identity", demos, test_input, arc.text_format) for demos in bases]
     seen = {(q.demos, q.test_input) for q in identity}
     transformed = []
     for name in arc.transforms:
         aug, demos = TRANSFORMS[name], bases[int(rng.integers(len(bases)))]
-        query = Query(name, tuple(Example(aug.apply(e.input), aug.apply(e.output)) for e in demos), aug.apply(test_input))
+        query = Query(name, tuple(Example(aug.apply(e.input), aug.apply(e.output)) for e in demos), aug.apply(test_input), arc.text_format)
         if (query.demos, query.test_input) not in seen:  # a symmetric task: nothing new to ask
             seen.add((query.demos, query.test_input))
             transformed.append(query)
@@ -129,7 +144,7 @@ def vote_plan(task: ArcTask, arc: ArcSection, seed: int) -> VotePlan:
 def arc_passage(task: ArcTask, arc: ArcSection, seed: int) -> ArcPassage:
     """The passage of ``task`` (:func:`seal.arc.tasks.task_passage`), carrying its
     :class:`VotePlan` when ``arc.inference`` is ``vote``."""
-    passage = task_passage(task)
+    passage = task_passage(task, arc.text_format)
     if arc.inference != "vote":
         return passage
     return ArcPassage(passage.title, passage.context, passage.questions, passage.completions, task=task, vote=vote_plan(task, arc, seed))
@@ -211,7 +226,7 @@ def input_attempts(queries: Sequence[Query], answers: Sequence[str], attempts: i
     (:func:`seal.arc.grids.read_answer_grid`) mapped back by its query's inverse, then :func:`vote`."""
     grids = []
     for query, answer in zip(queries, answers, strict=True):
-        grid = read_answer_grid(answer)
+        grid = query.read(answer)
         grids.append((query.transform, None if grid is None else query.invert(grid)))
     return vote(grids, attempts)
 

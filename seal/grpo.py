@@ -32,7 +32,8 @@ Run directory (the same files as ReST-EM, plus TRL's)::
                               {"kind": "evaluation", "step" (0-based: the optimizer step
                               whose batch it scores), "passage", "self_edit" (the
                               completion's index in its group), "repetition", "completion"
-                              (hash of the text), ...the fields of seal.scoring.EvaluationRecord}
+                              (hash of the text: the key), "completion_text" (the text),
+                              ...the fields of seal.scoring.EvaluationRecord}
     metrics.jsonl             a line per logging step ("step": optimizer steps done, "steps":
                               the 0-based steps it covers): mean reward and its std, KL (TRL's,
                               when rl.grpo.beta > 0), loss, evaluations computed / read back,
@@ -50,8 +51,27 @@ reuses their journaled rewards; a completion whose text differs is a new key and
 With ``rl.grpo.logging_steps > 1`` the first metrics line after a resume covers only the
 steps since the checkpoint.
 
-Differences from ReST-EM to keep in mind: one process only (TRL's multi-process GRPO
-would score each rank's share of a group; not wired here); a completion's reward is 0
+Many processes (``accelerate launch --num_processes N``, or torchrun): TRL runs data-parallel,
+each process sampling a contiguous share of the step's ``prompts_per_step x num_generations``
+completions (a group may straddle two processes) and calling the reward with its share.
+:class:`InnerLoopReward` gathers every process's completions, builds the step's evaluations
+exactly as one process would (same keys, same adapter seeds), deals their
+``inner.batch_adapters`` chunks round-robin to the processes (``seal.stages.run_stage``, as
+ReST-EM's evaluations), gathers the records and hands TRL each process's share of the
+rewards (TRL gathers those itself for the group advantages). Every process journals what it
+computed to its own file (``journal.rank{r}.jsonl``, crash-safe), the main process copies
+the other processes' records into ``journal.jsonl`` after each step (the rank files are then
+removed) and rewrites it merged, in identity order, at the end; only the main process writes
+``metrics.jsonl``, checkpoints and the merged policy. A step is still ``prompts_per_step x
+num_generations`` completions (gradient accumulation shrinks by the number of processes,
+which must divide it together with ``rl.grpo.batch_size``). What differs from one process:
+the completions themselves, since each process samples its share with its own generator
+(TRL seeds every process alike, and a batch's draws depend on its rows), so the texts,
+rewards and policy differ from a 1-process run's; given the same completions the rewards
+are the same record for record (``tests/test_grpo.py``). A resume should use the same
+number of processes (TRL restores each process's RNG state).
+
+Differences from ReST-EM to keep in mind: a completion's reward is 0
 when none of its evaluations has a reward (all failed with ``inner.failure_reward: null``,
 or nothing could be graded); ``rl.grpo.steps x prompts_per_step x num_generations x
 inner.eval_times`` evaluations in all.
@@ -75,7 +95,8 @@ from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
-from seal.journal import journal_key, read_journal
+from seal.inner_loop import adapter_chunks
+from seal.journal import journal_key, merge_journal, read_journal
 from seal.models import _DTYPES, load_tokenizer
 from seal.prompts import self_edit_prompt
 from seal.rewards import mean_reward
@@ -97,7 +118,7 @@ from seal.scoring import (
     self_edit_evaluation,
 )
 from seal.seeding import derive_seed, seed_everything
-from seal.stages import Round, baselines_stage, open_round
+from seal.stages import Round, baselines_stage, open_round, run_stage
 
 
 def completion_hash(text: str) -> str:
@@ -110,7 +131,9 @@ def step_evaluations(recipe: Recipe, passages: list[Passage], baselines: list[Ba
     completion order (so a group's evaluations are consecutive, like a ReST-EM passage's).
 
     A completion's ``self_edit`` index is its place among the step's completions of the same
-    passage (0 .. num_generations - 1). Built by ``scoring.self_edit_evaluation``, ReST-EM's
+    passage (0 .. num_generations - 1). Its key holds the text's hash (:func:`completion_hash`,
+    part of the identity) and the text itself (``completion_text``, so samples can be read
+    back). Built by ``scoring.self_edit_evaluation``, ReST-EM's
     builder (training texts, ``self_edit.hparams`` blocks), with the adapter seed of
     ``stages.round_evaluations``, the step in the round's place: GRPO's step s scores a text
     exactly as ReST-EM's round s scores it as that self-edit.
@@ -121,7 +144,10 @@ def step_evaluations(recipe: Recipe, passages: list[Passage], baselines: list[Ba
         e = place[p]
         place[p] += 1
         for repetition in range(recipe.inner.eval_times):
-            key = {"kind": "evaluation", "step": step, "passage": p, "self_edit": e, "repetition": repetition, "completion": completion_hash(text)}
+            key = {
+                "kind": "evaluation", "step": step, "passage": p, "self_edit": e, "repetition": repetition,
+                "completion": completion_hash(text), "completion_text": text,
+            }  # fmt: skip
             out.append(
                 self_edit_evaluation(
                     key=key, passage=passages[p], completion=text, self_edit=recipe.self_edit, inner=recipe.inner,
@@ -175,35 +201,76 @@ class InnerLoopReward:
         texts = [str(c).strip() for c in completions]
         eos = self.round.tokenizer.eos_token_id
         cut = [eos not in ids for ids in completion_ids] if completion_ids is not None else [False] * len(texts)
-        evaluations = step_evaluations(self.round.recipe, self.round.passages, self.baselines, step, list(passage), texts)
+        # Under many processes this process holds a contiguous share of the step's completions
+        # (TRL gathers the rewards in process order): put the whole step back together, so that
+        # keys, seeds and chunks are one process's; this process returns its share.
+        dist = self.round.dist
+        shares = dist.gather((list(passage), texts, cut))
+        start = sum(len(share[0]) for share in shares[: dist.rank])
+        passage = [p for share in shares for p in share[0]]
+        texts_all = [t for share in shares for t in share[1]]
+        cut = [c for share in shares for c in share[2]]
+        evaluations = step_evaluations(self.round.recipe, self.round.passages, self.baselines, step, passage, texts_all)
         records, computed = self.score(evaluations, cut)
         per = self.round.recipe.inner.eval_times
-        rewards = [mean_reward([r.reward for r in records[i * per : (i + 1) * per]]) for i in range(len(texts))]
+        rewards = [mean_reward([r.reward for r in records[i * per : (i + 1) * per]]) for i in range(len(texts_all))]
         # TRL needs a number: a self-edit whose evaluations all failed with inner.failure_reward
         # unset (None, left out of ReST-EM's selection) counts as no gain here.
         rewards = [0.0 if r is None else float(r) for r in rewards]
         failed = sum(r.error is not None for r in records)
-        self.steps[step] = StepScores(list(passage), texts, rewards, computed, len(records) - computed, failed)
-        return rewards
+        self.steps[step] = StepScores(passage, texts_all, rewards, computed, len(records) - computed, failed)
+        return rewards[start : start + len(texts)]
 
     def score(self, evaluations: list[Evaluation], cut: list[bool]) -> tuple[list[EvaluationRecord], int]:
         """The records of ``evaluations`` (same order), those not in the journal computed and
-        journaled now; and how many were computed. ``cut[i]``: completion i was truncated."""
+        journaled now; and how many were computed. ``cut[i]``: completion i was truncated.
+
+        Every process calls it with the same ``evaluations``: the pending ones, in chunks of
+        ``inner.batch_adapters``, are dealt round-robin to the processes and the records
+        gathered (``seal.stages.run_stage``; one process: all chunks here, in order)."""
         round_, per = self.round, self.round.recipe.inner.eval_times
         truncated = {journal_key(e.key): cut[i // per] for i, e in enumerate(evaluations)}
         pending = [e for e in evaluations if journal_key(e.key) not in self.finished]
-
-        def journal(record: EvaluationRecord) -> None:
-            record.truncated = truncated[journal_key(record.key)]
-            append_jsonl(round_.journal_file, record.to_json())
-            self.finished[journal_key(record.key)] = record
-
         recipe = round_.recipe
-        score_evaluations(
-            round_.model, round_.tokenizer, pending, recipe.inner, recipe.qa, round_.judge, on_record=journal,
-            retry_in_halves=True, console=round_.console,
-        )  # fmt: skip
+        here: set[tuple] = set()  # computed (and journaled) by this process
+
+        def compute(chunk: list[Evaluation]) -> dict[tuple, EvaluationRecord]:
+            new = {}
+
+            def journal(record: EvaluationRecord) -> None:
+                record.truncated = truncated[journal_key(record.key)]
+                round_.record(record.to_json())
+                new[journal_key(record.key)] = record
+
+            score_evaluations(
+                round_.model, round_.tokenizer, chunk, recipe.inner, recipe.qa, round_.judge, on_record=journal,
+                retry_in_halves=True, console=round_.console,
+            )  # fmt: skip
+            here.update(new)
+            return new
+
+        chunks = adapter_chunks(pending, recipe.inner.batch_adapters)
+        done, _ = run_stage(round_, chunks, compute, self.finished, unit_keys=lambda chunk: [journal_key(e.key) for e in chunk])
+        collect_journals(round_, [done[journal_key(e.key)] for e in pending if journal_key(e.key) not in here])
+        self.finished.update(done)
         return [self.finished[journal_key(e.key)] for e in evaluations], len(pending)
+
+
+def collect_journals(round_: Round, others: list[EvaluationRecord]) -> None:
+    """Many processes, after a step's scoring: the main process appends ``others`` (the records
+    this process did not compute: the other processes computed and journaled them to their
+    ``journal.rank{r}.jsonl``) to ``journal.jsonl``, then those files are removed. A crash in
+    between leaves a record in both; ``seal.journal.read_journal`` keeps one. One process:
+    nothing to do (it appended to ``journal.jsonl`` as it went)."""
+    dist = round_.dist
+    if not dist.distributed:
+        return
+    if dist.is_main:
+        for record in others:
+            append_jsonl(round_.journal_file, record.to_json())
+    dist.barrier()
+    if not dist.is_main:
+        round_.journal_file.unlink(missing_ok=True)
 
 
 def step_metrics(reward: InnerLoopReward, steps: list[int], logs: dict, global_step: int, seconds: float) -> dict:
@@ -262,10 +329,26 @@ def last_checkpoint(out_dir: Path) -> Path | None:
     return max((p for p in out_dir.glob("checkpoint-*") if finished(p)), key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def trl_config(recipe: Recipe, out_dir: Path):
+def check_processes(recipe: Recipe, world_size: int) -> None:
+    """Refuse a step that ``world_size`` processes cannot share evenly.
+
+    Raises:
+        RecipeError: ``rl.grpo.batch_size x world_size`` does not divide ``prompts_per_step x
+            num_generations`` (each process takes whole batches of the step's completions).
+    """
+    g = recipe.rl.grpo
+    if (g.prompts_per_step * g.num_generations) % (g.batch_size * world_size):
+        raise RecipeError(
+            f"rl.grpo.prompts_per_step x num_generations ({g.prompts_per_step} x {g.num_generations}) must be a multiple of "
+            f"rl.grpo.batch_size x processes ({g.batch_size} x {world_size}): each process takes an equal share of a step's completions"
+        )
+
+
+def trl_config(recipe: Recipe, out_dir: Path, world_size: int = 1):
     """TRL's ``GRPOConfig`` (``RLOOConfig`` for rloo) from ``rl.grpo``: one generation per
     optimizer step (gradient accumulation over ``prompts_per_step x num_generations /
-    batch_size`` passes), checkpoints every ``save_steps``, seeded from the recipe seed."""
+    (batch_size x world_size)`` passes per process), checkpoints every ``save_steps``, seeded
+    from the recipe seed."""
     # Here, not at the top (as below): torch, TRL, PEFT and datasets take seconds to import,
     # and `seal train` with ReST-EM, the CLI's --help and its errors need none of them.
     import torch
@@ -279,7 +362,7 @@ def trl_config(recipe: Recipe, out_dir: Path):
         learning_rate=g.lr,
         lr_scheduler_type=g.lr_scheduler,
         per_device_train_batch_size=g.batch_size,
-        gradient_accumulation_steps=g.prompts_per_step * g.num_generations // g.batch_size,
+        gradient_accumulation_steps=g.prompts_per_step * g.num_generations // (g.batch_size * world_size),
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length or se.max_new_tokens,
         temperature=g.temperature or se.temperature,
@@ -316,6 +399,7 @@ def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Pro
     # The collapse warning compares a step with the previous logged step and the run's first
     # (a resume reads them back from metrics.jsonl, already cut to the resumed step).
     earlier = [row["diagnostics"] for row in (read_jsonl(run.metrics) if run.metrics.exists() else []) if row.get("diagnostics")]
+    is_main = reward.round.dist.is_main  # every process logs; the main one writes
 
     class StepLogger(TrainerCallback):
         logged = resumed_at
@@ -339,7 +423,8 @@ def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Pro
                     d, self.previous, config.min_distinct_2, config.max_diversity_drop, config.max_format_share, self.first
                 )
                 self.first, self.previous = self.first or d, d
-            append_jsonl(run.metrics, row)
+            if is_main:
+                append_jsonl(run.metrics, row)
             kl = "" if row["kl"] is None else f", kl {row['kl']:.4f}"
             console.print(
                 f"step {state.global_step}/{steps}: mean reward {percent(row['mean_reward'], points=True)}, "
@@ -391,9 +476,13 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     merged policy's path (``grpo/policy``). Resumes from the last checkpoint when one exists
     (``seal train --resume``); a finished run (``grpo/train.json``) is returned as is.
 
+    Every process calls it (many processes: see the module docstring); the main process alone
+    writes metrics, the merged policy and ``grpo/train.json``.
+
     Raises:
         RecipeError: fewer passages than ``rl.grpo.prompts_per_step`` (``seal.train.train``
-            refuses more than one process before it writes anything).
+            refuses a step the processes cannot share, :func:`check_processes`, before it
+            writes anything).
     """
     import torch
     from peft import LoraConfig
@@ -404,7 +493,7 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     out_dir, policy_dir = run.path / "grpo", run.path / "grpo" / "policy"
     if len(passages) < g.prompts_per_step:
         raise RecipeError(f"rl.grpo.prompts_per_step ({g.prompts_per_step}) exceeds the {len(passages)} training passages")
-    if read_json_or_none(out_dir / "train.json") is not None and policy_dir.exists():
+    if dist.main_decides(lambda: read_json_or_none(out_dir / "train.json") is not None and policy_dir.exists()):
         console.print(f"{recipe.rl.algorithm}: finished earlier, reusing its policy ({policy_dir})")
         return str(policy_dir)
 
@@ -412,14 +501,21 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     round_ = Round(recipe, run, 0, recipe.model.name_or_path, passages, dist, console, bar)
     open_round(round_)
     baselines = baselines_stage(round_)
-    finished = {journal_key(row): EvaluationRecord.from_json(row) for row in read_journal(run) if row.get("kind") == "evaluation" and "step" in row}
+    if dist.distributed:  # the baselines the other processes journaled, into journal.jsonl
+        if dist.is_main:
+            merge_journal(run)
+        dist.barrier()
+    rows = dist.main_decides(read_journal, run)
+    finished = {journal_key(row): EvaluationRecord.from_json(row) for row in rows if row.get("kind") == "evaluation" and "step" in row}
     reward = InnerLoopReward(round_, baselines, finished)
 
-    checkpoint = last_checkpoint(out_dir)
+    checkpoint = dist.main_decides(last_checkpoint, out_dir)
     resumed_at = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
     if checkpoint is not None:
         console.print(f"{recipe.rl.algorithm}: resuming from {portable_path(run, checkpoint)} ({len(finished)} evaluations in the journal)")
-        drop_metrics_after(run, resumed_at)
+        if dist.is_main:
+            drop_metrics_after(run, resumed_at)
+        dist.barrier()
     seed_everything(derive_seed(recipe.seed, "grpo"))  # the LoRA initialisation draws from the global generator
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
     policy = AutoModelForCausalLM.from_pretrained(
@@ -428,7 +524,7 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     lora = LoraConfig(r=g.lora.rank, lora_alpha=g.lora.alpha, lora_dropout=g.lora.dropout, target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
     trainer_class = GRPOTrainer if recipe.rl.algorithm == "grpo" else RLOOTrainer
     trainer = trainer_class(
-        model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir), train_dataset=prompt_dataset(recipe, passages, tokenizer),
+        model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size), train_dataset=prompt_dataset(recipe, passages, tokenizer),
         processing_class=tokenizer, peft_config=lora, callbacks=[step_logger(reward, run, console, bar, resumed_at)],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # TRL's raw log dicts: step_logger prints the steps instead
@@ -437,13 +533,18 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
         f"x {recipe.inner.eval_times} evaluations (from step {resumed_at})"
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    merged = trainer.model.merge_and_unload()
-    with atomic_dir(policy_dir) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    write_json_atomic(
-        out_dir / "train.json",
-        {"algorithm": recipe.rl.algorithm, "steps": int(result.global_step), "train_loss": float(result.training_loss), "seconds": float(result.metrics.get("train_runtime", 0.0))},
-    )  # after the merged policy: marks it finished
+    dist.barrier()  # every process done with its journal file
+    if dist.is_main:
+        if dist.distributed:
+            merge_journal(run)  # one journal.jsonl in identity order, the rank files gone
+        merged = trainer.model.merge_and_unload()
+        with atomic_dir(policy_dir) as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        write_json_atomic(
+            out_dir / "train.json",
+            {"algorithm": recipe.rl.algorithm, "steps": int(result.global_step), "train_loss": float(result.training_loss), "seconds": float(result.metrics.get("train_runtime", 0.0))},
+        )  # after the merged policy: marks it finished
+    dist.barrier()
     round_.unload_model()
     return str(policy_dir)

@@ -32,13 +32,14 @@ def journal_key(row: dict) -> tuple:
 
 def journal_order(row: dict) -> tuple:
     """Sort key of a journal record: round, then GRPO step, then baselines before evaluations,
-    then passage, self-edit and repetition (missing fields first)."""
+    then passage, self-edit and repetition (missing fields first). A GRPO evaluation (a
+    ``step``, no ``round``) sorts with round 0, after the baselines it is scored against."""
 
     def n(x):
         return -1 if x is None else x
 
     return (
-        n(row.get("round")), n(row.get("step")), _KIND_ORDER.get(row.get("kind"), 2), n(row.get("passage")),
+        n(row.get("round", 0 if "step" in row else None)), n(row.get("step")), _KIND_ORDER.get(row.get("kind"), 2), n(row.get("passage")),
         n(row.get("self_edit")), n(row.get("repetition")), row.get("completion") or "",
     )  # fmt: skip
 

@@ -76,7 +76,7 @@ GRPO and RLOO
 With ``rl.algorithm: grpo | rloo`` (not the paper's algorithm) :func:`train` runs
 ``seal.grpo.run_grpo`` instead of the rounds: TRL's GRPO / RLOO trainer samples and updates
 the policy, seal's inner loop is its reward function; same run directory, journal, resume
-and console story (the module docstring of ``seal.grpo``). One process only.
+and console story (the module docstring of ``seal.grpo``), on one process or many.
 
 Where the code is
 -----------------
@@ -108,7 +108,7 @@ from seal.config import (
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, resolve_data_path
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
-from seal.grpo import run_grpo
+from seal.grpo import check_processes, run_grpo
 from seal.preflight import check_model, check_recipe, train_lora_keys
 from seal.prompts import check_template
 from seal.restem import sft_grad_accum_steps
@@ -286,8 +286,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
             name, a LoRA target module the model lacks, the judge's key), resuming with a
             recipe that differs in result-changing keys (the message lists them), resuming a
             directory without a run, a fresh run into a directory that already holds one,
-            GRPO / RLOO under more than one process, or ``rl.sft.global_batch_size`` not a
-            multiple of ``rl.sft.batch_size`` x processes.
+            GRPO / RLOO under more processes than a step can be shared by
+            (``seal.grpo.check_processes``) or with ``model.shard`` on, or
+            ``rl.sft.global_batch_size`` not a multiple of ``rl.sft.batch_size`` x processes.
         DataError: missing, malformed or empty data files (or an empty selection of them); with
             ``data.passage_schedule: fresh``, too few passages for ``rl.rounds``
             (:func:`load_round_passages`).
@@ -306,10 +307,13 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     # Validate the data, and the policy update's batch for this many processes, before writing anything.
     passages = load_train_passages(recipe) if recipe.rl.algorithm != "restem" else None
     round_passages = load_round_passages(recipe) if passages is None else []
-    sft_grad_accum_steps(recipe.rl.sft, dist.world_size)
+    if recipe.rl.algorithm == "restem":  # GRPO / RLOO run no SFT
+        sft_grad_accum_steps(recipe.rl.sft, dist.world_size)
     check_model(recipe, train_lora_keys(recipe))
     if recipe.rl.algorithm != "restem" and dist.distributed:
-        raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
+        check_processes(recipe, dist.world_size)
+        if recipe.model.shard != "none":
+            raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} with model.shard {recipe.model.shard} is not supported; use model.shard=none")
 
     def open_run() -> None:
         if resume:
@@ -325,10 +329,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         console.print(f"resuming {run.path}")
     where = f", {dist.world_size} processes ({dist.backend})" if dist.distributed else ""
     if recipe.rl.algorithm != "restem":
-        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps)")
+        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps{where})")
         with progress_bar(console) as bar:
             policy = run_grpo(recipe, run, passages, bar, console, dist)
-        write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+        if dist.is_main:
+            write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+        dist.barrier()
         return run.path
     if recipe.data.passage_schedule == "fresh":
         counts = f"{' + '.join(str(len(p)) for p in round_passages)} passages, fresh each round"

@@ -9,6 +9,12 @@
   the run ends with the journal and metrics of the uninterrupted one.
 * ``rl.algorithm=rloo`` runs a step of TRL's RLOOTrainer; GRPO refuses ``inner.learner:
   policy``; ``recipes/microworld_grpo_cpu.yaml`` spends ReST-EM's 1440 evaluations.
+* ``distributed``: under ``accelerate launch`` with 2 CPU processes (gloo) the run journals
+  the same evaluations as one process, each completion's text with its hash, in one
+  ``journal.jsonl``; each reward is the one a single process computes for that completion;
+  a killed 2-process run resumes to the uninterrupted 2-process run's journal and metrics.
+  (The completions themselves differ from the 1-process run's: each process samples its
+  share of the step with its own generator, see ``seal.grpo``.)
 
 A tiny random model answers nothing, so every reward is 0 here (TRL's update is then a
 no-op): these tests check the plumbing and the reward's equality with ReST-EM's, not learning.
@@ -20,11 +26,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import time
 
 import pytest
 import yaml
 from rich.console import Console
 from rich.progress import Progress
+from test_distributed import accelerate_cmd, kill_tree
 from train_helpers import (
     RECIPE,
     REPO,
@@ -33,6 +42,7 @@ from train_helpers import (
     one_thread,
     run_cli,
     seal_train_cmd,
+    subprocess_env,
     tiny_overrides,
     tiny_recipe,
 )
@@ -41,7 +51,14 @@ from transformers import TrainerState
 from seal.bench.sources import train_run_sources
 from seal.config import RecipeError, load_recipe
 from seal.distributed import get_dist
-from seal.grpo import InnerLoopReward, completion_hash, last_checkpoint, passage_order, trl_config
+from seal.grpo import (
+    InnerLoopReward,
+    check_processes,
+    completion_hash,
+    last_checkpoint,
+    passage_order,
+    trl_config,
+)
 from seal.rundir import RunDir, read_jsonl
 from seal.scoring import EvaluationRecord
 from seal.self_edits import SelfEdit
@@ -115,7 +132,7 @@ def test_reward_function_matches_restem_evaluations(tiny_squad_model, data_root,
 
     def comparable(record: EvaluationRecord) -> dict:
         row = record.to_json()
-        for key in ("round", "step", "completion", "seconds", "truncated"):
+        for key in ("round", "step", "completion", "completion_text", "seconds", "truncated"):
             row.pop(key, None)
         return row
 
@@ -125,6 +142,7 @@ def test_reward_function_matches_restem_evaluations(tiny_squad_model, data_root,
     assert all(r.epoch_losses and r.answers for r in grpo)  # a real inner loop ran
     assert rewards == [r.reward for r in restem]  # eval_times 1: the reward is the record's
     assert [r.key["completion"] for r in grpo] == [completion_hash(t.strip()) for ts in texts for t in ts]  # TRL text, stripped
+    assert [r.key["completion_text"] for r in grpo] == [t.strip() for ts in texts for t in ts]  # the sample, readable
     assert [(r.key["step"], r.truncated) for r in grpo] == [(0, False)] * 2 + [(0, True)] * 2  # cut off: no EOS
 
 
@@ -209,3 +227,114 @@ def test_resume_takes_the_last_whole_checkpoint(tmp_path):
             (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text(state)
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
     assert last_checkpoint(tmp_path / "none") is None
+
+
+def test_a_step_is_shared_evenly_by_the_processes(tmp_path):
+    """Each process takes ``batch_size``-sized shares of a step's completions: gradient
+    accumulation shrinks with the number of processes, and a step they cannot share is refused."""
+    recipe = load_recipe(REPO / "recipes" / "microworld_grpo_cpu.yaml")  # 16 x 5 completions a step, batches of 20
+    assert trl_config(recipe, tmp_path).gradient_accumulation_steps == 4
+    assert trl_config(recipe, tmp_path, world_size=2).gradient_accumulation_steps == 2  # 2 x 2 x 20: still one step of 80
+    check_processes(recipe, 4)
+    with pytest.raises(RecipeError, match=r"multiple of rl.grpo.batch_size x processes \(20 x 3\)"):
+        check_processes(recipe, 3)
+
+
+def _launch_fields(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("seconds", "trl", "n_computed")}
+
+
+@pytest.fixture(scope="module")
+def grpo_two_processes(tiny_squad_model, data_root, tmp_path_factory):
+    """The 3-step GRPO run of ``grpo_run`` under ``accelerate launch`` with 2 CPU processes."""
+    run = tmp_path_factory.mktemp("grpo2") / "run"
+    res = run_cli(accelerate_cmd(2, grpo_overrides(tiny_squad_model, data_root), run_dir=run), timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return run, res.stdout
+
+
+@pytest.mark.distributed
+def test_grpo_on_two_processes_scores_as_one(grpo_run, grpo_two_processes, tiny_squad_model, data_root, tmp_path):
+    run, output = grpo_two_processes
+    one, _ = grpo_run
+    assert "2 processes (gloo)" in output and "step 3/3: mean reward" in output
+    assert [x["world_size"] for x in json.loads((run / "run.json").read_text())["launches"]] == [2]
+    assert not list(run.glob("journal.rank*.jsonl"))  # one journal.jsonl
+    rows, reference = journal(run), journal(one)
+    assert [r for r in rows if r["kind"] == "baseline"] == [r for r in reference if r["kind"] == "baseline"]
+    evals = [r for r in rows if r["kind"] == "evaluation"]
+
+    def ident(r):
+        return (r["step"], r["passage"], r["self_edit"], r["repetition"])
+
+    # the 1-process run's evaluations, each once, in identity order, after the baselines
+    assert rows[:2] == [r for r in rows if r["kind"] == "baseline"]
+    assert [ident(r) for r in evals] == sorted(ident(r) for r in reference if r["kind"] == "evaluation")
+    assert all(r["completion"] == completion_hash(r["completion_text"]) and r["error"] is None for r in evals)
+    assert all(r["completion"] == completion_hash(r["completion_text"]) for r in reference if r["kind"] == "evaluation")
+
+    # Given its completion, each record is what one process computes for it (same adapter
+    # seed, answers, reward): the journaled texts scored again here, in-process.
+    recipe = load_recipe(RECIPE, grpo_overrides(tiny_squad_model, data_root))
+    rescored = RunDir(tmp_path / "rescored")
+    rescored.path.mkdir()
+    with one_thread(), Progress(console=quiet()) as bar:
+        round_ = Round(recipe, rescored, 0, recipe.model.name_or_path, load_train_passages(recipe), get_dist(), quiet(), bar)
+        open_round(round_)
+        reward = InnerLoopReward(round_, baselines_stage(round_), {})
+        eos = round_.tokenizer.eos_token_id
+        for step in range(3):
+            mine = [r for r in evals if r["step"] == step]
+            rewards = reward(
+                prompts=["prompt"] * len(mine), completions=[r["completion_text"] for r in mine], passage=[r["passage"] for r in mine],
+                completion_ids=[[7] if r["truncated"] else [7, eos] for r in mine], trainer_state=TrainerState(global_step=step),
+            )  # fmt: skip
+            assert rewards == [r["reward"] for r in mine]
+    assert journal(rescored.path) == rows
+
+    m = read_jsonl(run / "metrics.jsonl")
+    assert [row["step"] for row in m] == [1, 2, 3] and [sorted(row) for row in m] == [sorted(row) for row in read_jsonl(one / "metrics.jsonl")]
+    for row in m:  # one line per logging step, the whole step's completions (both processes')
+        assert row["n_evaluations"] == row["n_completions"] == row["diagnostics"]["n_self_edits"] == 4
+        assert row["mean_reward"] == pytest.approx(sum(r["reward"] for r in evals if r["step"] == row["step"] - 1) / 4)
+    assert json.loads((run / "final.json").read_text()) == {"policy": "grpo/policy", "algorithm": "grpo", "steps": 3}
+    assert (run / "grpo" / "policy" / "config.json").exists() and (run / "grpo" / "train.json").exists()
+
+
+@pytest.mark.distributed
+def test_killed_grpo_two_processes_resume_exactly(grpo_two_processes, tiny_squad_model, data_root, tmp_path):
+    """SIGKILL the whole 2-process job once step 1 is partly journaled after checkpoint-1, then
+    ``--resume`` with 2 processes: TRL restores each process's RNG, the journaled rewards are
+    read back, and the run ends with the uninterrupted 2-process run's journal and metrics."""
+    reference, _ = grpo_two_processes
+    run = tmp_path / "run"
+    overrides = grpo_overrides(tiny_squad_model, data_root)
+
+    def mid_step_1() -> bool:
+        files = [run / "journal.jsonl", *run.glob("journal.rank*.jsonl")]
+        journaled = sum('"step": 1,' in line for f in files if f.exists() for line in f.read_text().splitlines())
+        return (run / "grpo" / "checkpoint-1" / "trainer_state.json").exists() and journaled >= 1
+
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(accelerate_cmd(2, overrides, run_dir=run), cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        try:
+            while not mid_step_1():
+                if proc.poll() is not None:
+                    pytest.fail(f"the job exited ({proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail("no step-1 evaluation journaled in time")
+                time.sleep(0.01)
+            kill_tree(proc.pid)  # the launcher and both ranks at once
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+            proc.wait()
+    assert not (run / "grpo" / "train.json").exists(), "killed too late"
+    res = run_cli(accelerate_cmd(2, overrides, resume=run), timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resuming from grpo/checkpoint-" in res.stdout
+    assert journal(run) == journal(reference)  # the same completions, adapters and rewards
+    assert [_launch_fields(r) for r in read_jsonl(run / "metrics.jsonl")] == [_launch_fields(r) for r in read_jsonl(reference / "metrics.jsonl")]
+    assert not list(run.glob("journal.rank*.jsonl"))

@@ -280,6 +280,16 @@ class DiagnosticsConfig(Section):
     )
 
 
+class TrackingConfig(Section):
+    """Experiment tracking (``seal/tracking.py``); the trackers themselves are the top-level
+    ``report_to``. Result-neutral: a resumed run may change any of it."""
+
+    project: str | None = Field(None, description="Tracker project (W&B project, MLflow experiment, trackio project). None: the recipe's name.")
+    table_rows: int | None = Field(
+        200, ge=1, description="Rows at most of each round's table of sampled self-edits and their rewards (None: all)."
+    )
+
+
 class EvaluateConfig(Section):
     """`seal evaluate`: score one source of inner-loop training data on evaluation passages."""
 
@@ -305,6 +315,11 @@ class Recipe(Section):
     diagnostics: DiagnosticsConfig = Field(
         default_factory=DiagnosticsConfig, description="Diagnostics of each `seal train` round's self-edits (result-neutral)."
     )
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = Field(
+        default_factory=list,
+        description="`seal train`'s experiment trackers (accelerate's tracker classes; TRL's trainers get the same list): round / GRPO-step metrics, the SFT and GRPO losses, a table of sampled self-edits. [] (default): none. Files under RUN_DIR/tracking; the tracker run's id in run.json, so --resume continues it. Needs the tracker's package (the `tracking` extra).",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Settings of the trackers of report_to.")
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
     arc: ArcSection | None = Field(
@@ -502,6 +517,10 @@ RESULT_NEUTRAL_KEYS = frozenset(
         # read-only observers; "diagnostics" itself: a run recorded before the section existed
         "diagnostics",
         *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),
+        # experiment tracking observes; "tracking" itself: a run recorded before the section existed
+        "report_to",
+        "tracking",
+        *(f"tracking.{name}" for name in TrackingConfig.model_fields),
     }
 )
 

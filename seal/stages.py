@@ -31,7 +31,7 @@ from rich.progress import Progress
 from seal.config import Recipe
 from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
-from seal.display import percent
+from seal.display import percent, trainer_progress
 from seal.distributed import Dist
 from seal.hparams import round_summary as hparams_round_summary
 from seal.hparams import split_block
@@ -68,6 +68,7 @@ from seal.self_edits import (
     self_edits_to_json,
 )
 from seal.sharding import shard_model
+from seal.tracking import Tracking
 
 Unit = TypeVar("Unit", bound=Sequence)
 Key = TypeVar("Key", bound=Hashable)
@@ -90,6 +91,7 @@ class Round:
         timing: this launch's wall seconds per stage on the main process (a timing field of the
             metrics, see ``seal.train.TIMING_FIELDS``).
         started: ``time.perf_counter()`` when the round's work began in this launch.
+        tracking: the run's experiment trackers (``seal.tracking.Tracking``; None: none).
     """
 
     recipe: Recipe
@@ -106,6 +108,7 @@ class Round:
     journal: list[dict] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    tracking: Any = None
 
     @property
     def dir(self) -> Path:
@@ -514,10 +517,13 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     # generator, whose state would otherwise depend on what this process did before.
     seed_everything(derive_seed(recipe.seed, "sft", round_index))
     work = round_.dir / ".policy.sft"
-    sft_stats = update_policy(
-        round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
-        dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
-    )  # fmt: skip
+    tracking = round_.tracking or Tracking([])
+    with tracking.for_trainer(f"sft/round_{round_index}") as report_to:
+        sft_stats = update_policy(
+            round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
+            dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
+            report_to=report_to, callbacks=[trainer_progress(round_.bar, f"round {round_index}: policy update (SFT steps)")],
+        )  # fmt: skip
     _unset_deepspeed()
     free_memory()
     round_.timing["sft_s"] = sft_stats.get("seconds")

@@ -103,7 +103,7 @@ from seal.config import (
     with_defaults,
 )
 from seal.data import Passage, load_passages, load_squad_from_hub
-from seal.display import progress_bar
+from seal.display import library_output_to, progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import run_grpo
 from seal.prompts import check_template
@@ -121,6 +121,7 @@ from seal.stages import (
     sample_stage,
     selection_stage,
 )
+from seal.tracking import Tracking, check_installed, track_round
 
 # Keys a resume may change: those of speed or bookkeeping, and rl.rounds (more rounds extend a
 # run; finished rounds are unaffected).
@@ -168,11 +169,13 @@ def check_resume(run: RunDir, config: dict) -> None:
 
 
 def run_round(
-    recipe: Recipe, run: RunDir, round_index: int, policy: str, passages: list[Passage], bar: Progress, console: Console, dist: Dist | None = None
+    recipe: Recipe, run: RunDir, round_index: int, policy: str, passages: list[Passage], bar: Progress, console: Console, dist: Dist | None = None,
+    tracking: Tracking | None = None,
 ) -> str:
     """One ReST-EM round with ``policy`` as policy and (``inner.learner: policy``) inner-loop
-    model; returns the next policy. Each stage resumes what an earlier launch finished."""
-    round_ = Round(recipe, run, round_index, policy, passages, dist or get_dist(), console, bar)
+    model; returns the next policy. Each stage resumes what an earlier launch finished.
+    ``tracking``: the run's trackers (``report_to``), given the round's metrics and self-edits."""
+    round_ = Round(recipe, run, round_index, policy, passages, dist or get_dist(), console, bar, tracking=tracking or Tracking([]))
     reused = finished_round(round_)
     if reused is not None:
         return reused
@@ -183,7 +186,9 @@ def run_round(
     selection = selection_stage(round_, self_edits, records)
     sft_stats, next_policy = policy_update_stage(round_, selection.rows)
     diagnostics = diagnostics_stage(round_, self_edits, selection)
-    metrics_stage(round_, round_metrics(round_, self_edits, baseline_records, records, selection, sft_stats, next_policy, diagnostics))
+    metrics = round_metrics(round_, self_edits, baseline_records, records, selection, sft_stats, next_policy, diagnostics)
+    metrics_stage(round_, metrics)
+    track_round(round_.tracking, metrics, self_edits, selection.rewards, selection.kept)
     return next_policy
 
 
@@ -221,6 +226,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     """
     dist = get_dist()
     console = console or Console()
+    if not console.is_terminal:
+        console.soft_wrap = True  # a batch log: one line per message, never reflowed at 80 columns
     if not dist.is_main:
         console = Console(quiet=True)
     run = RunDir(dist.broadcast(str(run_dir)))
@@ -229,6 +236,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     passages = load_train_passages(recipe)  # validate the data before writing anything
     if recipe.rl.algorithm != "restem" and dist.distributed:
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
+    check_installed(recipe.report_to)
 
     def open_run() -> None:
         if resume:
@@ -240,21 +248,33 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         _record_launch(run, dist, resume)
 
     dist.main_decides(open_run)
+    # The libraries' own output (warnings, load reports, TRL's step dicts) goes to the run's
+    # log file; the console keeps seal's lines.
+    with library_output_to(run.path / ("log.txt" if dist.is_main else f"log.rank{dist.rank}.txt")):
+        tracking = Tracking.start(recipe, run, dist.is_main)
+        try:
+            _run(recipe, run, passages, resume, console, dist, tracking)
+        finally:
+            tracking.finish()
+    return run.path
+
+
+def _run(recipe: Recipe, run: RunDir, passages: list[Passage], resume: bool, console: Console, dist: Dist, tracking: Tracking) -> None:
+    """:func:`train`'s rounds (or GRPO / RLOO steps) once the run directory is open."""
     if resume:
         console.print(f"resuming {run.path}")
     where = f", {dist.world_size} processes ({dist.backend})" if dist.distributed else ""
     if recipe.rl.algorithm != "restem":
         console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps)")
         with progress_bar(console) as bar:
-            policy = run_grpo(recipe, run, passages, bar, console, dist)
+            policy = run_grpo(recipe, run, passages, bar, console, dist, tracking)
         write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
-        return run.path
+        return
     console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.rounds} rounds{where})")
     policy = recipe.model.name_or_path
     with progress_bar(console) as bar:
         for round_index in range(recipe.rl.rounds):
-            policy = run_round(recipe, run, round_index, policy, passages, bar, console, dist)
+            policy = run_round(recipe, run, round_index, policy, passages, bar, console, dist, tracking)
     if dist.is_main:
         write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
     dist.barrier()
-    return run.path

@@ -139,16 +139,24 @@ class LineProgress(Progress):
 
 
 def print_table(console: Console, table) -> None:
-    """Print a ``rich.table.Table``; on a console that is no terminal (a batch log) at the
-    table's natural width, so that no cell wraps (a log is read with ``less -S`` or an editor,
-    never reflowed): rich would otherwise squeeze it into 80 columns, one word per line."""
+    """Print a ``rich.table.Table``; on a console that is no terminal (a batch log) as plain
+    aligned text (no box) at the table's natural width, so that no cell wraps (a log is read
+    with ``less -S`` or an editor, never reflowed): rich would otherwise squeeze it into the
+    console's 80 columns, a few characters per line (``parap…``, ``r(cov…``)."""
     if console.is_terminal:
         console.print(table)
         return
+    from rich import box
     from rich.measure import Measurement
 
+    table.box, table.title_justify, table.caption_justify = box.SIMPLE_HEAD, "left", "left"  # plain aligned text
     width = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    console.print(table, width=max(width, console.width), soft_wrap=False)
+    before = console.width
+    console.width = max(width, before)  # Console.print(width=) cannot exceed the console's width
+    try:
+        console.print(table, soft_wrap=False)
+    finally:
+        console.width = before
 
 
 #: Loggers of the libraries seal drives, whose output (deprecation notes, load reports,

@@ -54,7 +54,7 @@ from seal.config import (
     recipe_to_dict,
     with_defaults,
 )
-from seal.display import progress_bar
+from seal.display import print_table, progress_bar
 from seal.evaluate import load_eval_passages
 from seal.hparams import journal_choices, round_summary
 from seal.models import load_model, load_model_from_config
@@ -324,6 +324,6 @@ def _print_summary(console: Console, results: dict, rounds: dict[str, int]) -> N
                 summary.add_row(
                     cell["source"], ci(cell["accuracy"]), ci(cell["gain"], signed=True), "" if cell["expected"] is None else pct(cell["expected"])
                 )
-            console.print(summary)
+            print_table(console, summary)
             for line in round_lines(name, student, table, rounds):
                 console.print(line.replace("**", ""))

@@ -87,6 +87,20 @@ class DataConfig(Section):
     )
 
 
+class VLLMConfig(Section):
+    """``self_edit.backend: vllm``: the colocated vLLM engine that samples self-edits
+    (``seal/vllm_backend.py``); with ``rl.algorithm: grpo | rloo``, TRL's own vLLM generation."""
+
+    gpu_memory_utilization: float = Field(
+        0.4, gt=0, le=1, description="Share of the GPU's memory vLLM may take (weights + KV cache); the HF policy and the inner loop share the rest."
+    )
+    max_model_len: int | None = Field(None, ge=16, description="vLLM's context length (None: the model's); lower it to fit the KV cache.")
+    enforce_eager: bool = Field(False, description="No CUDA graphs (faster start, slower decoding).")
+    mode: Literal["colocate", "server"] = Field(
+        "colocate", description="GRPO / RLOO only: TRL's vllm_mode ('server': a `trl vllm-serve` process you start yourself)."
+    )
+
+
 class SelfEditConfig(Section):
     """Self-edit sampling from the policy (paper Section 3.1 and Appendix B.2)."""
 
@@ -102,6 +116,11 @@ class SelfEditConfig(Section):
         False, description="One training text per line of the self-edit (reference: `split_newlines`)."
     )
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call when sampling self-edits.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="What samples self-edits: 'hf' (transformers generate; CPU or GPU) or 'vllm' (vLLM's offline engine, colocated; CUDA only, the `vllm` extra; seeds per passage, other samples than hf: seal/vllm_backend.py). With rl.algorithm grpo/rloo: TRL's use_vllm.",
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Settings of backend 'vllm'.")
     hparams: HparamsConfig = Field(
         default_factory=HparamsConfig, description="Hyperparameter self-edits: inner-loop settings the policy may choose (off by default)."
     )
@@ -346,6 +365,12 @@ class Recipe(Section):
                 f"rl.grpo.batch_size ({grpo.batch_size}) must divide prompts_per_step x num_generations "
                 f"({grpo.prompts_per_step} x {grpo.num_generations})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_needs_a_gpu(self) -> Recipe:
+        if self.self_edit.backend == "vllm" and self.model.device.startswith("cpu"):
+            raise ValueError("self_edit.backend vllm runs on a CUDA GPU and model.device is 'cpu'; use self_edit.backend=hf on a CPU")
         return self
 
     @model_validator(mode="after")

@@ -268,7 +268,9 @@ def trl_config(recipe: Recipe, out_dir: Path, report_to: list[str] | None = None
     optimizer step (gradient accumulation over ``prompts_per_step x num_generations /
     batch_size`` passes), checkpoints every ``save_steps``, seeded from the recipe seed.
     ``report_to``: TRL's trackers (``seal.tracking.Tracking.for_trainer``); with W&B or trackio
-    among them TRL's ``log_completions`` table of sampled completions is on too."""
+    among them TRL's ``log_completions`` table of sampled completions is on too.
+    ``self_edit.backend: vllm``: TRL's ``use_vllm`` with ``vllm_mode`` = ``self_edit.vllm.mode``
+    (TRL seeds vLLM from the config's seed; its samples are not the HF path's)."""
     # Here, not at the top (as below): torch, TRL, PEFT and datasets take seconds to import,
     # and `seal train` with ReST-EM, the CLI's --help and its errors need none of them.
     import torch
@@ -302,6 +304,10 @@ def trl_config(recipe: Recipe, out_dir: Path, report_to: list[str] | None = None
         shuffle_dataset=False,  # prompt_dataset is in passage_order already
         use_cpu=not torch.cuda.is_available(),
     )
+    if se.backend == "vllm":  # TRL generates with vLLM (its own engine, weights synced each step)
+        kwargs.update(use_vllm=True, vllm_mode=se.vllm.mode, vllm_gpu_memory_utilization=se.vllm.gpu_memory_utilization)
+        if se.vllm.max_model_len is not None:
+            kwargs["vllm_max_model_length"] = se.vllm.max_model_len
     if {"wandb", "trackio"} & set(report_to or []):
         kwargs["log_completions"] = True  # TRL's table of completions, rewards and advantages
     if recipe.rl.algorithm == "grpo":

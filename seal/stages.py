@@ -289,7 +289,8 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     """Step 1: ``self_edit.k`` self-edits per passage from the round's policy, sampled once and
     saved (``round_k/self_edits.json``, reused on resume). Units: chunks of
     ``self_edit.batch_size`` passages (each seeded from the recipe seed, the round and its
-    first passage's index)."""
+    first passage's index; with ``self_edit.backend: vllm`` each passage from its own index,
+    ``seal.vllm_backend``)."""
     recipe, passages, config = round_.recipe, round_.passages, round_.recipe.self_edit
     hint = self_edit_hint(config, recipe.arc)
     path = round_.dir / "self_edits.json"
@@ -297,17 +298,36 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     if saved is not None:
         return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template, hint)
 
+    sampler = None
+    if config.backend == "vllm":  # seal.vllm_backend: one engine on the round's policy, torn down below
+        from seal.vllm_backend import VLLMSampler, stop_token_ids
+
+        sampler = VLLMSampler(round_.policy, config.vllm, recipe.model.dtype, recipe.model.trust_remote_code, recipe.seed)
+        stop_ids = stop_token_ids(round_.model.generation_config.eos_token_id, round_.tokenizer)
+
     def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
+        round_seed = derive_seed(recipe.seed, "round", round_.index)
+        chunk = [passages[i] for i in unit]
+        if sampler is not None:
+            drawn = sampler.generate(
+                chunk, unit, round_.tokenizer, config.template, config.k, config.temperature, config.top_p,
+                config.max_new_tokens, round_seed, stop_ids, chat=config.chat_template, hint=hint,
+            )  # fmt: skip
+            return dict(zip(unit, drawn, strict=True))
         drawn = generate_self_edits(
-            round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
-            config.top_p, config.max_new_tokens, seed=derive_seed(recipe.seed, "round", round_.index),
+            round_.model, round_.tokenizer, chunk, config.template, config.k, config.temperature,
+            config.top_p, config.max_new_tokens, seed=round_seed,
             batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit, hint=hint,
         )  # fmt: skip
         return dict(zip(unit, drawn, strict=True))
 
     n = len(passages)
     units = [list(range(s, min(s + config.batch_size, n))) for s in range(0, n, config.batch_size)]
-    done, _ = run_stage(round_, units, sample, {}, progress="sampling self-edits")
+    try:
+        done, _ = run_stage(round_, units, sample, {}, progress="sampling self-edits")
+    finally:
+        if sampler is not None:
+            sampler.close()  # GPU memory back before the baselines and the inner loop
     self_edits = [done[i] for i in range(n)]
     if round_.dist.is_main:
         write_json_atomic(path, self_edits_to_json(passages, self_edits))

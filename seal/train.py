@@ -237,6 +237,10 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     if recipe.rl.algorithm != "restem" and dist.distributed:
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
     check_installed(recipe.report_to)
+    if recipe.self_edit.backend == "vllm":  # before anything is written
+        from seal.vllm_backend import check_vllm
+
+        check_vllm(recipe.model.device, dist.world_size, recipe.model.shard)
 
     def open_run() -> None:
         if resume:

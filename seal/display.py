@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -83,7 +85,7 @@ class LineProgress(Progress):
 
     Each task (a stage of a round: ``round 2: inner-loop evaluations``) prints a line when it
     is added, whenever ``every_fraction`` of its total more is done or ``every_seconds`` have
-    passed since its last line (checked as units finish), and when it completes::
+    passed since its last line (a heartbeat thread checks every second), and when it completes::
 
         round 0: inner-loop evaluations  12/40 (30 %)  0.41/s  elapsed 0:00:29  ETA 0:01:08
 
@@ -96,6 +98,32 @@ class LineProgress(Progress):
         self.every_fraction = every_fraction
         self.every_seconds = every_seconds
         self._marks: dict[TaskID, _Mark] = {}
+
+    def start(self) -> None:
+        """Start the heartbeat: a thread that calls :meth:`tick` every second, so that a stage
+        whose units each take minutes still prints a line every ``every_seconds``."""
+        super().start()
+        self._stopped = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="seal-progress", daemon=True)
+        self._heartbeat.start()
+
+    def stop(self) -> None:
+        if getattr(self, "_heartbeat", None) is not None:
+            self._stopped.set()
+            self._heartbeat.join()
+            self._heartbeat = None
+        super().stop()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(1.0):
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        """A line for every unfinished task whose last line is ``every_seconds`` old at ``now``."""
+        with self._lock:
+            due = [t for t, m in self._marks.items() if now - m.last >= self.every_seconds and not self._done(t)]
+        for task_id in due:
+            self._line(task_id, now)
 
     def add_task(self, description: str, start: bool = True, total: float | None = 100.0, completed: int = 0, visible: bool = True, **fields) -> TaskID:
         task_id = super().add_task(description, start=start, total=total, completed=completed, visible=visible, **fields)
@@ -112,6 +140,10 @@ class LineProgress(Progress):
         super().update(task_id, **kwargs)
         self._maybe_line(task_id)
 
+    def _done(self, task_id: TaskID) -> bool:
+        task = self._tasks[task_id]
+        return task.total is not None and task.completed >= task.total
+
     def _maybe_line(self, task_id: TaskID) -> None:
         task, mark, now = self._tasks[task_id], self._marks[task_id], time.monotonic()
         if task.completed == mark.last_done:
@@ -122,6 +154,10 @@ class LineProgress(Progress):
             self._line(task_id, now)
 
     def _line(self, task_id: TaskID, now: float) -> None:
+        with self._lock:  # the heartbeat thread and the stage's own thread
+            self._write_line(task_id, now)
+
+    def _write_line(self, task_id: TaskID, now: float) -> None:
         task, mark = self._tasks[task_id], self._marks[task_id]
         mark.last, mark.last_done = now, task.completed
         done, total = task.completed, task.total
@@ -161,15 +197,26 @@ def print_table(console: Console, table) -> None:
 
 #: Loggers of the libraries seal drives, whose output (deprecation notes, load reports,
 #: TRL's per-step dicts) goes to the run's log file rather than the console.
-LIBRARY_LOGGERS = ("transformers", "trl", "peft", "datasets", "accelerate", "DeepSpeed", "torch", "py.warnings", "seal.trainer")
+LIBRARY_LOGGERS = ("transformers", "trl", "peft", "datasets", "accelerate", "DeepSpeed", "torch", "seal.trainer")
+
+
+def library_warning(category: type[Warning], filename: str) -> bool:
+    """A warning that goes to the run's log file: a deprecation (``DeprecationWarning``,
+    ``PendingDeprecationWarning``, ``FutureWarning``) or one raised from an installed
+    package's file (``site-packages``, ``dist-packages``)."""
+    return issubclass(category, DeprecationWarning | PendingDeprecationWarning | FutureWarning) or any(
+        part in filename for part in ("site-packages", "dist-packages")
+    )
 
 
 class library_output_to:
     """Context manager: the libraries' output goes to ``log_file`` (appended), not the console.
 
-    Inside it, the loggers of :data:`LIBRARY_LOGGERS` write only to ``log_file`` (Python
-    warnings too, through ``logging.captureWarnings``; TRL's per-step log dicts through the
-    ``seal.trainer`` logger, see :func:`trainer_progress`), and the progress bars of
+    Inside it, the loggers of :data:`LIBRARY_LOGGERS` write only to ``log_file`` (TRL's
+    per-step log dicts through the ``seal.trainer`` logger, see :func:`trainer_progress`), so
+    do the libraries' Python warnings (:func:`library_warning`: deprecations, and any warning
+    raised from an installed package's file; seal's own warnings stay on the console, and
+    ``warnings.catch_warnings`` / ``pytest.warns`` still record them), and the progress bars of
     transformers ('Loading weights', 'Writing model shards') and ``datasets`` (map bars) are
     off: seal's own progress lines replace them. Everything is restored on exit.
     """
@@ -189,19 +236,28 @@ class library_output_to:
             self.saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
             logger.handlers = [self.handler]
             logger.propagate = False
-            if name in ("seal.trainer", "py.warnings"):
+            if name == "seal.trainer":
                 logger.setLevel(logging.INFO)
-        logging.captureWarnings(True)
+        self.showwarning = warnings.showwarning
+        warnings.showwarning = self._show
         self.bars = (hf_logging.is_progress_bar_enabled(), ds_logging.is_progress_bar_enabled())
         hf_logging.disable_progress_bar()
         ds_logging.disable_progress_bar()
         return self
 
+    def _show(self, message, category, filename, lineno, file=None, line=None):
+        if library_warning(category, filename):
+            text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+            self.handler.emit(logging.LogRecord("py.warnings", logging.WARNING, filename, lineno, text, None, None))
+        else:
+            self.showwarning(message, category, filename, lineno, file, line)
+
     def __exit__(self, *exc):
         import datasets.utils as ds_logging
         import transformers.utils.logging as hf_logging
 
-        logging.captureWarnings(False)
+        if warnings.showwarning == self._show:
+            warnings.showwarning = self.showwarning
         for logger, handlers, propagate, level in self.saved:
             logger.handlers, logger.propagate, logger.level = handlers, propagate, level
         if self.bars[0]:

@@ -47,6 +47,23 @@ def test_line_progress_prints_a_line_per_tenth_and_at_the_end():
     assert "/s" in lines[1] and "ETA" in lines[1] and "ETA" not in lines[-1]  # a rate once units were done here
 
 
+def test_line_progress_prints_a_line_a_minute_while_a_long_unit_runs():
+    out = io.StringIO()
+    bar = LineProgress(Console(file=out, width=80), every_seconds=60.0)
+    waiting = bar.add_task("round 0: inner-loop evaluations", total=4)
+    finished = bar.add_task("round 0: sampling self-edits", total=0)  # a resumed stage with nothing left
+    start = bar._marks[waiting].last
+    bar.tick(start + 30)
+    assert len(out.getvalue().splitlines()) == 2  # the two start lines, nothing due yet
+    bar.tick(start + 61)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("round 0: inner-loop evaluations  0/4 (0 %)") and "elapsed 0:01:01" in lines[-1]
+    bar.advance(waiting, 4)
+    bar.tick(start + 200)
+    assert [line.split("  ")[0] for line in out.getvalue().splitlines()[3:]] == ["round 0: inner-loop evaluations"]  # its last line only
+    assert finished is not None
+
+
 def test_tables_do_not_wrap_in_a_log():
     out = io.StringIO()
     table = Table(title="t")

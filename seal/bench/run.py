@@ -54,7 +54,7 @@ from seal.config import (
     recipe_to_dict,
     with_defaults,
 )
-from seal.display import print_table, progress_bar
+from seal.display import library_output_to, print_table, progress_bar
 from seal.evaluate import load_eval_passages
 from seal.hparams import journal_choices, round_summary
 from seal.models import load_model, load_model_from_config
@@ -185,7 +185,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     seed_everything(seed)
     t_start = time.perf_counter()
     judge = make_judge(recipe.qa)
-    with progress_bar(console) as bar:
+    # The libraries' output (warnings, load bars) to the bench's log.txt; the console keeps seal's lines.
+    with library_output_to(run.path / "log.txt"), progress_bar(console) as bar:
         # 3. self-edits sampled now -----------------------------------------------------
         _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume)
 

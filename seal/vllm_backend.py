@@ -1,7 +1,7 @@
 """``self_edit.backend: vllm``: self-edits sampled by vLLM's offline engine instead of HF ``generate``.
 
 The reference implementation samples self-edits from a ``vllm serve`` process
-(knowledge-incorporation/src/query/query_server.py, through an OpenAI-style HTTP call);
+(knowledge-incorporation/scripts/make_squad_data.sh:32, scripts/TTT_server.sh:37, queried over HTTP);
 TRL, OpenRLHF and verl all hand generation to vLLM because it dominates RL wall time. Here
 vLLM runs *colocated*, in the ``seal train`` process: :class:`VLLMSampler` builds
 ``vllm.LLM`` on the round's policy once (the first chunk a rank samples), every chunk of the

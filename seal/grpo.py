@@ -431,7 +431,7 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     lora = LoraConfig(r=g.lora.rank, lora_alpha=g.lora.alpha, lora_dropout=g.lora.dropout, target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
     trainer_class = GRPOTrainer if recipe.rl.algorithm == "grpo" else RLOOTrainer
     tracking = tracking or Tracking([])
-    with tracking.for_trainer("grpo") as report_to:
+    with tracking.for_trainer("grpo", last=True) as report_to:
         trainer = trainer_class(
             model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, report_to), train_dataset=prompt_dataset(recipe, passages, tokenizer),
             processing_class=tokenizer, peft_config=lora, callbacks=[step_logger(reward, run, console, bar, resumed_at, tracking)],

@@ -195,17 +195,20 @@ class Tracking:
                 mlflow.log_text(markdown_table(columns, rows), f"{name}/step_{step:05d}.md")
 
     @contextlib.contextmanager
-    def for_trainer(self, subdir: str) -> Iterator[list[str]]:
+    def for_trainer(self, subdir: str, last: bool = False) -> Iterator[list[str]]:
         """``report_to`` for a TRL trainer built inside the block (transformers' TensorBoard
         callback reads its log directory, ``.../tensorboard/<run name>/<subdir>``, from
-        ``TENSORBOARD_LOGGING_DIR`` when it is built; W&B's finds the open run)."""
+        ``TENSORBOARD_LOGGING_DIR`` when it is built; W&B's and MLflow's find the open run).
+        trackio only when ``last`` (GRPO's trainer): transformers' trackio callback finishes the
+        trackio run when its training ends, so a ReST-EM round's SFT losses reach trackio
+        through the round's ``round/sft/...`` metrics instead."""
         if not self.names:
             yield []
             return
         old = os.environ.get("TENSORBOARD_LOGGING_DIR")
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.tensorboard_dir / subdir)
         try:
-            yield list(self.names)
+            yield [n for n in self.names if last or n != "trackio"]
         finally:
             if old is None:
                 os.environ.pop("TENSORBOARD_LOGGING_DIR", None)

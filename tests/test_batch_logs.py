@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import time
@@ -25,7 +26,8 @@ from train_helpers import (
 
 from seal.config import RecipeError
 from seal.display import LineProgress, print_table, progress_bar
-from seal.tracking import flatten
+from seal.rundir import RunDir
+from seal.tracking import Tracking, flatten, markdown_table
 from seal.train import train
 
 PROGRESS = re.compile(r"^round 0: (sampling self-edits|inner-loop evaluations|policy update \(SFT steps\))  (\d+)/(\d+) \(\d+ %\)", re.M)
@@ -79,6 +81,21 @@ def test_tables_do_not_wrap_in_a_log():
 
 def test_flatten_keeps_the_numbers():
     assert flatten({"a": 1, "b": {"c": 0.5, "d": None, "e": "x", "f": True}, "g": [1]}, "round/") == {"round/a": 1.0, "round/b/c": 0.5, "round/b/f": 1.0}
+
+
+def test_trainers_get_the_run_s_trackers_and_tensorboard_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    tracking = Tracking(["tensorboard", "trackio"], RunDir(tmp_path), info={"run_name": "r"})
+    with tracking.for_trainer("sft/round_1") as report_to:
+        assert report_to == ["tensorboard"]  # trackio's callback would finish the run after one SFT
+        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tracking" / "tensorboard" / "r" / "sft" / "round_1")
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ
+    with tracking.for_trainer("grpo", last=True) as report_to:
+        assert report_to == ["tensorboard", "trackio"]
+    with Tracking([]).for_trainer("grpo") as report_to:
+        assert report_to == []
+    table = markdown_table(["passage", "reward", "text"], [{"passage": 0, "reward": 0.25, "text": "a | b\nc"}])
+    assert table.splitlines() == ["| passage | reward | text |", "|---|---|---|", "| 0 | 0.250 | a \\| b c |"]
 
 
 @pytest.mark.slow

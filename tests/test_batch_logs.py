@@ -105,7 +105,7 @@ def test_a_batch_log_shows_progress_inside_each_stage_while_it_runs(tiny_squad_m
     run, log, err = tmp_path / "run", tmp_path / "log.txt", tmp_path / "err.txt"
     env = subprocess_env(TRANSFORMERS_VERBOSITY="warning")  # the libraries as chatty as by default
     env.pop("PYTHONUNBUFFERED")  # as under sbatch: seal's lines must reach the file by themselves
-    cmd = seal_train_cmd(tiny_overrides(tiny_squad_model, data_root), run)
+    cmd = seal_train_cmd(tiny_overrides(tiny_squad_model, data_root, self_edit__k=2), run)
     with open(log, "w") as out, open(err, "w") as errors:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=errors)
         try:
@@ -194,3 +194,20 @@ def test_report_to_wandb_offline_resumes_the_same_run(tiny_squad_model, data_roo
     run_id = json.loads((run / "run.json").read_text())["tracking"]["wandb_id"]
     offline = sorted((run / "tracking" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline) == 2  # both launches logged to the run of the recorded id
+
+
+def test_tracking_keys_are_result_neutral_and_the_backend_is_not(tiny_squad_model, data_root, tmp_path):
+    import yaml
+
+    from seal.config import recipe_to_dict
+    from seal.train import check_resume
+
+    recipe = tiny_recipe(tiny_squad_model, data_root)
+    old = recipe_to_dict(recipe)
+    del old["report_to"], old["tracking"]  # a run recorded before tracking existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    run = RunDir(tmp_path)
+    check_resume(run, recipe_to_dict(recipe))
+    check_resume(run, recipe_to_dict(tiny_recipe(tiny_squad_model, data_root, report_to="[tensorboard, wandb]", tracking__project="p", tracking__table_rows=5)))
+    with pytest.raises(RecipeError, match="self_edit.backend"):
+        check_resume(run, recipe_to_dict(tiny_recipe(tiny_squad_model, data_root, model__device="auto", self_edit__backend="vllm")))

@@ -90,6 +90,11 @@ def source_self_edits(
         return [list(c[:n]) for c in matched]
     self_edit_config = recipe.self_edit
     template = check_template(arg) if kind == "prompt" else self_edit_config.template
+    if self_edit_config.backend == "vllm":  # seal.vllm_backend: the same seed for every policy, per passage
+        from seal.vllm_backend import sample_texts
+
+        path = arg if kind == "policy" else recipe.model.name_or_path
+        return sample_texts(path, passages, recipe, template, n, derive_seed(seed, "evaluate", template), hint=self_edit_hint(self_edit_config, recipe.arc))
     if kind == "policy":
         model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
     else:
@@ -155,6 +160,10 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
     if config is None:
         raise RecipeError("the recipe has no 'evaluate' section (set evaluate.source=...)")
     parse_source(config.source)
+    if recipe.self_edit.backend == "vllm":
+        from seal.vllm_backend import check_vllm
+
+        check_vllm(recipe.model.device)
     passages = load_eval_passages(recipe)
     run = RunDir(out_dir)
     if run.exists():

@@ -214,3 +214,30 @@ class VLLMSampler:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def sample_texts(model_path: str, passages: Sequence[Passage], recipe, template: str, k: int, seed: int, hint: str = "") -> list[list[str]]:
+    """``seal bench`` / ``seal evaluate``'s ``policy:`` and ``prompt:`` sources with
+    ``self_edit.backend: vllm``: ``k`` self-edit texts per passage from ``model_path`` (the
+    recipe's ``self_edit`` sampling settings), passage ``i`` seeded by ``request_seed(seed, i)``,
+    so every policy draws from the same seeds (common random numbers, as the HF path); the
+    engine is torn down before returning."""
+    from transformers import GenerationConfig
+
+    from seal.models import load_tokenizer
+
+    config, model = recipe.self_edit, recipe.model
+    tokenizer = load_tokenizer(model_path, model.trust_remote_code)
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        eos = None
+    sampler = VLLMSampler(model_path, config.vllm, model.dtype, model.trust_remote_code, recipe.seed)
+    try:
+        edits = sampler.generate(
+            passages, list(range(len(passages))), tokenizer, template, k, config.temperature, config.top_p,
+            config.max_new_tokens, seed, stop_token_ids(eos, tokenizer), chat=config.chat_template, hint=hint,
+        )  # fmt: skip
+    finally:
+        sampler.close()
+    return [[e.text for e in per] for per in edits]

@@ -108,3 +108,19 @@ def test_grpo_passes_vllm_through_to_trl(tiny_squad_model, data_root, tmp_path):
     recipe = tiny_recipe(tiny_squad_model, data_root, model__device="auto", self_edit__backend="vllm", self_edit__vllm__gpu_memory_utilization=0.25, **extra)
     args = trl_config(recipe, tmp_path)
     assert args.use_vllm and args.vllm_mode == "colocate" and args.vllm_gpu_memory_utilization == 0.25
+
+
+def test_bench_and_evaluate_refuse_vllm_on_a_cpu_before_writing(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    from seal.bench.run import bench
+    from seal.evaluate import evaluate
+
+    repo = RECIPE.parent
+    recipe = load_recipe(repo / "bench_squad_tiny_cpu.yaml", ["model.device=auto", "self_edit.backend=vllm"])
+    with pytest.raises(RecipeError, match="needs a CUDA device"):
+        bench(recipe, tmp_path / "bench", console=Console(file=io.StringIO()))
+    recipe = load_recipe(RECIPE, ["model.device=auto", "self_edit.backend=vllm", "evaluate.source=policy:some/model"])
+    with pytest.raises(RecipeError, match="needs a CUDA device"):
+        evaluate(recipe, tmp_path / "eval", console=Console(file=io.StringIO()))
+    assert not (tmp_path / "bench").exists() and not (tmp_path / "eval").exists()

@@ -138,6 +138,10 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     if cfg is None:
         raise RecipeError("the recipe has no 'bench' section (see recipes/bench_squad_tiny_cpu.yaml)")
     seed = recipe.seed if cfg.seed is None else cfg.seed
+    if recipe.self_edit.backend == "vllm":  # policy: / prompt: sources sampled by vLLM (seal.vllm_backend)
+        from seal.vllm_backend import check_vllm
+
+        check_vllm(recipe.model.device)
     run = RunDir(out_dir)
     config = recipe_to_dict(recipe)
     if resume:

@@ -116,7 +116,10 @@ class LineProgress(Progress):
 
     def _beat(self) -> None:
         while not self._stopped.wait(1.0):
-            self.tick(time.monotonic())
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # a closed console at shutdown: progress lines are not worth a traceback
+                return
 
     def tick(self, now: float) -> None:
         """A line for every unfinished task whose last line is ``every_seconds`` old at ``now``."""

@@ -43,6 +43,7 @@ from seal.scoring import (
 )
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
+from seal.vllm_backend import check_vllm, sample_texts
 
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:
@@ -91,8 +92,6 @@ def source_self_edits(
     self_edit_config = recipe.self_edit
     template = check_template(arg) if kind == "prompt" else self_edit_config.template
     if self_edit_config.backend == "vllm":  # seal.vllm_backend: the same seed for every policy, per passage
-        from seal.vllm_backend import sample_texts
-
         path = arg if kind == "policy" else recipe.model.name_or_path
         return sample_texts(path, passages, recipe, template, n, derive_seed(seed, "evaluate", template), hint=self_edit_hint(self_edit_config, recipe.arc))
     if kind == "policy":
@@ -161,8 +160,6 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
         raise RecipeError("the recipe has no 'evaluate' section (set evaluate.source=...)")
     parse_source(config.source)
     if recipe.self_edit.backend == "vllm":
-        from seal.vllm_backend import check_vllm
-
         check_vllm(recipe.model.device)
     passages = load_eval_passages(recipe)
     run = RunDir(out_dir)

@@ -69,6 +69,7 @@ from seal.self_edits import (
 )
 from seal.sharding import shard_model
 from seal.tracking import Tracking
+from seal.vllm_backend import VLLMSampler, stop_token_ids
 
 Unit = TypeVar("Unit", bound=Sequence)
 Key = TypeVar("Key", bound=Hashable)
@@ -300,8 +301,6 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 
     sampler = None
     if config.backend == "vllm":  # seal.vllm_backend: one engine on the round's policy, torn down below
-        from seal.vllm_backend import VLLMSampler, stop_token_ids
-
         sampler = VLLMSampler(round_.policy, config.vllm, recipe.model.dtype, recipe.model.trust_remote_code, recipe.seed)
         stop_ids = stop_token_ids(round_.model.generation_config.eos_token_id, round_.tokenizer)
 

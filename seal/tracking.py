@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seal.config import RecipeError, recipe_to_dict
 from seal.rundir import RunDir, read_json_or_none, write_json_atomic
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
@@ -60,10 +62,6 @@ def flatten(values: dict, prefix: str = "") -> dict[str, float]:
 
 def check_installed(names: list[str]) -> None:
     """Raise ``RecipeError`` naming the package to install for a tracker that is missing."""
-    import importlib.util
-
-    from seal.config import RecipeError
-
     missing = [n for n in names if importlib.util.find_spec(PACKAGES[n]) is None]
     if missing:
         raise RecipeError(
@@ -127,8 +125,6 @@ class Tracking:
         record["tracking"] = info
         write_json_atomic(path, record)
         if not resumed:
-            from seal.config import recipe_to_dict
-
             tracking.log_config(recipe_to_dict(recipe))
         return tracking
 

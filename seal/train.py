@@ -122,6 +122,7 @@ from seal.stages import (
     selection_stage,
 )
 from seal.tracking import Tracking, check_installed, track_round
+from seal.vllm_backend import check_vllm
 
 # Keys a resume may change: those of speed or bookkeeping, and rl.rounds (more rounds extend a
 # run; finished rounds are unaffected).
@@ -238,8 +239,6 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
     check_installed(recipe.report_to)
     if recipe.self_edit.backend == "vllm":  # before anything is written
-        from seal.vllm_backend import check_vllm
-
         check_vllm(recipe.model.device, dist.world_size, recipe.model.shard)
 
     def open_run() -> None:

@@ -45,7 +45,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from seal.config import RecipeError
 from seal.data import Passage
+from seal.models import load_tokenizer
 from seal.prompts import self_edit_prompt
 from seal.seeding import derive_seed
 from seal.self_edits import SelfEdit
@@ -59,8 +61,6 @@ def check_vllm(device: str = "auto", world_size: int = 1, shard: str = "none") -
             is the CPU, more than one process or a sharded model (one colocated engine per
             process is not wired in this version), or vLLM is not installed.
     """
-    from seal.config import RecipeError
-
     if device == "cpu" or device.startswith("cpu"):
         raise RecipeError("self_edit.backend vllm runs on a CUDA GPU; model.device is 'cpu' (use self_edit.backend=hf on a CPU)")
     import torch
@@ -223,8 +223,6 @@ def sample_texts(model_path: str, passages: Sequence[Passage], recipe, template:
     so every policy draws from the same seeds (common random numbers, as the HF path); the
     engine is torn down before returning."""
     from transformers import GenerationConfig
-
-    from seal.models import load_tokenizer
 
     config, model = recipe.self_edit, recipe.model
     tokenizer = load_tokenizer(model_path, model.trust_remote_code)

@@ -62,6 +62,7 @@ from seal.prepare import ensure_model
 from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
+from seal.vllm_backend import check_vllm
 
 # A bench adds no keys of its own that a resume may change.
 RESUMABLE_KEYS = RESULT_NEUTRAL_KEYS
@@ -139,8 +140,6 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         raise RecipeError("the recipe has no 'bench' section (see recipes/bench_squad_tiny_cpu.yaml)")
     seed = recipe.seed if cfg.seed is None else cfg.seed
     if recipe.self_edit.backend == "vllm":  # policy: / prompt: sources sampled by vLLM (seal.vllm_backend)
-        from seal.vllm_backend import check_vllm
-
         check_vllm(recipe.model.device)
     run = RunDir(out_dir)
     config = recipe_to_dict(recipe)

@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from seal.config import RecipeError, recipe_to_dict
 from seal.rundir import RunDir, read_json_or_none, write_json_atomic
 
@@ -151,9 +153,7 @@ class Tracking:
 
     def log_config(self, config: dict) -> None:
         """The resolved recipe: as hyperparameters (W&B, trackio, MLflow) or text (TensorBoard)."""
-        import yaml
-
-        flat = {k: v for k, v in _flat_config(config).items()}
+        flat = _flat_config(config)
         for tracker in self.trackers:
             if tracker.name == "tensorboard":
                 tracker.log({"recipe": "```\n" + yaml.safe_dump(config, sort_keys=False) + "```"}, step=0)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path, checked and measured in one go (issue 14): the `gpu` tests, then the
-# inner-loop benchmark on random-weight Qwen2.5 architectures (no download), writing
+# inner-loop benchmark on random-weight Qwen2.5 architectures (no download), then
+# self-edit sampling HF vs vLLM (benchmarks/self_edit_backends.py, issue 22), writing
 # everything to one folder.
 #
 #   bash benchmarks/gpu_check.sh [OUT]          # OUT default: benchmarks/results/gpu-<UTC time>
@@ -108,6 +109,26 @@ for size in $SIZES; do
     { echo; echo "## $name: FAILED (exit $rc; 124 = timed out after ${STEP_TIMEOUT}s), last lines:"; echo; echo '```'; tail -15 "$OUT/$name.log"; echo '```'; } >> "$SUMMARY"
   fi
 done
+
+# ---------------------------------------------------------------- self-edit sampling: HF vs vLLM
+# Self-edits per second through seal's two backends (self_edit.backend hf | vllm) on the
+# first of SIZES (random weights); vLLM skipped with a note when it is not installed.
+# Knobs: SELF_EDIT_PASSAGES=64 SELF_EDIT_K=5 SELF_EDIT_TOKENS=256
+size=${SIZES%% *}
+vllm_flag=()
+"$PYTHON" -c "import vllm" 2>/dev/null || { vllm_flag=(--skip-vllm); log "vLLM is not installed: HF self-edit sampling only (pip install 'seal[vllm]')"; }
+log "benchmark self-edit sampling qwen2.5-$size: HF vs vLLM ${vllm_flag[*]:-}"
+timeout "$STEP_TIMEOUT" "$PYTHON" benchmarks/self_edit_backends.py --model-config "qwen2.5-$size" \
+  --n-passages "${SELF_EDIT_PASSAGES:-64}" --k "${SELF_EDIT_K:-5}" --max-new-tokens "${SELF_EDIT_TOKENS:-256}" \
+  "${vllm_flag[@]}" --output "$OUT/self_edits" > "$OUT/self_edits.log" 2>&1
+rc=$?
+tail -8 "$OUT/self_edits.log"
+if [ "$rc" -eq 0 ] && [ -f "$OUT/self_edits/self_edit_backends.md" ]; then
+  { echo; echo "## self-edit sampling"; echo; sed 1,2d "$OUT/self_edits/self_edit_backends.md"; } >> "$SUMMARY"
+else
+  failed=1
+  { echo; echo "## self-edit sampling: FAILED (exit $rc), last lines:"; echo; echo '```'; tail -15 "$OUT/self_edits.log"; echo '```'; } >> "$SUMMARY"
+fi
 
 log "done (failed=$failed); results in $OUT, summary in $SUMMARY"
 exit "$failed"

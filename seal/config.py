@@ -95,6 +95,20 @@ class DataConfig(Section):
     )
 
 
+class VLLMConfig(Section):
+    """``self_edit.backend: vllm``: the colocated vLLM engine that samples self-edits
+    (``seal/vllm_backend.py``); with ``rl.algorithm: grpo | rloo``, TRL's own vLLM generation."""
+
+    gpu_memory_utilization: float = Field(
+        0.4, gt=0, le=1, description="Share of the GPU's memory vLLM may take (weights + KV cache); the HF policy and the inner loop share the rest."
+    )
+    max_model_len: int | None = Field(None, ge=16, description="vLLM's context length (None: the model's); lower it to fit the KV cache.")
+    enforce_eager: bool = Field(False, description="No CUDA graphs (faster start, slower decoding).")
+    mode: Literal["colocate", "server"] = Field(
+        "colocate", description="GRPO / RLOO only: TRL's vllm_mode ('server': a `trl vllm-serve` process you start yourself)."
+    )
+
+
 class SelfEditConfig(Section):
     """Self-edit sampling from the policy (paper Section 3.1 and Appendix B.2)."""
 
@@ -110,6 +124,11 @@ class SelfEditConfig(Section):
         False, description="One training text per line of the self-edit (reference: `split_newlines`)."
     )
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call when sampling self-edits.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="What samples self-edits: 'hf' (transformers generate; CPU or GPU) or 'vllm' (vLLM's offline engine, colocated; CUDA only, the `vllm` extra; seeds per passage, other samples than hf: seal/vllm_backend.py). With rl.algorithm grpo/rloo: TRL's use_vllm.",
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Settings of backend 'vllm'.")
     hparams: HparamsConfig = Field(
         default_factory=HparamsConfig, description="Hyperparameter self-edits: inner-loop settings the policy may choose (off by default)."
     )
@@ -307,6 +326,16 @@ class DiagnosticsConfig(Section):
     )
 
 
+class TrackingConfig(Section):
+    """Experiment tracking (``seal/tracking.py``); the trackers themselves are the top-level
+    ``report_to``. Result-neutral: a resumed run may change any of it."""
+
+    project: str | None = Field(None, description="Tracker project (W&B project, MLflow experiment, trackio project). None: the recipe's name.")
+    table_rows: int | None = Field(
+        200, ge=1, description="Rows at most of each round's table of sampled self-edits and their rewards (None: all)."
+    )
+
+
 class EvaluateConfig(Section):
     """`seal evaluate`: score one source of inner-loop training data on evaluation passages."""
 
@@ -332,6 +361,11 @@ class Recipe(Section):
     diagnostics: DiagnosticsConfig = Field(
         default_factory=DiagnosticsConfig, description="Diagnostics of each `seal train` round's self-edits (result-neutral)."
     )
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = Field(
+        default_factory=list,
+        description="`seal train`'s experiment trackers (accelerate's tracker classes; TRL's trainers get the same list): round / GRPO-step metrics, the SFT and GRPO losses, a table of sampled self-edits. [] (default): none. Files under RUN_DIR/tracking; the tracker run's id in run.json, so --resume continues it. Needs the tracker's package (the `tracking` extra).",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Settings of the trackers of report_to.")
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
     arc: ArcSection | None = Field(
@@ -358,6 +392,12 @@ class Recipe(Section):
                 f"rl.grpo.batch_size ({grpo.batch_size}) must divide prompts_per_step x num_generations "
                 f"({grpo.prompts_per_step} x {grpo.num_generations})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_needs_a_gpu(self) -> Recipe:
+        if self.self_edit.backend == "vllm" and self.model.device.startswith("cpu"):
+            raise ValueError("self_edit.backend vllm runs on a CUDA GPU and model.device is 'cpu'; use self_edit.backend=hf on a CPU")
         return self
 
     @model_validator(mode="after")
@@ -576,6 +616,10 @@ RESULT_NEUTRAL_KEYS = frozenset(
         # read-only observers; "diagnostics" itself: a run recorded before the section existed
         "diagnostics",
         *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),
+        # experiment tracking observes; "tracking" itself: a run recorded before the section existed
+        "report_to",
+        "tracking",
+        *(f"tracking.{name}" for name in TrackingConfig.model_fields),
     }
 )
 

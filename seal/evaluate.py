@@ -46,6 +46,7 @@ from seal.scoring import (
 )
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
+from seal.vllm_backend import check_vllm, sample_texts
 
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:
@@ -93,6 +94,9 @@ def source_self_edits(
         return [list(c[:n]) for c in matched]
     self_edit_config = recipe.self_edit
     template = check_template(arg) if kind == "prompt" else self_edit_config.template
+    if self_edit_config.backend == "vllm":  # seal.vllm_backend: the same seed for every policy, per passage
+        path = arg if kind == "policy" else recipe.model.name_or_path
+        return sample_texts(path, passages, recipe, template, n, derive_seed(seed, "evaluate", template), hint=self_edit_hint(self_edit_config, recipe.arc))
     if kind == "policy":
         model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
     else:
@@ -166,6 +170,8 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
         raise RecipeError("the recipe has no 'evaluate' section (set evaluate.source=...)")
     parse_source(config.source)
     check_recipe(recipe)  # seal.preflight: every setting, before any work
+    if recipe.self_edit.backend == "vllm":
+        check_vllm(recipe.model.device)
     passages = load_eval_passages(recipe)
     check_model(recipe, ["inner.lora"])
     run = RunDir(out_dir)

@@ -119,6 +119,7 @@ from seal.scoring import (
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.stages import Round, baselines_stage, open_round, run_stage
+from seal.tracking import Tracking
 
 
 def completion_hash(text: str) -> str:
@@ -344,11 +345,15 @@ def check_processes(recipe: Recipe, world_size: int) -> None:
         )
 
 
-def trl_config(recipe: Recipe, out_dir: Path, world_size: int = 1):
+def trl_config(recipe: Recipe, out_dir: Path, world_size: int = 1, report_to: list[str] | None = None):
     """TRL's ``GRPOConfig`` (``RLOOConfig`` for rloo) from ``rl.grpo``: one generation per
     optimizer step (gradient accumulation over ``prompts_per_step x num_generations /
     (batch_size x world_size)`` passes per process), checkpoints every ``save_steps``, seeded
-    from the recipe seed."""
+    from the recipe seed. ``report_to``: TRL's trackers (``seal.tracking.Tracking.for_trainer``);
+    with W&B or trackio among them TRL's ``log_completions`` table of sampled completions is on
+    too. ``self_edit.backend: vllm``: TRL's ``use_vllm`` with ``vllm_mode`` =
+    ``self_edit.vllm.mode`` (TRL seeds vLLM from the config's seed; its samples are not the HF
+    path's)."""
     # Here, not at the top (as below): torch, TRL, PEFT and datasets take seconds to import,
     # and `seal train` with ReST-EM, the CLI's --help and its errors need none of them.
     import torch
@@ -376,20 +381,28 @@ def trl_config(recipe: Recipe, out_dir: Path, world_size: int = 1):
         save_total_limit=g.keep_checkpoints,
         seed=seed,
         data_seed=seed,
-        report_to=[],
+        report_to=list(report_to or []),
         disable_tqdm=True,
         remove_unused_columns=False,
         shuffle_dataset=False,  # prompt_dataset is in passage_order already
         use_cpu=not torch.cuda.is_available(),
     )
+    if se.backend == "vllm":  # TRL generates with vLLM (its own engine, weights synced each step)
+        kwargs.update(use_vllm=True, vllm_mode=se.vllm.mode, vllm_gpu_memory_utilization=se.vllm.gpu_memory_utilization)
+        if se.vllm.max_model_len is not None:
+            kwargs["vllm_max_model_length"] = se.vllm.max_model_len
+    if {"wandb", "trackio"} & set(report_to or []):
+        kwargs["log_completions"] = True  # TRL's table of completions, rewards and advantages
     if recipe.rl.algorithm == "grpo":
         return GRPOConfig(loss_type=g.loss_type, **kwargs)
     return RLOOConfig(**kwargs)
 
 
-def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Progress, resumed_at: int):
+def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Progress, resumed_at: int, tracking: Tracking | None = None):
     """A ``transformers.TrainerCallback``: on each TRL log, a ``metrics.jsonl`` line
-    (:func:`step_metrics`) and a console line; the progress bar follows the steps."""
+    (:func:`step_metrics`) and a console line, and to the trackers (``grpo/...`` at the step,
+    and the table of the steps' completions with their rewards); the progress bar follows the steps."""
+    tracking = tracking or Tracking([])
     from transformers import TrainerCallback
 
     steps = reward.round.recipe.rl.grpo.steps
@@ -425,6 +438,11 @@ def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Pro
                 self.first, self.previous = self.first or d, d
             if is_main:
                 append_jsonl(run.metrics, row)
+                tracking.log({k: v for k, v in row.items() if k not in ("steps", "trl")}, step=state.global_step, prefix="grpo/")
+                tracking.log_self_edits(state.global_step, [
+                    {"step": s, "passage": p, "self_edit": i, "reward": r, "text": text}
+                    for s in covered for i, (p, r, text) in enumerate(zip(reward.steps[s].passages, reward.steps[s].rewards, reward.steps[s].texts, strict=True))
+                ])  # fmt: skip
             kl = "" if row["kl"] is None else f", kl {row['kl']:.4f}"
             console.print(
                 f"step {state.global_step}/{steps}: mean reward {percent(row['mean_reward'], points=True)}, "
@@ -471,9 +489,9 @@ def prompt_dataset(recipe: Recipe, passages: list[Passage], tokenizer):
     return Dataset.from_list([{"prompt": prompts[i], "passage": i} for i in passage_order(recipe, len(passages))])
 
 
-def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress, console: Console, dist: Dist) -> str:
+def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress, console: Console, dist: Dist, tracking: Tracking | None = None) -> str:
     """Train the policy with TRL's GRPO (or RLOO) and seal's inner-loop reward; returns the
-    merged policy's path (``grpo/policy``). Resumes from the last checkpoint when one exists
+    merged policy's path (``grpo/policy``). ``tracking``: the run's trackers (``report_to``). Resumes from the last checkpoint when one exists
     (``seal train --resume``); a finished run (``grpo/train.json``) is returned as is.
 
     Every process calls it (many processes: see the module docstring); the main process alone
@@ -498,7 +516,7 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
         return str(policy_dir)
 
     # The learner (inner.learner: base) and its baselines, as a ReST-EM round 0 computes them.
-    round_ = Round(recipe, run, 0, recipe.model.name_or_path, passages, dist, console, bar)
+    round_ = Round(recipe, run, 0, recipe.model.name_or_path, passages, dist, console, bar, tracking=tracking)
     open_round(round_)
     baselines = baselines_stage(round_)
     if dist.distributed:  # the baselines the other processes journaled, into journal.jsonl
@@ -523,10 +541,12 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     )
     lora = LoraConfig(r=g.lora.rank, lora_alpha=g.lora.alpha, lora_dropout=g.lora.dropout, target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
     trainer_class = GRPOTrainer if recipe.rl.algorithm == "grpo" else RLOOTrainer
-    trainer = trainer_class(
-        model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size), train_dataset=prompt_dataset(recipe, passages, tokenizer),
-        processing_class=tokenizer, peft_config=lora, callbacks=[step_logger(reward, run, console, bar, resumed_at)],
-    )  # fmt: skip
+    tracking = tracking or Tracking([])
+    with tracking.for_trainer("grpo", last=True) as report_to:
+        trainer = trainer_class(
+            model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size, report_to), train_dataset=prompt_dataset(recipe, passages, tokenizer),
+            processing_class=tokenizer, peft_config=lora, callbacks=[step_logger(reward, run, console, bar, resumed_at, tracking)],
+        )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # TRL's raw log dicts: step_logger prints the steps instead
     console.print(
         f"{recipe.rl.algorithm}: {g.steps} steps x {g.prompts_per_step} passages x {g.num_generations} completions "

@@ -198,6 +198,8 @@ def update_policy(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     work_dir: str | os.PathLike | None = None,
+    report_to: Sequence[str] = (),
+    callbacks: Sequence = (),
     world_size: int = 1,
 ) -> dict:
     """The M-step: LoRA-SFT the policy on ``rows``, merge, and save the merged model to ``out_dir``.
@@ -206,6 +208,10 @@ def update_policy(
     under ``accelerate launch`` / DeepSpeed as TRL does (``cfg.deepspeed``). The adapter is
     saved by the trainer (which gathers ZeRO-3 shards), then merged into a fresh copy of the
     policy on the main process and written atomically: ``out_dir`` appears whole or not at all.
+
+    ``report_to``: TRL's trackers for the SFT's losses (``seal.tracking.Tracking.for_trainer``);
+    ``callbacks``: extra ``TrainerCallback`` s (``seal.display.trainer_progress``: then TRL's
+    ``PrinterCallback``, a dict per step on stdout, is removed).
 
     ``world_size`` is the number of processes training together (data-parallel): with
     ``cfg.global_batch_size`` it sets the gradient accumulation (:func:`sft_grad_accum_steps`).
@@ -221,7 +227,7 @@ def update_policy(
     # needs them (select_best and sft_rows stay cheap to import).
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
@@ -247,7 +253,7 @@ def update_policy(
         deepspeed=cfg.deepspeed,
         completion_only_loss=True,
         save_strategy="no",
-        report_to=[],
+        report_to=list(report_to),
         logging_steps=1,
         seed=seed,
         data_seed=seed,
@@ -262,8 +268,11 @@ def update_policy(
         task_type="CAUSAL_LM",
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(list(rows)), processing_class=tok, peft_config=peft_cfg
+        model=model, args=args, train_dataset=Dataset.from_list(list(rows)), processing_class=tok, peft_config=peft_cfg,
+        callbacks=list(callbacks) or None,
     )
+    if callbacks:
+        trainer.remove_callback(PrinterCallback)
     result = trainer.train()
     adapter_dir = work / "adapter"
     trainer.save_model(str(adapter_dir))

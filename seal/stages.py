@@ -32,7 +32,7 @@ from seal.arc.self_edit import read_configuration, resample_self_edits
 from seal.config import Recipe
 from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
-from seal.display import percent
+from seal.display import percent, trainer_progress
 from seal.distributed import Dist
 from seal.hparams import round_summary as hparams_round_summary
 from seal.hparams import split_block
@@ -70,6 +70,8 @@ from seal.self_edits import (
     self_edits_to_json,
 )
 from seal.sharding import shard_model
+from seal.tracking import Tracking
+from seal.vllm_backend import VLLMSampler, stop_token_ids
 
 Unit = TypeVar("Unit", bound=Sequence)
 Key = TypeVar("Key", bound=Hashable)
@@ -93,6 +95,7 @@ class Round:
         timing: this launch's wall seconds per stage on the main process (a timing field of the
             metrics, see ``seal.train.TIMING_FIELDS``).
         started: ``time.perf_counter()`` when the round's work began in this launch.
+        tracking: the run's experiment trackers (``seal.tracking.Tracking``; None: none).
     """
 
     recipe: Recipe
@@ -109,6 +112,7 @@ class Round:
     journal: list[dict] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    tracking: Any = None
 
     @property
     def dir(self) -> Path:
@@ -289,7 +293,8 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     """Step 1: ``self_edit.k`` self-edits per passage from the round's policy, sampled once and
     saved (``round_k/self_edits.json``, reused on resume). Units: chunks of
     ``self_edit.batch_size`` passages (each seeded from the recipe seed, the round and its
-    first passage's index)."""
+    first passage's index; with ``self_edit.backend: vllm`` each passage from its own index,
+    ``seal.vllm_backend``)."""
     recipe, passages, config = round_.recipe, round_.passages, round_.recipe.self_edit
     hint = self_edit_hint(config, recipe.arc)
     path = round_.dir / "self_edits.json"
@@ -297,7 +302,17 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     if saved is not None:
         return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template, hint)
 
+    sampler = None
+    if config.backend == "vllm":  # seal.vllm_backend: one engine on the round's policy, torn down below
+        sampler = VLLMSampler(round_.policy, config.vllm, recipe.model.dtype, recipe.model.trust_remote_code, recipe.seed)
+        stop_ids = stop_token_ids(round_.model.generation_config.eos_token_id, round_.tokenizer)
+
     def draw(unit: list[int], seed: int) -> list[list[SelfEdit]]:
+        if sampler is not None:
+            return sampler.generate(
+                [passages[i] for i in unit], unit, round_.tokenizer, config.template, config.k, config.temperature, config.top_p,
+                config.max_new_tokens, seed, stop_ids, chat=config.chat_template, hint=hint,
+            )  # fmt: skip
         return generate_self_edits(
             round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
             config.top_p, config.max_new_tokens, seed=seed,
@@ -313,7 +328,11 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 
     n = len(passages)
     units = [list(range(s, min(s + config.batch_size, n))) for s in range(0, n, config.batch_size)]
-    done, _ = run_stage(round_, units, sample, {}, progress="sampling self-edits")
+    try:
+        done, _ = run_stage(round_, units, sample, {}, progress="sampling self-edits")
+    finally:
+        if sampler is not None:
+            sampler.close()  # GPU memory back before the baselines and the inner loop
     self_edits = [done[i] for i in range(n)]
     if round_.dist.is_main:
         write_json_atomic(path, self_edits_to_json(passages, self_edits))
@@ -524,11 +543,14 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     # generator, whose state would otherwise depend on what this process did before.
     seed_everything(derive_seed(recipe.seed, "sft", round_index))
     work = round_.dir / ".policy.sft"
-    sft_stats = update_policy(
-        round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
-        dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
-        world_size=round_.dist.world_size,
-    )  # fmt: skip
+    tracking = round_.tracking or Tracking([])
+    with tracking.for_trainer(f"sft/round_{round_index}") as report_to:
+        sft_stats = update_policy(
+            round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
+            dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
+            world_size=round_.dist.world_size,
+            report_to=report_to, callbacks=[trainer_progress(round_.bar, f"round {round_index}: policy update (SFT steps)")],
+        )  # fmt: skip
     _unset_deepspeed()
     free_memory()
     round_.timing["sft_s"] = sft_stats.get("seconds")

@@ -106,7 +106,7 @@ from seal.config import (
     with_defaults,
 )
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, resolve_data_path
-from seal.display import progress_bar
+from seal.display import library_output_to, progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import check_processes, run_grpo
 from seal.preflight import check_model, check_recipe, train_lora_keys
@@ -126,6 +126,8 @@ from seal.stages import (
     sample_stage,
     selection_stage,
 )
+from seal.tracking import Tracking, check_installed, track_round
+from seal.vllm_backend import check_vllm
 
 # Keys a resume may change: those of speed or bookkeeping, and rl.rounds (more rounds extend a
 # run; finished rounds are unaffected).
@@ -239,11 +241,13 @@ def check_resume(run: RunDir, config: dict) -> None:
 
 
 def run_round(
-    recipe: Recipe, run: RunDir, round_index: int, policy: str, passages: list[Passage], bar: Progress, console: Console, dist: Dist | None = None
+    recipe: Recipe, run: RunDir, round_index: int, policy: str, passages: list[Passage], bar: Progress, console: Console, dist: Dist | None = None,
+    tracking: Tracking | None = None,
 ) -> str:
     """One ReST-EM round with ``policy`` as policy and (``inner.learner: policy``) inner-loop
-    model; returns the next policy. Each stage resumes what an earlier launch finished."""
-    round_ = Round(recipe, run, round_index, policy, passages, dist or get_dist(), console, bar)
+    model; returns the next policy. Each stage resumes what an earlier launch finished.
+    ``tracking``: the run's trackers (``report_to``), given the round's metrics and self-edits."""
+    round_ = Round(recipe, run, round_index, policy, passages, dist or get_dist(), console, bar, tracking=tracking or Tracking([]))
     reused = finished_round(round_)
     if reused is not None:
         return reused
@@ -254,7 +258,9 @@ def run_round(
     selection = selection_stage(round_, self_edits, records)
     sft_stats, next_policy = policy_update_stage(round_, selection.rows)
     diagnostics = diagnostics_stage(round_, self_edits, selection)
-    metrics_stage(round_, round_metrics(round_, self_edits, baseline_records, records, selection, sft_stats, next_policy, diagnostics))
+    metrics = round_metrics(round_, self_edits, baseline_records, records, selection, sft_stats, next_policy, diagnostics)
+    metrics_stage(round_, metrics)
+    track_round(round_.tracking, metrics, self_edits, selection.rewards, selection.kept)
     return next_policy
 
 
@@ -298,6 +304,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     """
     dist = get_dist()
     console = console or Console()
+    if not console.is_terminal:
+        console.soft_wrap = True  # a batch log: one line per message, never reflowed at 80 columns
     if not dist.is_main:
         console = Console(quiet=True)
     run = RunDir(dist.broadcast(str(run_dir)))
@@ -314,6 +322,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         check_processes(recipe, dist.world_size)
         if recipe.model.shard != "none":
             raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} with model.shard {recipe.model.shard} is not supported; use model.shard=none")
+    check_installed(recipe.report_to)
+    if recipe.self_edit.backend == "vllm":  # before anything is written
+        check_vllm(recipe.model.device, dist.world_size, recipe.model.shard)
 
     def open_run() -> None:
         if resume:
@@ -325,17 +336,33 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         _record_launch(run, dist, resume)
 
     dist.main_decides(open_run)
+    # The libraries' own output (warnings, load reports, TRL's step dicts) goes to the run's
+    # log file; the console keeps seal's lines.
+    with library_output_to(run.path / ("log.txt" if dist.is_main else f"log.rank{dist.rank}.txt")):
+        tracking = Tracking.start(recipe, run, dist.is_main)
+        try:
+            _run(recipe, run, passages, round_passages, resume, console, dist, tracking)
+        finally:
+            tracking.finish()
+    return run.path
+
+
+def _run(
+    recipe: Recipe, run: RunDir, passages: list[Passage] | None, round_passages: list[list[Passage]], resume: bool, console: Console, dist: Dist,
+    tracking: Tracking,
+) -> None:
+    """:func:`train`'s rounds (or GRPO / RLOO steps, on ``passages``) once the run directory is open."""
     if resume:
         console.print(f"resuming {run.path}")
     where = f", {dist.world_size} processes ({dist.backend})" if dist.distributed else ""
     if recipe.rl.algorithm != "restem":
         console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps{where})")
         with progress_bar(console) as bar:
-            policy = run_grpo(recipe, run, passages, bar, console, dist)
+            policy = run_grpo(recipe, run, passages, bar, console, dist, tracking)
         if dist.is_main:
             write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
         dist.barrier()
-        return run.path
+        return
     if recipe.data.passage_schedule == "fresh":
         counts = f"{' + '.join(str(len(p)) for p in round_passages)} passages, fresh each round"
     else:
@@ -344,8 +371,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     policy = recipe.model.name_or_path
     with progress_bar(console) as bar:
         for round_index in range(recipe.rl.rounds):
-            policy = run_round(recipe, run, round_index, policy, round_passages[round_index], bar, console, dist)
+            policy = run_round(recipe, run, round_index, policy, round_passages[round_index], bar, console, dist, tracking)
     if dist.is_main:
         write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
     dist.barrier()
-    return run.path

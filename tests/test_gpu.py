@@ -166,3 +166,59 @@ def test_seal_train_round_on_cuda(tiny_squad_model, data_root, tmp_path, dtype):
     assert len(evals) == 4 and all(r["error"] is None for r in evals)
     assert (run / "round_0" / "metrics.json").is_file()
     assert (run / "round_0" / "policy").is_dir()
+
+
+@pytest.fixture(scope="module")
+def vllm_model(tmp_path_factory, squad_train):
+    """A tiny random Llama that vLLM can serve (head size 64), with its BPE tokenizer."""
+    pytest.importorskip("vllm", reason="self_edit.backend vllm needs vLLM (pip install 'seal[vllm]')")
+    from seal.models import build_tiny_model
+
+    texts = [t for p in squad_train[:40] for t in (p.title, p.context, *(q.question + " " + q.answer for q in p.questions))]
+    return build_tiny_model(tmp_path_factory.mktemp("vllm") / "model", texts, vocab_size=512, hidden_size=128, num_layers=2, num_heads=2)
+
+
+@pytest.mark.timeout(600)
+def test_vllm_self_edits_are_seeded_per_passage_and_memory_is_handed_back(vllm_model, squad_train):
+    """seal.vllm_backend on the engine: a passage's k samples depend on its identity only (the
+    same whether it is sampled with three other passages or alone, in a second engine), the
+    counts follow the request, and close() gives the GPU memory back."""
+    from seal.config import VLLMConfig
+    from seal.vllm_backend import VLLMSampler, stop_token_ids
+
+    tok = load_tokenizer(vllm_model)
+    settings = VLLMConfig(gpu_memory_utilization=0.2, max_model_len=1024, enforce_eager=True)
+    free_before = torch.cuda.mem_get_info()[0]
+    args = dict(tokenizer=tok, template="implications", k=3, temperature=1.0, top_p=0.95, max_new_tokens=48, seed=5, stop_ids=stop_token_ids(None, tok))
+    sampler = VLLMSampler(vllm_model, settings, dtype="float32")
+    four = sampler.generate(squad_train[:4], [0, 1, 2, 3], **args)
+    again = sampler.generate(squad_train[2:3], [2], **args)
+    sampler.close()
+    assert torch.cuda.mem_get_info()[0] > free_before - 2**30  # within 1 GiB of where it started
+    assert [len(edits) for edits in four] == [3, 3, 3, 3]
+    assert again[0] == four[2]
+    assert len({e.text for e in four[0]}) > 1  # k samples, not k copies
+
+
+@pytest.mark.timeout(600)
+def test_seal_train_round_with_vllm_self_edits(vllm_model, data_root, tmp_path):
+    """One tiny ``seal train`` round with ``self_edit.backend=vllm``: self-edits from vLLM, then
+    the HF inner loop on the same GPU after the engine was torn down."""
+    pytest.importorskip("trl", reason="seal train's policy update (ReST-EM M-step) needs TRL")
+    from train_helpers import RECIPE, tiny_overrides
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.rundir import read_json, read_jsonl
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        vllm_model, data_root, model__device="cuda", self_edit__k=2, inner__batch_adapters=2, self_edit__backend="vllm",
+        self_edit__vllm__gpu_memory_utilization=0.2, self_edit__vllm__max_model_len=1024, self_edit__vllm__enforce_eager="true",
+    )  # fmt: skip
+    res = CliRunner().invoke(app, ["train", str(RECIPE), *overrides, "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    rows = read_json(run / "round_0" / "self_edits.json")
+    assert [len(r["completions"]) for r in rows] == [2, 2]
+    evals = [r for r in read_jsonl(run / "journal.jsonl") if r["kind"] == "evaluation"]
+    assert len(evals) == 4 and all(r["error"] is None for r in evals)

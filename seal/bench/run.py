@@ -60,7 +60,7 @@ from seal.config import (
     recipe_to_dict,
     with_defaults,
 )
-from seal.display import progress_bar
+from seal.display import library_output_to, print_table, progress_bar
 from seal.evaluate import load_eval_passages
 from seal.hparams import journal_choices, round_summary
 from seal.models import load_model, load_model_from_config
@@ -69,6 +69,7 @@ from seal.prepare import ensure_model
 from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
+from seal.vllm_backend import check_vllm
 
 # A bench adds no keys of its own that a resume may change.
 RESUMABLE_KEYS = RESULT_NEUTRAL_KEYS
@@ -147,6 +148,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         raise RecipeError("the recipe has no 'bench' section (see recipes/bench_squad_tiny_cpu.yaml)")
     seed = recipe.seed if cfg.seed is None else cfg.seed
     check_recipe(recipe)  # seal.preflight: every setting, before any work
+    if recipe.self_edit.backend == "vllm":  # policy: / prompt: sources sampled by vLLM (seal.vllm_backend)
+        check_vllm(recipe.model.device)
     run = RunDir(out_dir)
     config = recipe_to_dict(recipe)
     if resume:
@@ -198,7 +201,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     seed_everything(seed)
     t_start = time.perf_counter()
     judge = make_judge(recipe.qa)
-    with progress_bar(console) as bar:
+    # The libraries' output (warnings, load bars) to the bench's log.txt; the console keeps seal's lines.
+    with library_output_to(run.path / "log.txt"), progress_bar(console) as bar:
         # 3. self-edits sampled now -----------------------------------------------------
         _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume)
 
@@ -388,6 +392,6 @@ def _print_summary(console: Console, results: dict, rounds: dict[str, int]) -> N
                 summary.add_row(
                     cell["source"], ci(cell["accuracy"]), ci(cell["gain"], signed=True), "" if cell["expected"] is None else pct(cell["expected"])
                 )
-            console.print(summary)
+            print_table(console, summary)
             for line in round_lines(name, student, table, rounds):
                 console.print(line.replace("**", ""))

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from seal.bench.run import bench as run_bench
 from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
-from seal.display import percent
+from seal.display import percent, print_table
 from seal.hparams import journal_choices
 from seal.prepare import ensure_model
 from seal.rundir import read_jsonl
@@ -212,8 +212,12 @@ def diagnostics_table(metrics: list[dict]) -> Table:
     mean reward, distinct-2, the similarity of a passage's samples, the style shares (all
     samples, and those ReST-EM kept), the coverage of the passage's facts and its correlation
     with the reward, and any collapse warning. "n/a" for a round recorded without diagnostics."""
-    table = Table(title="what the self-edits teach, per round")
-    for column in ("round", "mean reward", "distinct-2", "similarity within", "styles", "styles kept", "coverage", "r(coverage, reward)", "collapse warning"):
+    table = Table(
+        title="what the self-edits teach, per round",
+        caption="sim.: similarity within a passage; r(cov, rew): correlation of coverage and reward",
+    )
+    # Short headers: the table stays readable in an 80-column batch log (seal.display.print_table).
+    for column in ("round", "reward", "distinct-2", "sim.", "styles", "kept styles", "coverage", "r(cov, rew)", "collapse"):
         table.add_column(column)
 
     def shares(block: dict | None) -> str:
@@ -264,7 +268,7 @@ def run_demo(
     console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
     resume = (run_dir / "run.json").is_file()
     run_train(train_config, run_dir, resume=resume, console=console)
-    console.print(diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
+    print_table(console, diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
 
     console.rule("3/3 held-out no-passage QA, every round's policy")
     out = run_dir / "bench"
@@ -276,5 +280,5 @@ def run_demo(
         console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
     if bench_config.self_edit.hparams.enabled and (out / "results.json").is_file():
         rounds = json.loads((out / "results.json").read_text())["setup"]["rounds"]
-        console.print(hparams_choice_table(hparams_choices(read_jsonl(out / "journal.jsonl"), rounds)))
+        print_table(console, hparams_choice_table(hparams_choices(read_jsonl(out / "journal.jsonl"), rounds)))
     return out

@@ -25,24 +25,12 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-_PACKAGES = ["seal", "torch", "transformers", "peft", "trl", "accelerate", "deepspeed", "datasets", "tokenizers", "pydantic"]
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries a run depends on (None if absent)."""
-    out: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+from seal.env import cpu_model, library_versions
 
 
 def machine_info() -> dict[str, Any]:
@@ -52,6 +40,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),

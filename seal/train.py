@@ -88,6 +88,7 @@ its resume, sharding and gathering (``Round``, ``run_stage``). The journal files
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 from pathlib import Path
 
 from rich.console import Console
@@ -106,6 +107,7 @@ from seal.data import Passage, load_passages, load_squad_from_hub
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import run_grpo
+from seal.hub import model_record, push_policy
 from seal.prompts import check_template
 from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_atomic
 from seal.stages import (
@@ -154,6 +156,23 @@ def load_train_passages(recipe: Recipe) -> list[Passage]:
     return load_passages(data.train_file, data.n_train_passages, data.root)
 
 
+def check_runnable(recipe: Recipe, passages: list[Passage]) -> None:
+    """Refuse, before a run directory exists, a recipe that asks for more passages per GRPO /
+    RLOO step than there are, or a DeepSpeed update without DeepSpeed installed.
+
+    Raises:
+        RecipeError: naming the key and the numbers.
+    """
+    g = recipe.rl.grpo
+    if recipe.rl.algorithm != "restem" and g.prompts_per_step > len(passages):
+        raise RecipeError(
+            f"rl.grpo.prompts_per_step ({g.prompts_per_step}) exceeds the {len(passages)} training passages; "
+            f"set rl.grpo.prompts_per_step={len(passages)} or more data.n_train_passages"
+        )
+    if recipe.rl.algorithm == "restem" and recipe.rl.sft.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError(f"rl.sft.deepspeed ({recipe.rl.sft.deepspeed}) needs DeepSpeed: pip install --no-build-isolation -e '.[deepspeed]'")
+
+
 def check_resume(run: RunDir, config: dict) -> None:
     """Refuse to resume with a recipe that differs in anything that changes results.
 
@@ -187,6 +206,28 @@ def run_round(
     return next_policy
 
 
+def _record(run: RunDir, key: str, value) -> None:
+    """Set ``run.json``'s ``key`` (``model``: name, revision and the commit it resolved to)."""
+    path = run.path / "run.json"
+    write_json_atomic(path, (read_json_or_none(path) or {}) | {key: value})
+
+
+def _push(recipe: Recipe, run: RunDir, policy: str, console: Console) -> None:
+    """``hub.push_to_hub``: upload the final policy and its model card (``seal.hub``); nothing
+    when off. A failed upload leaves the finished run as it is: ``--resume`` pushes again.
+
+    Raises:
+        RecipeError: the upload failed (the message has the reason and what to do).
+    """
+    try:
+        push_policy(run, policy, recipe.hub, console.print)
+    except Exception as e:  # no token, no network, no permission: huggingface_hub's own errors
+        raise RecipeError(
+            f"the run is finished in {run.path}, but pushing it to {recipe.hub.repo_id} failed: {e}; "
+            f"to push again: seal train RECIPE --resume {run.path}"
+        ) from e
+
+
 def _record_launch(run: RunDir, dist: Dist, resumed: bool) -> None:
     """Note this launch (time, process count, backend) in ``run.json``'s ``launches`` list."""
     path = run.path / "run.json"
@@ -213,7 +254,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     Raises:
         RecipeError: resuming with a recipe that differs in result-changing keys (the message
             lists them), resuming a directory without a run, a fresh run into a directory
-            that already holds one, or GRPO / RLOO under more than one process.
+            that already holds one, GRPO / RLOO under more than one process or with more
+            passages per step than there are, or rl.sft.deepspeed without DeepSpeed installed
+            (all but the first two before anything is written).
         DataError: missing or malformed data files.
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
@@ -229,6 +272,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     passages = load_train_passages(recipe)  # validate the data before writing anything
     if recipe.rl.algorithm != "restem" and dist.distributed:
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
+    check_runnable(recipe, passages)
 
     def open_run() -> None:
         if resume:
@@ -237,6 +281,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
             if run.exists():
                 raise RecipeError(f"{run.path} already holds a run; pass --resume to continue it")
             run.start(config, seeds={"seed": recipe.seed, "derivation": "seal.seeding.derive_seed(seed, *identity)"})
+            _record(run, "model", model_record(recipe.model.name_or_path, recipe.model.revision))
         _record_launch(run, dist, resume)
 
     dist.main_decides(open_run)
@@ -248,6 +293,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         with progress_bar(console) as bar:
             policy = run_grpo(recipe, run, passages, bar, console, dist)
         write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+        _push(recipe, run, policy, console)
         return run.path
     console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.rounds} rounds{where})")
     policy = recipe.model.name_or_path
@@ -256,5 +302,6 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
             policy = run_round(recipe, run, round_index, policy, passages, bar, console, dist)
     if dist.is_main:
         write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
+        _push(recipe, run, policy, console)
     dist.barrier()
     return run.path

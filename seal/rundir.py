@@ -3,10 +3,12 @@
 Layout of ``seal train``'s run directory::
 
     config.yaml          resolved recipe (no secrets: the judge key is only an env var name)
-    run.json             library versions, machine, seeds, command line, start time
+    run.json             library versions, machine, seeds, command line, start time, the model
+                         (name, revision, the commit it resolved to), launches
     journal.jsonl        one line per inner-loop evaluation, flushed and fsynced when it ends
     metrics.jsonl        one line per finished round
-    round_0/             self_edits.json, sft_rows.jsonl, metrics.json, policy/ (merged)
+    round_0/             self_edits.json, sft_rows.jsonl, metrics.json, policy/ (merged) and/or
+                         adapter/ (an adapter chain; rl.save)
     ...
 
 Finished work is never lost: journal lines are appended and fsynced one by one, and every

@@ -503,7 +503,11 @@ def _unset_deepspeed() -> None:
 def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, str]:
     """Step 5: LoRA-SFT the policy on ``rows`` and merge (all ranks train, the main one merges
     and writes ``round_k/policy`` then ``round_k/sft.json``, which marks it finished and is
-    reused on resume). Returns the SFT statistics (None: no rows, no update) and the next policy."""
+    reused on resume). Returns the SFT statistics (None: no rows, no update) and the next policy.
+
+    ``rl.save``: ``merged`` writes ``round_k/policy``; ``adapter`` only ``round_k/adapter``, the
+    round's LoRA as an adapter chain (``seal.models.write_adapter_chain``), which is then the
+    next policy; ``both`` the two, the merged one being the next policy."""
     recipe, console, round_index = round_.recipe, round_.console, round_.index
     save = recipe.rl.save
     merged, adapter = round_.dir / "policy", round_.dir / "adapter"  # rl.save: which of the two are written

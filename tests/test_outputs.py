@@ -199,3 +199,21 @@ def test_push_off_stages_and_sends_nothing_push_on_sends_once(merged_run, monkey
 def test_push_needs_a_repo_id():
     with pytest.raises(RecipeError, match="hub.push_to_hub needs hub.repo_id"):
         load_recipe(RECIPE, ["hub.push_to_hub=true"])
+
+
+def test_grpo_writes_the_merged_policy_and_the_adapter_chain(tiny_squad_model, data_root, tmp_path):
+    """``rl.save: both`` under GRPO (one TRL step): grpo/adapter is a one-adapter chain on the
+    base that loads to grpo/policy's weights; final.json names the merged policy."""
+    from test_grpo import grpo_overrides
+
+    recipe = load_recipe(RECIPE, grpo_overrides(tiny_squad_model, data_root) + ["rl.grpo.steps=1", "rl.save=both"])
+    with one_thread():
+        run = train(recipe, tmp_path / "run", console=quiet())
+    assert read_json(run / "final.json")["policy"] == "grpo/policy"
+    base, _, adapters = read_chain(run / "grpo" / "adapter")
+    assert base == str(tiny_squad_model.resolve()) and adapters == [(run / "grpo" / "adapter").resolve()]
+    a, b = load_causal_lm(run / "grpo" / "adapter").state_dict(), load_causal_lm(run / "grpo" / "policy").state_dict()
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    with pytest.raises(RecipeError, match="grpo/policy"):
+        train_run_sources(run)

@@ -14,7 +14,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from seal.config import Recipe, RecipeError, load_recipe, parse_override
+import seal
+from seal.config import Recipe, RecipeError, load_recipe, parse_override, recipe_to_dict
 from seal.data import DataError
 from seal.distributed import get_dist, main_process_first
 from seal.microworld.config import CopySkillError
@@ -32,6 +33,19 @@ err_console = Console(stderr=True)
 # CopySkillError: a microworld pretraining that did not learn to copy (nothing cached; the
 # message says what to try) ends the command like bad input: one line, exit status 1.
 USER_ERRORS = (RecipeError, DataError, PromptError, FileNotFoundError, CopySkillError)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"seal {seal.__version__} ({seal.DISTRIBUTION})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print seal's version and exit."),
+) -> None:
+    """SEAL: self-adapting language models."""
 
 
 def _fail(e: Exception) -> None:
@@ -111,6 +125,34 @@ def bench(
     except USER_ERRORS as e:
         _fail(e)
     console.print(f"[bold green]done:[/] {path}")
+
+
+@app.command()
+def env(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Print versions (seal, torch, transformers, ...), Python, platform, CPU, devices, CUDA and optional packages: for bug reports."""
+    import json
+
+    from seal.env import environment_report, format_report
+
+    report = environment_report()
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@app.command()
+def config(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, as for seal train."),
+) -> None:
+    """Print the resolved recipe (every field, defaults and overrides applied) as YAML; builds and runs nothing."""
+    import yaml
+
+    try:
+        loaded = load_recipe(recipe, overrides or [])
+    except USER_ERRORS as e:
+        _fail(e)
+    print(yaml.safe_dump(recipe_to_dict(loaded), sort_keys=False), end="")
 
 
 @app.command("tiny-model")

@@ -55,6 +55,10 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust the repository."
     )
+    revision: str | None = Field(
+        None,
+        description="Hub revision of name_or_path (a commit hash, branch or tag), passed to every from_pretrained of the model and its tokenizer and recorded in run.json with the commit it resolved to when the local hub cache knows it. None: the hub's default branch. A local folder has no revision (ignored).",
+    )
     device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     shard: Literal["none", "fsdp"] = Field(
         "none",
@@ -293,6 +297,10 @@ class RLConfig(Section):
     )
     curation_weights: CurationWeights = Field(default_factory=CurationWeights)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    save: Literal["merged", "adapter", "both"] = Field(
+        "merged",
+        description="What a policy update writes. merged: the policy with the LoRA merged, round_k/policy/ (a full model; 15 GB at 7B bf16). adapter: only the LoRA, round_k/adapter/, an adapter chain (base + every round's adapter, merged in order when loaded: the same weights as merged; seal.models.load_causal_lm). both: the two; the next round loads the merged one. GRPO / RLOO: grpo/policy/, grpo/adapter/. Result-neutral.",
+    )
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="Settings of rl.algorithm grpo and rloo.")
 
 
@@ -336,6 +344,22 @@ class TrackingConfig(Section):
     )
 
 
+class HubConfig(Section):
+    """Push the trained policy to the Hugging Face Hub at the end of ``seal train``
+    (``seal/hub.py``, through ``huggingface_hub``; the token comes from ``HF_TOKEN`` or
+    ``huggingface-cli login``, never from the recipe). Result-neutral."""
+
+    push_to_hub: bool = Field(False, description="Upload the final policy (rl.save decides merged weights or the adapter chain) and a model card naming the recipe, the round and the measured rewards.")
+    repo_id: str | None = Field(None, description="The model repository, 'user/name' or 'org/name' (created when missing).")
+    private: bool = Field(True, description="Create the repository private.")
+
+    @model_validator(mode="after")
+    def _repo_when_pushing(self) -> HubConfig:
+        if self.push_to_hub and not self.repo_id:
+            raise ValueError("hub.push_to_hub needs hub.repo_id ('user/name')")
+        return self
+
+
 class EvaluateConfig(Section):
     """`seal evaluate`: score one source of inner-loop training data on evaluation passages."""
 
@@ -366,6 +390,7 @@ class Recipe(Section):
         description="`seal train`'s experiment trackers (accelerate's tracker classes; TRL's trainers get the same list): round / GRPO-step metrics, the SFT and GRPO losses, a table of sampled self-edits. [] (default): none. Files under RUN_DIR/tracking; the tracker run's id in run.json, so --resume continues it. Needs the tracker's package (the `tracking` extra).",
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Settings of the trackers of report_to.")
+    hub: HubConfig = Field(default_factory=HubConfig, description="Push the trained policy to the Hugging Face Hub (off by default; result-neutral).")
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
     arc: ArcSection | None = Field(
@@ -613,6 +638,11 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "rl.grpo.logging_steps",
         "rl.grpo.save_steps",
         "rl.grpo.keep_checkpoints",
+        # how a policy is stored, and where it is uploaded: the same weights either way
+        # (tests/test_outputs.py); "hub" itself: a run recorded before the section existed
+        "rl.save",
+        "hub",
+        *(f"hub.{name}" for name in HubConfig.model_fields),
         # read-only observers; "diagnostics" itself: a run recorded before the section existed
         "diagnostics",
         *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),

@@ -39,7 +39,8 @@ Run directory (the same files as ReST-EM, plus TRL's)::
                               when rl.grpo.beta > 0), loss, evaluations computed / read back,
                               and seal.diagnostics of the step's completions
     grpo/checkpoint-N/        TRL checkpoints (adapter, optimizer, RNG) every rl.grpo.save_steps
-    grpo/policy/              the merged final policy; grpo/train.json marks it finished
+    grpo/policy/              the merged final policy (rl.save: merged, both); grpo/train.json marks it finished
+    grpo/adapter/             the final policy as an adapter chain (rl.save: adapter, both)
     final.json                {"policy": "grpo/policy", "algorithm", "steps"}
 
 Resume (``seal train --resume RUN_DIR``): TRL continues from the last whole checkpoint
@@ -81,6 +82,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -97,7 +99,7 @@ from seal.display import percent
 from seal.distributed import Dist
 from seal.inner_loop import adapter_chunks
 from seal.journal import journal_key, merge_journal, read_journal
-from seal.models import _DTYPES, load_tokenizer
+from seal.models import _DTYPES, load_causal_lm, load_tokenizer, write_adapter_chain
 from seal.prompts import self_edit_prompt
 from seal.rewards import mean_reward
 from seal.rundir import (
@@ -504,16 +506,17 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     """
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, PrinterCallback
+    from transformers import PrinterCallback
     from trl import GRPOTrainer, RLOOTrainer
 
     g = recipe.rl.grpo
-    out_dir, policy_dir = run.path / "grpo", run.path / "grpo" / "policy"
+    out_dir, policy_dir, adapter_dir = run.path / "grpo", run.path / "grpo" / "policy", run.path / "grpo" / "adapter"
+    written = {"merged": [policy_dir], "adapter": [adapter_dir], "both": [adapter_dir, policy_dir]}[recipe.rl.save]
     if len(passages) < g.prompts_per_step:
         raise RecipeError(f"rl.grpo.prompts_per_step ({g.prompts_per_step}) exceeds the {len(passages)} training passages")
-    if dist.main_decides(lambda: read_json_or_none(out_dir / "train.json") is not None and policy_dir.exists()):
-        console.print(f"{recipe.rl.algorithm}: finished earlier, reusing its policy ({policy_dir})")
-        return str(policy_dir)
+    if dist.main_decides(lambda: read_json_or_none(out_dir / "train.json") is not None and all(p.exists() for p in written)):
+        console.print(f"{recipe.rl.algorithm}: finished earlier, reusing its policy ({written[-1]})")
+        return str(written[-1])
 
     # The learner (inner.learner: base) and its baselines, as a ReST-EM round 0 computes them.
     round_ = Round(recipe, run, 0, recipe.model.name_or_path, passages, dist, console, bar, tracking=tracking)
@@ -535,9 +538,9 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
             drop_metrics_after(run, resumed_at)
         dist.barrier()
     seed_everything(derive_seed(recipe.seed, "grpo"))  # the LoRA initialisation draws from the global generator
-    tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
-    policy = AutoModelForCausalLM.from_pretrained(
-        recipe.model.name_or_path, dtype=_DTYPES.get(recipe.model.dtype, torch.float32), trust_remote_code=recipe.model.trust_remote_code
+    tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code, recipe.model.revision)
+    policy = load_causal_lm(
+        recipe.model.name_or_path, recipe.model.revision, dtype=_DTYPES.get(recipe.model.dtype, torch.float32), trust_remote_code=recipe.model.trust_remote_code
     )
     lora = LoraConfig(r=g.lora.rank, lora_alpha=g.lora.alpha, lora_dropout=g.lora.dropout, target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
     trainer_class = GRPOTrainer if recipe.rl.algorithm == "grpo" else RLOOTrainer
@@ -554,17 +557,23 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     dist.barrier()  # every process done with its journal file
-    if dist.is_main:
-        if dist.distributed:
-            merge_journal(run)  # one journal.jsonl in identity order, the rank files gone
+    if dist.is_main and dist.distributed:
+        merge_journal(run)  # one journal.jsonl in identity order, the rank files gone
+    if adapter_dir in written:  # the LoRA alone, before merging changes the model
+        trainer.save_model(str(out_dir / ".adapter.tmp"))  # every process calls it; the trainer writes on the main one
+        if dist.is_main:
+            write_adapter_chain(adapter_dir, out_dir / ".adapter.tmp", tokenizer, recipe.model.name_or_path, recipe.model.revision)
+            shutil.rmtree(out_dir / ".adapter.tmp", ignore_errors=True)
+    if dist.is_main and policy_dir in written:
         merged = trainer.model.merge_and_unload()
         with atomic_dir(policy_dir) as tmp:
             merged.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+    if dist.is_main:
         write_json_atomic(
             out_dir / "train.json",
             {"algorithm": recipe.rl.algorithm, "steps": int(result.global_step), "train_loss": float(result.training_loss), "seconds": float(result.metrics.get("train_runtime", 0.0))},
         )  # after the merged policy: marks it finished
     dist.barrier()
     round_.unload_model()
-    return str(policy_dir)
+    return str(written[-1])

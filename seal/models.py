@@ -9,13 +9,16 @@ the ``tokenizers`` library), so nothing is ever downloaded in tests.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from seal.data import load_passages
+from seal.rundir import atomic_dir
 
 # A minimal chat template for tiny models, so the chat-template prompt variant works everywhere.
 TINY_CHAT_TEMPLATE = (
@@ -57,11 +60,111 @@ def resolve_attn_implementation(name: str | None, device: torch.device) -> str |
     return name
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
-    """A tokenizer with a pad token (EOS when the model defines none)."""
+# ----------------------------------------------------------------------------- adapter chains
+
+CHAIN_FILE = "seal_policy.json"
+"""The manifest of an adapter-chain policy (``rl.save: adapter``): a folder holding one PEFT
+LoRA adapter (``adapter_config.json``, ``adapter_model.safetensors``), the tokenizer, and this
+file: ``{"format": "seal-adapter-chain", "base": {"path" | "hub_id": ..., "revision": ...},
+"adapters": [folders, oldest first, relative to this folder; the last is "."]}``."""
+
+
+def _revision(revision: str | None) -> dict:
+    """``from_pretrained``'s revision argument: left out (the hub's default branch) when None."""
+    return {"revision": revision} if revision else {}
+
+
+def is_adapter_chain(name_or_path: str | os.PathLike) -> bool:
+    """True when ``name_or_path`` is a folder written as an adapter chain (:data:`CHAIN_FILE`)."""
+    return (Path(name_or_path) / CHAIN_FILE).is_file()
+
+
+def read_chain(path: str | os.PathLike) -> tuple[str, str | None, list[Path]]:
+    """``(base model, its revision, adapter folders oldest first)`` of an adapter-chain policy.
+
+    The policy's weights are the base with every adapter merged in order: adapter ``i`` was
+    trained on the base with adapters ``0 .. i-1`` merged (one ReST-EM round each).
+
+    Raises:
+        ValueError: the manifest is not a seal adapter chain, or an adapter folder is missing.
+    """
+    path = Path(path)
+    manifest = json.loads((path / CHAIN_FILE).read_text())
+    if manifest.get("format") != "seal-adapter-chain":
+        raise ValueError(f"{path / CHAIN_FILE}: not a seal adapter chain")
+    base = manifest["base"]
+    name = str((path / base["path"]).resolve()) if "path" in base else base["hub_id"]
+    adapters = [(path / a).resolve() for a in manifest["adapters"]]
+    for a in adapters:
+        if not (a / "adapter_config.json").is_file():
+            raise ValueError(f"{path / CHAIN_FILE}: adapter {a} is missing (no adapter_config.json)")
+    return name, base.get("revision"), adapters
+
+
+def write_adapter_chain(
+    out_dir: str | os.PathLike, adapter_dir: str | os.PathLike, tokenizer, trained_on: str | os.PathLike, revision: str | None = None
+) -> Path:
+    """Write the policy ``trained_on`` + the LoRA adapter in ``adapter_dir`` as an adapter chain.
+
+    ``trained_on`` is the policy the adapter was trained on: an adapter chain (its chain is
+    extended) or a plain model (hub id or folder, at ``revision``), which becomes the base.
+    The adapter's ``base_model_name_or_path`` is set to ``trained_on``. ``out_dir`` appears
+    whole or not at all. Returns it.
+    """
+    out = Path(out_dir)
+    if is_adapter_chain(trained_on):
+        base_name, base_revision, previous = read_chain(trained_on)
+    else:
+        base_name, base_revision, previous = str(trained_on), revision, []
+    local = Path(base_name).exists()
+    with atomic_dir(out) as tmp:
+        for f in Path(adapter_dir).iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        config_path = tmp / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = str(trained_on)
+        config_path.write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(tmp)
+        manifest = {
+            "format": "seal-adapter-chain",
+            "base": ({"path": os.path.relpath(Path(base_name).resolve(), out.resolve())} if local else {"hub_id": base_name})
+            | {"revision": base_revision},
+            "adapters": [os.path.relpath(a, out.resolve()) for a in previous] + ["."],
+        }
+        (tmp / CHAIN_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, revision: str | None = None, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, **kwargs)``; for an
+    adapter chain (:func:`is_adapter_chain`), its base at the recorded revision with each
+    adapter merged in order by PEFT (``PeftModel.from_pretrained(...).merge_and_unload()``):
+    the same computation, on the same device and dtype, as ``rl.save: merged`` performs before
+    saving, so the weights equal the merged policy's. On the CPU (``from_pretrained``'s default).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not is_adapter_chain(name_or_path):
+        return AutoModelForCausalLM.from_pretrained(str(name_or_path), **_revision(revision), **kwargs)
+    from peft import PeftModel
+
+    base, base_revision, adapters = read_chain(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(base, **_revision(base_revision), **kwargs)
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False, revision: str | None = None):
+    """A tokenizer with a pad token (EOS when the model defines none); ``revision`` pins a hub
+    model's commit, branch or tag (``model.revision``)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code, **_revision(revision))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -73,27 +176,27 @@ def load_model(
     device: str = "auto",
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
 ):
     """Load ``(model, tokenizer)``; the model in eval mode on ``device``.
 
     ``attn_implementation``: see :func:`resolve_attn_implementation` (None: transformers'
-    default, sdpa).
+    default, sdpa). ``name_or_path`` may be an adapter chain (``rl.save: adapter``,
+    :func:`load_causal_lm`); ``revision`` pins a hub model (``model.revision``).
 
     Raises:
         OSError: no such hub id or directory (transformers' own error, which names it).
         ImportError: ``'flash_attention_2'`` without the flash-attn package.
     """
-    from transformers import AutoModelForCausalLM
-
     target = resolve_device(device)
     kwargs = {"trust_remote_code": trust_remote_code}
     kwargs["dtype"] = "auto" if dtype == "auto" else _DTYPES[dtype]
     attn_implementation = resolve_attn_implementation(attn_implementation, target)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    model = load_causal_lm(name_or_path, revision, **kwargs)
     model.to(target).eval()
-    tok = load_tokenizer(name_or_path, trust_remote_code)
+    tok = load_tokenizer(name_or_path, trust_remote_code, revision)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model, tok
@@ -103,7 +206,7 @@ def load_model_from_config(cfg) -> tuple:
     """``load_model`` from a :class:`seal.config.ModelConfig` (also applies ``num_threads``)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    return load_model(cfg.name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code)
+    return load_model(cfg.name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code, cfg.revision)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):

@@ -32,7 +32,7 @@ import torch
 from seal.config import CurationWeights, SFTConfig
 from seal.data import Passage
 from seal.diagnostics import coverage, similarity
-from seal.models import _DTYPES, load_tokenizer
+from seal.models import _DTYPES, load_causal_lm, load_tokenizer, write_adapter_chain
 from seal.rundir import atomic_dir
 from seal.sections import RecipeError
 
@@ -201,6 +201,9 @@ def update_policy(
     report_to: Sequence[str] = (),
     callbacks: Sequence = (),
     world_size: int = 1,
+    save: str = "merged",
+    adapter_out: str | os.PathLike | None = None,
+    revision: str | None = None,
 ) -> dict:
     """The M-step: LoRA-SFT the policy on ``rows``, merge, and save the merged model to ``out_dir``.
 
@@ -208,6 +211,10 @@ def update_policy(
     under ``accelerate launch`` / DeepSpeed as TRL does (``cfg.deepspeed``). The adapter is
     saved by the trainer (which gathers ZeRO-3 shards), then merged into a fresh copy of the
     policy on the main process and written atomically: ``out_dir`` appears whole or not at all.
+    ``save`` (``rl.save``): ``merged`` writes ``out_dir`` only; ``adapter`` writes only
+    ``adapter_out``, the policy as an adapter chain (``seal.models.write_adapter_chain``: the
+    chain of ``policy_path`` plus this adapter); ``both`` writes the two. ``policy_path`` may
+    itself be an adapter chain, and ``revision`` pins it when it is a hub model.
 
     ``report_to``: TRL's trackers for the SFT's losses (``seal.tracking.Tracking.for_trainer``);
     ``callbacks``: extra ``TrainerCallback`` s (``seal.display.trainer_progress``: then TRL's
@@ -227,7 +234,7 @@ def update_policy(
     # needs them (select_best and sft_rows stay cheap to import).
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, PrinterCallback
+    from transformers import PrinterCallback
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
@@ -236,9 +243,9 @@ def update_policy(
     grad_accum_steps = sft_grad_accum_steps(cfg, world_size)
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.sft"
-    tok = load_tokenizer(policy_path, trust_remote_code)
+    tok = load_tokenizer(policy_path, trust_remote_code, revision)
     torch_dtype = _DTYPES.get(dtype, torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(str(policy_path), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(policy_path, revision, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     args = TRLSFTConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -283,8 +290,10 @@ def update_policy(
         "rows": len(rows),
         "grad_accum_steps": grad_accum_steps,
     }
-    if trainer.accelerator.is_main_process:
-        base = AutoModelForCausalLM.from_pretrained(str(policy_path), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if trainer.accelerator.is_main_process and save in ("adapter", "both"):
+        write_adapter_chain(adapter_out, adapter_dir, tok, policy_path, revision)
+    if trainer.accelerator.is_main_process and save in ("merged", "both"):
+        base = load_causal_lm(policy_path, revision, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         with atomic_dir(out_dir) as tmp:
             merged.save_pretrained(tmp)

@@ -3,10 +3,12 @@
 Layout of ``seal train``'s run directory::
 
     config.yaml          resolved recipe (no secrets: the judge key is only an env var name)
-    run.json             library versions, machine, seeds, command line, start time
+    run.json             library versions, machine, seeds, command line, start time, the model
+                         (name, revision, the commit it resolved to), launches
     journal.jsonl        one line per inner-loop evaluation, flushed and fsynced when it ends
     metrics.jsonl        one line per finished round
-    round_0/             self_edits.json, sft_rows.jsonl, metrics.json, policy/ (merged)
+    round_0/             self_edits.json, sft_rows.jsonl, metrics.json, policy/ (merged) and/or
+                         adapter/ (an adapter chain; rl.save)
     ...
 
 Finished work is never lost: journal lines are appended and fsynced one by one, and every
@@ -25,24 +27,12 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-_PACKAGES = ["seal", "torch", "transformers", "peft", "trl", "accelerate", "deepspeed", "datasets", "tokenizers", "pydantic"]
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries a run depends on (None if absent)."""
-    out: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+from seal.env import cpu_model, library_versions
 
 
 def machine_info() -> dict[str, Any]:
@@ -52,6 +42,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),

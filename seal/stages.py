@@ -162,7 +162,7 @@ class Round:
         target = resolve_device(device).type
         if self.dist.distributed and target == "cuda":
             device = f"cuda:{self.dist.local_rank}"  # each rank's own GPU
-        update = {"name_or_path": str(name_or_path), "device": device}
+        update = {"name_or_path": str(name_or_path), "device": device, "revision": self.revision(name_or_path)}
         if self.sharded:
             # The whole model on the host; only this rank's shards go to its device, whose
             # type (not the host's) decides attn_implementation 'auto'.
@@ -173,6 +173,11 @@ class Round:
         if self.sharded:
             self.model = shard_model(self.model, target)
             self.console.print(f"{name_or_path}: sharded over {self.dist.world_size} processes (FSDP2, model.shard: fsdp)")
+
+    def revision(self, name_or_path: str | Path) -> str | None:
+        """``model.revision`` when ``name_or_path`` is the recipe's model, else None (a round's
+        policy is a local folder; an adapter chain records its base's revision itself)."""
+        return self.recipe.model.revision if str(name_or_path) == self.recipe.model.name_or_path else None
 
     def unload_model(self) -> None:
         """Drop the round's model and free its memory."""
@@ -527,11 +532,18 @@ def _unset_deepspeed() -> None:
 def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, str]:
     """Step 5: LoRA-SFT the policy on ``rows`` and merge (all ranks train, the main one merges
     and writes ``round_k/policy`` then ``round_k/sft.json``, which marks it finished and is
-    reused on resume). Returns the SFT statistics (None: no rows, no update) and the next policy."""
+    reused on resume). Returns the SFT statistics (None: no rows, no update) and the next policy.
+
+    ``rl.save``: ``merged`` writes ``round_k/policy``; ``adapter`` only ``round_k/adapter``, the
+    round's LoRA as an adapter chain (``seal.models.write_adapter_chain``), which is then the
+    next policy; ``both`` the two, the merged one being the next policy."""
     recipe, console, round_index = round_.recipe, round_.console, round_.index
-    next_policy = round_.dir / "policy"
+    save = recipe.rl.save
+    merged, adapter = round_.dir / "policy", round_.dir / "adapter"  # rl.save: which of the two are written
+    written = {"merged": [merged], "adapter": [adapter], "both": [adapter, merged]}[save]
+    next_policy = written[-1]  # both: the next round loads the merged one (no merging to do)
     sft_path = round_.dir / "sft.json"
-    saved = round_.saved(sft_path, requires=[next_policy])
+    saved = round_.saved(sft_path, requires=written)
     if not rows:
         console.print(f"round {round_index}: no self-edit cleared the threshold; the policy is unchanged")
         return None, str(round_.policy)
@@ -546,9 +558,9 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     tracking = round_.tracking or Tracking([])
     with tracking.for_trainer(f"sft/round_{round_index}") as report_to:
         sft_stats = update_policy(
-            round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
+            round_.policy, rows, recipe.rl.sft, merged, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
             dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
-            world_size=round_.dist.world_size,
+            save=save, adapter_out=adapter, revision=round_.revision(round_.policy), world_size=round_.dist.world_size,
             report_to=report_to, callbacks=[trainer_progress(round_.bar, f"round {round_index}: policy update (SFT steps)")],
         )  # fmt: skip
     _unset_deepspeed()

@@ -90,6 +90,7 @@ its resume, sharding and gathering (``Round``, ``run_stage``). The journal files
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 from pathlib import Path
 
 from rich.console import Console
@@ -109,6 +110,7 @@ from seal.data import DataError, Passage, load_passages, load_squad_from_hub, re
 from seal.display import library_output_to, progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import check_processes, run_grpo
+from seal.hub import model_record, push_policy
 from seal.preflight import check_model, check_recipe, train_lora_keys
 from seal.prompts import check_template
 from seal.restem import sft_grad_accum_steps
@@ -227,6 +229,23 @@ def load_round_passages(recipe: Recipe) -> list[list[Passage]]:
     return per_round
 
 
+def check_runnable(recipe: Recipe, passages: list[Passage]) -> None:
+    """Refuse, before a run directory exists, a recipe that asks for more passages per GRPO /
+    RLOO step than there are, or a DeepSpeed update without DeepSpeed installed.
+
+    Raises:
+        RecipeError: naming the key and the numbers.
+    """
+    g = recipe.rl.grpo
+    if recipe.rl.algorithm != "restem" and g.prompts_per_step > len(passages):
+        raise RecipeError(
+            f"rl.grpo.prompts_per_step ({g.prompts_per_step}) exceeds the {len(passages)} training passages; "
+            f"set rl.grpo.prompts_per_step={len(passages)} or more data.n_train_passages"
+        )
+    if recipe.rl.algorithm == "restem" and recipe.rl.sft.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError(f"rl.sft.deepspeed ({recipe.rl.sft.deepspeed}) needs DeepSpeed: pip install --no-build-isolation -e '.[deepspeed]'")
+
+
 def check_resume(run: RunDir, config: dict) -> None:
     """Refuse to resume with a recipe that differs in anything that changes results.
 
@@ -264,6 +283,28 @@ def run_round(
     return next_policy
 
 
+def _record(run: RunDir, key: str, value) -> None:
+    """Set ``run.json``'s ``key`` (``model``: name, revision and the commit it resolved to)."""
+    path = run.path / "run.json"
+    write_json_atomic(path, (read_json_or_none(path) or {}) | {key: value})
+
+
+def _push(recipe: Recipe, run: RunDir, policy: str, console: Console) -> None:
+    """``hub.push_to_hub``: upload the final policy and its model card (``seal.hub``); nothing
+    when off. A failed upload leaves the finished run as it is: ``--resume`` pushes again.
+
+    Raises:
+        RecipeError: the upload failed (the message has the reason and what to do).
+    """
+    try:
+        push_policy(run, policy, recipe.hub, console.print)
+    except Exception as e:  # no token, no network, no permission: huggingface_hub's own errors
+        raise RecipeError(
+            f"the run is finished in {run.path}, but pushing it to {recipe.hub.repo_id} failed: {e}; "
+            f"to push again: seal train RECIPE --resume {run.path}"
+        ) from e
+
+
 def _record_launch(run: RunDir, dist: Dist, resumed: bool) -> None:
     """Note this launch (time, process count, backend) in ``run.json``'s ``launches`` list."""
     path = run.path / "run.json"
@@ -294,7 +335,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
             directory without a run, a fresh run into a directory that already holds one,
             GRPO / RLOO under more processes than a step can be shared by
             (``seal.grpo.check_processes``) or with ``model.shard`` on, or
-            ``rl.sft.global_batch_size`` not a multiple of ``rl.sft.batch_size`` x processes.
+            ``rl.sft.global_batch_size`` not a multiple of ``rl.sft.batch_size`` x processes, more
+            passages per GRPO step than there are, or rl.sft.deepspeed without DeepSpeed installed
+            (all before anything is written, but the resume refusals).
         DataError: missing, malformed or empty data files (or an empty selection of them); with
             ``data.passage_schedule: fresh``, too few passages for ``rl.rounds``
             (:func:`load_round_passages`).
@@ -325,6 +368,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     check_installed(recipe.report_to)
     if recipe.self_edit.backend == "vllm":  # before anything is written
         check_vllm(recipe.model.device, dist.world_size, recipe.model.shard)
+    check_runnable(recipe, passages)
 
     def open_run() -> None:
         if resume:
@@ -333,6 +377,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
             if run.exists():
                 raise RecipeError(f"{run.path} already holds a run; pass --resume to continue it")
             run.start(config, seeds={"seed": recipe.seed, "derivation": "seal.seeding.derive_seed(seed, *identity)"})
+            _record(run, "model", model_record(recipe.model.name_or_path, recipe.model.revision))
         _record_launch(run, dist, resume)
 
     dist.main_decides(open_run)
@@ -361,6 +406,7 @@ def _run(
             policy = run_grpo(recipe, run, passages, bar, console, dist, tracking)
         if dist.is_main:
             write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+            _push(recipe, run, policy, console)
         dist.barrier()
         return
     if recipe.data.passage_schedule == "fresh":
@@ -374,4 +420,5 @@ def _run(
             policy = run_round(recipe, run, round_index, policy, round_passages[round_index], bar, console, dist, tracking)
     if dist.is_main:
         write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
+        _push(recipe, run, policy, console)
     dist.barrier()

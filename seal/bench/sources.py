@@ -17,7 +17,7 @@ from seal.config import Recipe, RecipeError, parse_source
 from seal.data import Passage
 from seal.evaluate import source_self_edits
 from seal.prompts import check_template
-from seal.rundir import RunDir, read_jsonl, resolve_policy
+from seal.rundir import RunDir, read_json_or_none, read_jsonl, resolve_policy
 from seal.seeding import derive_seed
 
 # Kinds whose self-edits are read or built without a model (cheap: resolved during the checks).
@@ -150,9 +150,11 @@ def train_run_sources(run_dir: str | Path, learner: str = "student") -> tuple[li
     run = RunDir(run_dir)
     algorithm = (run.recorded_config().get("rl") or {}).get("algorithm", "restem") if run.exists() else "restem"
     if algorithm != "restem":
+        final = read_json_or_none(run.path / "final.json")  # grpo/policy or grpo/adapter (rl.save)
+        policy = resolve_policy(run, final["policy"]) if final else run.path / "grpo" / "policy"
         raise RecipeError(
             f"bench.train_run: {run.path} is an rl.algorithm {algorithm} run (no rounds); list its final policy as a source instead: "
-            f"policy:{run.path / 'grpo' / 'policy'}"
+            f"policy:{policy}"
         )
     metrics = read_jsonl(run.path / "metrics.jsonl")
     if not metrics:

@@ -51,7 +51,7 @@ def listed() -> list[tuple[list[str], str, list[str]]]:
             continue
         command, _, how = line.partition("##")
         kind, *extra = how.split()
-        assert kind in ("setup", "run", "validate", "help"), f"{LIST.name}: unknown kind {kind!r} in {line!r}"
+        assert kind in ("setup", "run", "validate", "help", "gpu"), f"{LIST.name}: unknown kind {kind!r} in {line!r}"
         rows.append((shlex.split(command), kind, extra))
     return rows
 
@@ -74,7 +74,10 @@ def seal_arguments(words: list[str]) -> tuple[list[str], list[str], set[str]]:
 
 
 def validate(words: list[str]) -> None:
-    """``seal config`` on the recipe(s) a seal command would run, with its overrides."""
+    """``seal config`` on the recipe(s) a seal command would run, with its overrides
+    (``accelerate launch ... -m seal.cli ARGS``: the ``seal ARGS`` it launches)."""
+    if words[0] == "accelerate":
+        words = ["seal", *words[words.index("seal.cli") + 1 :]]
     sub, positional, flags = seal_arguments(words)
     if sub == ["microworld", "demo"]:
         runs = [(recipe, positional) for recipe in DEMO_RECIPES["--hparams" in flags]]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from seal.data import load_passages
+from seal.errors import ModelNotFoundError
 
 # A minimal chat template for tiny models, so the chat-template prompt variant works everywhere.
 TINY_CHAT_TEMPLATE = (
@@ -57,11 +58,56 @@ def resolve_attn_implementation(name: str | None, device: torch.device) -> str |
     return name
 
 
+def check_model_source(name_or_path: str | os.PathLike, key: str = "model.name_or_path") -> None:
+    """Refuse, before any work, a model that cannot be loaded: ``name_or_path`` must be a local
+    directory, or a hub id (``org/name``); while ``HF_HUB_OFFLINE`` is set, one in the local
+    hub cache. An online hub id is not checked here (its download names it if it fails).
+
+    Raises:
+        ModelNotFoundError: naming ``key`` and what to do.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ModelNotFoundError(f"{key}: {name} is a file, not a model directory")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelNotFoundError(
+            f"{key}: no model directory {name} (and it is not a hub id such as Qwen/Qwen2.5-7B): check the path, "
+            f"or build a tiny model there (`seal tiny-model {name}`, or model.build_tiny in the recipe)"
+        ) from None
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ModelNotFoundError(
+            f"{key}: {name} is not a local directory, and HF_HUB_OFFLINE is set but the hub cache has no copy of it: "
+            "check the path, or download it once without HF_HUB_OFFLINE"
+        )
+
+
+def _loading(name_or_path: str | os.PathLike, load):
+    """``load()``, with transformers' error for a missing model (a path it takes for an invalid
+    repo id, a hub id it cannot find) turned into a one-line :class:`ModelNotFoundError`."""
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return load()
+    except (HFValidationError, OSError) as e:
+        if Path(str(name_or_path)).expanduser().is_dir() or getattr(e, "errno", None) is not None:
+            raise  # a directory that exists (a damaged model), or a disk error: not "not found"
+        check_model_source(name_or_path, key="model")  # raises with the reason when it can tell
+        raise
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
     """A tokenizer with a pad token (EOS when the model defines none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    tok = _loading(name_or_path, lambda: AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -80,7 +126,8 @@ def load_model(
     default, sdpa).
 
     Raises:
-        OSError: no such hub id or directory (transformers' own error, which names it).
+        ModelNotFoundError: no such directory, or (offline) a hub id not in the cache.
+        OSError: a hub id that cannot be downloaded (transformers' own error, which names it).
         ImportError: ``'flash_attention_2'`` without the flash-attn package.
     """
     from transformers import AutoModelForCausalLM
@@ -91,7 +138,7 @@ def load_model(
     attn_implementation = resolve_attn_implementation(attn_implementation, target)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    model = _loading(name_or_path, lambda: AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs))
     model.to(target).eval()
     tok = load_tokenizer(name_or_path, trust_remote_code)
     if model.config.pad_token_id is None:

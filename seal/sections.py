@@ -13,8 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from seal.errors import SealError
 
-class RecipeError(ValueError):
+
+class RecipeError(SealError, ValueError):
     """A recipe file or override is invalid. The message names the file and the key."""
 
 

@@ -88,6 +88,7 @@ its resume, sharding and gathering (``Round``, ``run_stage``). The journal files
 from __future__ import annotations
 
 import datetime as _dt
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -106,11 +107,13 @@ from seal.data import Passage, load_passages, load_squad_from_hub
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import run_grpo
+from seal.models import check_model_source
 from seal.prompts import check_template
-from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_atomic
+from seal.rundir import RunDir, hold_run_dir, portable_path, read_json_or_none, write_json_atomic
 from seal.stages import (
     Round,
     baselines_stage,
+    check_round_usable,
     diagnostics_stage,
     evaluations_stage,
     finished_round,
@@ -180,6 +183,7 @@ def run_round(
     self_edits = sample_stage(round_)
     baseline_records = baselines_stage(round_)
     records = evaluations_stage(round_, self_edits, baseline_records)
+    check_round_usable(round_, records)
     selection = selection_stage(round_, self_edits, records)
     sft_stats, next_policy = policy_update_stage(round_, selection.rows)
     diagnostics = diagnostics_stage(round_, self_edits, selection)
@@ -210,10 +214,17 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     docstring); every rank calls it with the same recipe, and the main process's ``run_dir``
     is used by all.
 
+    The main process claims and locks ``run_dir`` for the whole run (``seal.rundir.hold_run_dir``:
+    a new or empty directory, or one seal created; the other ranks share it).
+
     Raises:
         RecipeError: resuming with a recipe that differs in result-changing keys (the message
             lists them), resuming a directory without a run, a fresh run into a directory
             that already holds one, or GRPO / RLOO under more than one process.
+        RunDirError: ``run_dir`` is a file or a folder seal did not create, or its recorded
+            ``config.yaml`` is damaged; RunDirBusyError: another live process holds it.
+        RoundFailedError: a round had no usable evaluation (``seal.stages.check_round_usable``;
+            ``rl.keep_going`` continues instead).
         DataError: missing or malformed data files.
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
@@ -227,10 +238,13 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     config = recipe_to_dict(recipe)
     check_template(recipe.self_edit.template)
     passages = load_train_passages(recipe)  # validate the data before writing anything
+    check_model_source(recipe.model.name_or_path)  # and the model (a missing one fails in round 0)
     if recipe.rl.algorithm != "restem" and dist.distributed:
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
 
     def open_run() -> None:
+        # Claim and lock the directory first: a foreign or busy one is refused untouched.
+        held.enter_context(hold_run_dir(run.path, create=not resume))
         if resume:
             check_resume(run, config)
         else:
@@ -239,22 +253,23 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
             run.start(config, seeds={"seed": recipe.seed, "derivation": "seal.seeding.derive_seed(seed, *identity)"})
         _record_launch(run, dist, resume)
 
-    dist.main_decides(open_run)
-    if resume:
-        console.print(f"resuming {run.path}")
-    where = f", {dist.world_size} processes ({dist.backend})" if dist.distributed else ""
-    if recipe.rl.algorithm != "restem":
-        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps)")
+    with ExitStack() as held:  # the main process's lock on the run directory, for the whole run
+        dist.main_decides(open_run)
+        if resume:
+            console.print(f"resuming {run.path}")
+        where = f", {dist.world_size} processes ({dist.backend})" if dist.distributed else ""
+        if recipe.rl.algorithm != "restem":
+            console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.algorithm}, {recipe.rl.grpo.steps} steps)")
+            with progress_bar(console) as bar:
+                policy = run_grpo(recipe, run, passages, bar, console, dist)
+            write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
+            return run.path
+        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.rounds} rounds{where})")
+        policy = recipe.model.name_or_path
         with progress_bar(console) as bar:
-            policy = run_grpo(recipe, run, passages, bar, console, dist)
-        write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
-        return run.path
-    console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.rounds} rounds{where})")
-    policy = recipe.model.name_or_path
-    with progress_bar(console) as bar:
-        for round_index in range(recipe.rl.rounds):
-            policy = run_round(recipe, run, round_index, policy, passages, bar, console, dist)
-    if dist.is_main:
-        write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
-    dist.barrier()
+            for round_index in range(recipe.rl.rounds):
+                policy = run_round(recipe, run, round_index, policy, passages, bar, console, dist)
+        if dist.is_main:
+            write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
+        dist.barrier()
     return run.path

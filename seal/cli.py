@@ -26,7 +26,7 @@ from seal.distributed import get_dist, main_process_first
 from seal.errors import DISK_FULL_ERRNOS, USER_ERROR_EXIT, SealError, disk_full_message
 from seal.microworld.config import CopySkillError
 from seal.prompts import PromptError
-from seal.rundir import default_run_dir
+from seal.rundir import default_run_dir, hold_run_dir
 
 # Each command imports the modules it runs (torch, transformers and the trainer) when it runs,
 # so `seal --help` and a bad recipe's error stay fast.
@@ -57,7 +57,10 @@ def _fail(e: Exception, where: Path | None = None) -> None:
     if _DEBUG["on"]:
         raise e
     disk_full = isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
-    message = disk_full_message(e, str(where) if where else None) if disk_full else str(e)
+    if disk_full:  # "continue with --resume" only where a run directory was started
+        message = disk_full_message(e, str(where) if where and (Path(where) / "config.yaml").is_file() else None)
+    else:
+        message = str(e)
     err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True, highlight=False)
     raise typer.Exit(getattr(e, "exit_status", USER_ERROR_EXIT))
 
@@ -76,14 +79,25 @@ def _reported(where: dict | None = None) -> Iterator[None]:
         _fail(e, (where or {}).get("run"))
 
 
-def _load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
+def _load(recipe_path: Path, overrides: list[str] | None, threads: bool = True) -> Recipe:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     recipe = load_recipe(recipe_path, overrides or [])
+    if threads:
+        _set_threads(recipe)
+    return recipe
+
+
+def _set_threads(recipe: Recipe) -> None:
     if recipe.model.num_threads:  # before anything runs, so run.json records the real count
         import torch
 
         torch.set_num_threads(recipe.model.num_threads)
-    return recipe
+
+
+def _main_rank() -> bool:
+    """This process is the job's main one (``RANK`` 0 under accelerate / torchrun, or unlaunched),
+    read from the launcher's environment before torch is imported."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command()
@@ -99,11 +113,15 @@ def train(
 
     where: dict = {}
     with _reported(where):
-        loaded = _load(recipe, overrides)
+        loaded = _load(recipe, overrides, threads=False)
         target = where["run"] = resume or run_dir or default_run_dir(loaded.output_dir, loaded.name)
-        with main_process_first():  # under accelerate launch, one rank builds a tiny model
-            ensure_model(loaded, console.print)
-        path = run_train(loaded, target, resume=resume is not None, console=console)
+        # Claimed and locked first (the main process; run_train holds it again), so that a busy
+        # or foreign directory is refused at once, before torch is even imported.
+        with hold_run_dir(target, lock=_main_rank(), create=resume is None):
+            _set_threads(loaded)
+            with main_process_first():  # under accelerate launch, one rank builds a tiny model
+                ensure_model(loaded, console.print)
+            path = run_train(loaded, target, resume=resume is not None, console=console)
     if get_dist().is_main:
         console.print(f"[bold green]done:[/] {path}")
 

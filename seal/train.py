@@ -110,6 +110,7 @@ from seal.grpo import run_grpo
 from seal.models import check_model_source
 from seal.prompts import check_template
 from seal.rundir import RunDir, hold_run_dir, portable_path, read_json_or_none, write_json_atomic
+from seal.scoring import make_judge
 from seal.stages import (
     Round,
     baselines_stage,
@@ -239,6 +240,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     check_template(recipe.self_edit.template)
     passages = load_train_passages(recipe)  # validate the data before writing anything
     check_model_source(recipe.model.name_or_path)  # and the model (a missing one fails in round 0)
+    make_judge(recipe.qa)  # and the judge's key (JudgeError names its variable)
     if recipe.rl.algorithm != "restem" and dist.distributed:
         raise RecipeError(f"rl.algorithm {recipe.rl.algorithm} runs on one process in this version; launch without accelerate/torchrun")
 

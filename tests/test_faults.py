@@ -429,13 +429,13 @@ def test_resume_refuses_a_recipe_that_changes_results(reference, tiny_squad_mode
     assert "qa.batch_size" not in str(err.value)  # speed only: allowed
     assert (run / "run.json").read_text() == before  # nothing written
 
-    # Via the CLI: exit status 1 and the same message.
+    # Via the CLI: exit status 2 (a user error) and the same message.
     from typer.testing import CliRunner
 
     from seal.cli import app
 
     res = CliRunner().invoke(app, ["train", str(REPO / "recipes" / "squad_tiny_cpu.yaml"), *tiny_overrides(tiny_squad_model, data_root, rl__rounds=2, self_edit__k=4), "--resume", str(run)])
-    assert res.exit_code == 1 and "self_edit.k" in res.output
+    assert res.exit_code == 2 and "self_edit.k" in res.output
 
     # Result-neutral changes are accepted; finished rounds are reused, not recomputed.
     same = tiny_recipe(tiny_squad_model, data_root, rl__rounds=2, inner__batch_adapters=3)

@@ -108,9 +108,6 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
 ) -> None:
     """Run SEAL's outer loop on the recipe's training passages: ReST-EM rounds (rl.algorithm=grpo or rloo: TRL steps)."""
-    from seal.prepare import ensure_model
-    from seal.train import train as run_train
-
     where: dict = {}
     with _reported(where):
         loaded = _load(recipe, overrides, threads=False)
@@ -118,6 +115,9 @@ def train(
         # Claimed and locked first (the main process; run_train holds it again), so that a busy
         # or foreign directory is refused at once, before torch is even imported.
         with hold_run_dir(target, lock=_main_rank(), create=resume is None):
+            from seal.prepare import ensure_model  # torch, transformers, TRL: seconds to import
+            from seal.train import train as run_train
+
             _set_threads(loaded)
             with main_process_first():  # under accelerate launch, one rank builds a tiny model
                 ensure_model(loaded, console.print)

@@ -63,6 +63,11 @@ a finished evaluation, read back rather than retried by a resume (delete its jou
 retry it). A self-edit cut off by ``self_edit.max_new_tokens`` is still evaluated and carries
 ``truncated: true`` (``self_edits.json`` and its journal records). A question the LLM judge
 could not grade is ``None`` in ``scores`` (ungraded; ``qa.ungraded`` decides how it counts).
+A round with no usable evaluation at all (every one failed, or none got a reward because
+nothing was graded) stops the run after its evaluations are journaled
+(``seal.stages.check_round_usable``, ``RoundFailedError``, exit status 3) unless
+``rl.keep_going``; a self-edit whose every evaluation failed is never kept. The run directory
+is claimed and locked by the main process for the whole run (``seal.rundir.hold_run_dir``).
 
 Differences from the reference implementation: it seeds from the wall clock (no two runs
 agree, a resume cannot reproduce), counts grader failures as wrong answers, and writes its

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from seal.microworld.world import entity_from_record, render_self_edit
 from seal.scoring import question_prompts
 from seal.seeding import derive_seed
 from seal.self_edits import train_texts
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import write_results  # noqa: E402
 
 #: The inner loop of recipes/microworld_cpu.yaml (lr and epochs are set per adapter).
 RECIPE_INNER = InnerLoopConfig(
@@ -90,14 +94,14 @@ def main() -> None:
     ap.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 5e-3, 2e-2])
     ap.add_argument("--epochs", type=int, nargs="+", default=[1, 5, 10])
     ap.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", type=Path, help="also write the JSON here (docs/results/..., the README's table)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = measure(a.world_dir, a.lrs, a.epochs, a.n_eval, a.style)
     for c, v in out["acc"].items():
         print(f"{c:<24} {100 * v:6.1f} %")
     print(f"{out['seconds']} s, {out['n_eval']} people, style {out['style']}")
-    a.output.mkdir(parents=True, exist_ok=True)
-    (a.output / "microworld_hparams.json").write_text(json.dumps(out, indent=1))
+    write_results(a.output / f"microworld_hparams_{a.style}.json", out, published=a.results)
 
 
 if __name__ == "__main__":

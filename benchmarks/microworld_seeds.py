@@ -13,8 +13,10 @@ Usage::
 
     python benchmarks/microworld_seeds.py [--seeds 0 1 2 3 4] [--sizes reduced full] [--jobs 2]
                                           [--runs runs/seeds] [--output benchmarks/results]
+                                          [--results docs/results/microworld_seeds.json]
 
-Prints a table per size and writes ``microworld_seeds.json`` to ``--output``. Seeds already run
+Prints a table per size and writes ``microworld_seeds.json`` to ``--output`` (and ``--results``),
+with the command, commit, CPU and date (``benchmarks/provenance.py``). Seeds already run
 into ``--runs`` are reported, not run again (the demo resumes its runs). ``--jobs 2`` runs two
 seeds at once, one per core: wall times then include the other job's memory traffic.
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,9 @@ from pathlib import Path
 from seal.bench.analysis import comparison, round_comparisons
 from seal.microworld.demo import REDUCED, seed_overrides
 from seal.rundir import read_jsonl
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,13 +133,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "seeds")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--results", type=Path, help="also write the JSON here, e.g. docs/results/microworld_seeds.json (the README's tables)")
     a = ap.parse_args()
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(lambda s: run_seed(s, a.sizes, a.runs), a.seeds))
     print_tables(rows, a.sizes)
-    a.output.mkdir(parents=True, exist_ok=True)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
-    (a.output / "microworld_seeds.json").write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "rows": rows}, indent=1))
+    write_results(a.output / "microworld_seeds.json", {"rows": rows}, published=a.results)
 
 
 if __name__ == "__main__":

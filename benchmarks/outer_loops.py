@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,9 +66,11 @@ from seal.rundir import (  # noqa: E402
     read_json_or_none,
     read_jsonl,
     resolve_policy,
-    write_json_atomic,
     write_text_atomic,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import write_results  # noqa: E402
 
 # ----------------------------------------------------------------------------- ReST-EM runs
 
@@ -79,11 +82,12 @@ def round_evaluations(run: RunDir, row: dict) -> int:
     return sum(1 for j in read_jsonl(run.journal) if j.get("kind") == "evaluation" and j.get("round") == row["round"])
 
 
-def run_passages(run: RunDir):
-    """The training passages of a recorded run (its ``config.yaml``), for recomputed diagnostics."""
+def run_passages(run: RunDir, r: int = 0):
+    """Round ``r``'s training passages of a recorded run (its ``config.yaml``), for recomputed
+    diagnostics (``data.passage_schedule: fresh`` gives each round its own)."""
     from seal.train import load_train_passages
 
-    return load_train_passages(Recipe.model_validate(run.recorded_config()))
+    return load_train_passages(Recipe.model_validate(run.recorded_config()), r)
 
 
 def recomputed_diagnostics(run: RunDir, r: int) -> dict | None:
@@ -91,7 +95,7 @@ def recomputed_diagnostics(run: RunDir, r: int) -> dict | None:
     rows = read_json_or_none(run.round_dir(r) / "self_edits.json")
     if rows is None:
         return None
-    passages = run_passages(run)
+    passages = run_passages(run, r)
     domain = "microworld" if run.recorded_config().get("microworld") else "text"
     return round_diagnostics([passages[row["passage"]] for row in rows], [row["completions"] for row in rows], domain=domain)
 
@@ -331,6 +335,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--grpo-checkpoints", type=int, nargs="+", help="steps N of grpo/checkpoint-N to bench (default: all); the final policy is always the last")
     ap.add_argument("--out", default="runs/outer_loops", help="output directory")
     ap.add_argument("--keep-baselines", action="store_true", help="keep the bench recipe's none / passage / file: sources")
+    ap.add_argument("--results", help="also write outer_loops.json here, e.g. docs/results/outer_loops_seed0.json (the README's table)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the bench recipe, e.g. microworld.seed=0")
     return ap.parse_args(argv)
 
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     protocol, student, table = bench_table(results)
     report = {"protocol": protocol, "student": student, "bench": str(out / "bench"), "round0": attach_accuracy(loops, table, round0), "loops": loops}
     report["differences"] = differences(loops, table, round0)
-    write_json_atomic(out / "outer_loops.json", report)
+    report = write_results(out / "outer_loops.json", report, published=args.results)
     text = markdown(report)
     write_text_atomic(out / "outer_loops.md", text)
     plot(report, out / "outer_loops.png")

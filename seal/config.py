@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from seal.arc.config import ANSWER_MARKER, ArcSection
+from seal.arc.config import ArcSection
 from seal.bench.config import BenchConfig
 from seal.microworld.config import MicroworldSection
 from seal.prompts import check_qa_template
@@ -81,6 +81,14 @@ class DataConfig(Section):
     eval_file: str = Field("squad/val_200.json", description="SEAL-format JSON of evaluation passages.")
     n_train_passages: int | None = Field(None, ge=1, description="Use the first n training passages (None: all).")
     n_eval_passages: int | None = Field(None, ge=1, description="Use the first n evaluation passages (None: all).")
+    passage_schedule: Literal["fixed", "fresh"] = Field(
+        "fixed",
+        description="Which training passages each ReST-EM round learns from. fixed: the same passages every round (train_file's first n_train_passages). fresh: new passages every round, as the reference's round 2 (50 passages disjoint from round 1's, knowledge-incorporation/results/query_server/train/rank_iter1.json): round r takes round_train_files[r] (its first n_train_passages) when that is set, else passages [r*n, (r+1)*n) of train_file (n = n_train_passages, required). Too few passages for rl.rounds, or a passage repeated across rounds, is an error before any work.",
+    )
+    round_train_files: list[str] | None = Field(
+        None,
+        description="passage_schedule fresh only: one SEAL-format file per round (round r reads entry r; at least rl.rounds entries), instead of slices of train_file. The paper recipe: [squad/train_100.json, squad/train_round2_50.json].",
+    )
     hf_dataset: str | None = Field(
         None,
         description="Read passages from this hub dataset (e.g. 'rajpurkar/squad') instead of the files; needs network.",
@@ -119,6 +127,10 @@ class JudgeConfig(Section):
     max_retries: int = Field(5, ge=0, description="Retries on errors, timeouts and rate limits (exponential backoff).")
     timeout_s: float = Field(60.0, gt=0, description="Seconds per request.")
     backoff_s: float = Field(1.0, ge=0, description="First backoff in seconds; doubles on each retry.")
+    prompt: Literal["strict", "reference"] = Field(
+        "strict",
+        description="The judge's prompt (seal.judge). strict: seal's (a system prompt, tagged fields; a hedging or multi-answer prediction is wrong). reference: the reference implementation's text verbatim (knowledge-incorporation/src/utils.py:39-45: 'The student answer can include additional information, but it must at least fully convey the gold answer...'), one user message, the question with its 'Topic: <title>' line as the reference sends it (src/query/query_server.py:129).",
+    )
 
 
 class QAConfig(Section):
@@ -174,6 +186,11 @@ class SFTConfig(Section):
     bf16: bool = Field(False, description="bf16 mixed precision (GPUs).")
     gradient_checkpointing: bool = Field(False)
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config path (e.g. launch/ds_zero3.json).")
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per optimizer step over all processes, whatever their number: gradient accumulation is derived as global_batch_size / (batch_size x processes), which must be a whole number (grad_accum_steps must then stay 1). None: batch_size x grad_accum_steps x processes (the step, and so the policy update, depends on the number of processes). The reference: 10 (knowledge-incorporation/scripts/train_SFT.sh:18-19,33: 2 processes x per-device 1 x accumulation 5).",
+    )
 
 
 class CurationWeights(Section):
@@ -279,6 +296,12 @@ class DiagnosticsConfig(Section):
         le=1,
         description="Collapse warning when distinct-2 falls by more than this fraction of the previous round's (0.5: to under half).",
     )
+    max_format_share: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Style-collapse warning when one format (a microworld style, or a line format elsewhere) holds more than this share of a round's (or GRPO step's) self-edits, unless it already did in the run's first round or step. 1: off.",
+    )
     max_pairs: int = Field(
         2000, ge=1, description="Pairs of self-edits of different passages compared at most (a fixed-seed subsample beyond)."
     )
@@ -338,11 +361,55 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _passage_schedule(self) -> Recipe:
+        """What ``data.passage_schedule: fresh`` needs to know each round's passages (the
+        passages themselves are counted when they are read, ``seal.train.load_round_passages``)."""
+        data = self.data
+        if data.passage_schedule == "fixed":
+            if data.round_train_files is not None:
+                raise ValueError("data.round_train_files needs data.passage_schedule: fresh (fixed trains every round on data.train_file)")
+            return self
+        if self.rl.algorithm != "restem":
+            raise ValueError(f"data.passage_schedule fresh is a ReST-EM schedule (rounds); rl.algorithm {self.rl.algorithm} has none")
+        if data.hf_dataset is not None:
+            raise ValueError("data.passage_schedule fresh reads files; unset data.hf_dataset")
+        if data.round_train_files is None:
+            if data.n_train_passages is None:
+                raise ValueError("data.passage_schedule fresh without data.round_train_files needs data.n_train_passages (passages per round)")
+        else:
+            if self.arc is not None:
+                raise ValueError("data.round_train_files is for SEAL-format passage files; with an arc section, fresh takes slices of data.train_file")
+            if len(data.round_train_files) < self.rl.rounds:
+                raise ValueError(
+                    f"data.round_train_files lists {len(data.round_train_files)} files for rl.rounds {self.rl.rounds}: one per round is needed"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _sft_global_batch(self) -> Recipe:
+        """``rl.sft.global_batch_size`` fixes the step: accumulation is derived from it, not set."""
+        sft = self.rl.sft
+        if sft.global_batch_size is not None and sft.grad_accum_steps != 1:
+            raise ValueError("rl.sft.global_batch_size derives the gradient accumulation; leave rl.sft.grad_accum_steps at 1")
+        if sft.global_batch_size is not None and sft.global_batch_size % sft.batch_size:
+            raise ValueError(f"rl.sft.global_batch_size ({sft.global_batch_size}) must be a multiple of rl.sft.batch_size ({sft.batch_size})")
+        return self
+
+    @model_validator(mode="after")
     def _arc_answer_marker(self) -> Recipe:
         """ARC's 'loss on outputs only' is the answer-marker mask at the query's answer line."""
         answer = self.inner.loss_on == "answer" or "answer" in (self.self_edit.hparams.loss_on or [])
-        if self.arc is not None and answer and self.inner.answer_marker != ANSWER_MARKER:
-            raise ValueError(f"with an arc section and loss_on 'answer', inner.answer_marker must be {ANSWER_MARKER!r}")
+        if self.arc is not None and answer and self.inner.answer_marker != self.arc.answer_marker:
+            raise ValueError(
+                f"with an arc section (text_format {self.arc.text_format}) and loss_on 'answer', inner.answer_marker must be {self.arc.answer_marker!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _arc_vote_grades_grids(self) -> Recipe:
+        """A vote compares grids (seal.arc.voting): other graders would be silently ignored."""
+        if self.arc is not None and self.arc.inference == "vote" and self.qa.grader != "grid":
+            raise ValueError(f"arc.inference 'vote' grades exact grids: set qa.grader: grid (got {self.qa.grader!r})")
         return self
 
     @model_validator(mode="after")

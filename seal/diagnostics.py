@@ -285,7 +285,14 @@ def round_diagnostics(
     return out
 
 
-def collapse_warning(diagnostics: dict, previous: dict | None, min_distinct_2: float, max_diversity_drop: float) -> str | None:
+def collapse_warning(
+    diagnostics: dict,
+    previous: dict | None,
+    min_distinct_2: float,
+    max_diversity_drop: float,
+    max_format_share: float = 1.0,
+    first: dict | None = None,
+) -> str | None:
     """Why this round's self-edits look collapsed, or None.
 
     Warns when ``distinct_2`` is below ``min_distinct_2``, or fell by more than the fraction
@@ -293,16 +300,38 @@ def collapse_warning(diagnostics: dict, previous: dict | None, min_distinct_2: f
     None for round 0 or a round recorded without them). Collapse under single-reward curation
     (arXiv 2605.07724): the policy ends up writing one form, which a diversity floor catches
     in absolute terms and a drop catches while it happens.
+
+    A policy can also collapse onto one *style* while its words stay diverse (GRPO in the
+    microworld wrote 100 % question-answer self-edits about different people, distinct-2
+    high): the warning also fires when one format's share of ``format_shares`` (a microworld
+    style, or a line format elsewhere) is above ``max_format_share``, unless that format already
+    held more than ``max_format_share`` in ``first`` (the run's first round or step: the base
+    policy's own habit is not a collapse). ``max_format_share`` 1.0 never fires.
     """
     d2 = diagnostics.get("distinct_2")
-    if d2 is None:
-        return None
-    if d2 < min_distinct_2:
+    if d2 is not None and d2 < min_distinct_2:
         return f"distinct-2 {d2:.3f} is below diagnostics.min_distinct_2 = {min_distinct_2:g}"
     before = (previous or {}).get("distinct_2")
-    if before and d2 < (1 - max_diversity_drop) * before:
+    if d2 is not None and before and d2 < (1 - max_diversity_drop) * before:
         return f"distinct-2 fell from {before:.3f} to {d2:.3f}, by more than diagnostics.max_diversity_drop = {percent(max_diversity_drop)}"
-    return None
+    return style_collapse(diagnostics, max_format_share, first)
+
+
+def style_collapse(diagnostics: dict, max_format_share: float, first: dict | None = None) -> str | None:
+    """The style part of :func:`collapse_warning`: the format holding more than
+    ``max_format_share`` of the self-edits (and not already in ``first``), or None."""
+    shares = diagnostics.get("format_shares") or {}
+    if not shares or max_format_share >= 1:
+        return None
+    share, kind = max((s, k) for k, s in shares.items())
+    if share <= max_format_share:
+        return None
+    start = ((first or {}).get("format_shares") or {}).get(kind)
+    if start is not None and start > max_format_share:
+        return None
+    was = "" if start is None else f" (it was {percent(start)} at the start)"
+    name = "style" if diagnostics.get("format") == "style" else "line format"
+    return f"one {name}, {kind}, holds {percent(share)} of the self-edits{was}, above diagnostics.max_format_share = {percent(max_format_share)}"
 
 
 def summary_line(diagnostics: dict) -> str:

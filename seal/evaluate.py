@@ -25,7 +25,9 @@ from statistics import fmean
 from rich.console import Console
 from rich.table import Table
 
-from seal.arc.tasks import load_arc_tasks, task_passage
+from seal.arc.self_edit import resample_self_edits
+from seal.arc.tasks import load_arc_tasks
+from seal.arc.voting import arc_passage
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
@@ -51,7 +53,7 @@ def load_eval_passages(recipe: Recipe) -> list[Passage]:
     data = recipe.data
     if recipe.arc is not None:
         tasks = load_arc_tasks(data.eval_file, recipe.arc.eval_solutions, data.root, recipe.arc.eval_task_ids, data.n_eval_passages)
-        return [task_passage(task) for task in tasks]
+        return [arc_passage(task, recipe.arc, recipe.seed) for task in tasks]
     if data.hf_dataset:
         return load_squad_from_hub(data.hf_dataset, "validation", data.n_eval_passages)
     return load_passages(data.eval_file, data.n_eval_passages, data.root)
@@ -94,11 +96,18 @@ def source_self_edits(
         model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
     else:
         model, tok = base if base is not None else load_model_from_config(recipe.model)
-    out = sample_self_edits(
-        model, tok, passages, template, n, self_edit_config.temperature, self_edit_config.top_p, self_edit_config.max_new_tokens,
-        seed=derive_seed(seed, "evaluate", template), batch_size=self_edit_config.batch_size, chat=self_edit_config.chat_template,
-        hint=self_edit_hint(self_edit_config, recipe.arc),
-    )  # fmt: skip
+
+    def draw(indices: list[int], draw_seed: int) -> list[list[str]]:
+        return sample_self_edits(
+            model, tok, [passages[i] for i in indices], template, n, self_edit_config.temperature, self_edit_config.top_p,
+            self_edit_config.max_new_tokens, seed=draw_seed, batch_size=self_edit_config.batch_size,
+            chat=self_edit_config.chat_template, passage_indices=indices, hint=self_edit_hint(self_edit_config, recipe.arc),
+        )  # fmt: skip
+
+    first_seed = derive_seed(seed, "evaluate", template)
+    out = draw(list(range(len(passages))), first_seed)
+    if recipe.arc is not None and recipe.arc.invalid == "resample":  # redraw unparseable configurations
+        out = resample_self_edits(out, lambda tasks, attempt: draw(tasks, derive_seed(first_seed, "resample", attempt)), recipe)
     if kind == "policy":
         del model
         gc.collect()

@@ -72,7 +72,7 @@ from rich.progress import Progress
 
 from seal.config import Recipe, RecipeError
 from seal.data import Passage
-from seal.diagnostics import round_diagnostics, summary_line
+from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
 from seal.journal import journal_key, read_journal
@@ -312,9 +312,16 @@ def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Pro
     steps = reward.round.recipe.rl.grpo.steps
     task = bar.add_task(f"{reward.round.recipe.rl.algorithm} steps", total=steps, completed=resumed_at)
 
+    config = reward.round.recipe.diagnostics
+    # The collapse warning compares a step with the previous logged step and the run's first
+    # (a resume reads them back from metrics.jsonl, already cut to the resumed step).
+    earlier = [row["diagnostics"] for row in (read_jsonl(run.metrics) if run.metrics.exists() else []) if row.get("diagnostics")]
+
     class StepLogger(TrainerCallback):
         logged = resumed_at
         started = time.perf_counter()
+        first = earlier[0] if earlier else None
+        previous = earlier[-1] if earlier else None
 
         def on_step_end(self, args, state, control, **kwargs):
             bar.update(task, completed=state.global_step)
@@ -326,6 +333,12 @@ def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Pro
                 return  # the end-of-training summary, not a step
             row = step_metrics(reward, covered, logs, state.global_step, time.perf_counter() - self.started)
             self.logged, self.started = state.global_step, time.perf_counter()
+            if "diagnostics" in row:
+                d = row["diagnostics"]
+                d["collapse_warning"] = collapse_warning(
+                    d, self.previous, config.min_distinct_2, config.max_diversity_drop, config.max_format_share, self.first
+                )
+                self.first, self.previous = self.first or d, d
             append_jsonl(run.metrics, row)
             kl = "" if row["kl"] is None else f", kl {row['kl']:.4f}"
             console.print(
@@ -335,6 +348,8 @@ def step_logger(reward: InnerLoopReward, run: RunDir, console: Console, bar: Pro
             )
             if "diagnostics" in row:
                 console.print(f"step {state.global_step}: self-edits: {summary_line(row['diagnostics'])}", highlight=False)
+                if row["diagnostics"]["collapse_warning"]:
+                    console.print(f"[bold yellow]step {state.global_step}: collapse warning: {row['diagnostics']['collapse_warning']}[/]")
 
     return StepLogger()
 

@@ -33,7 +33,8 @@ Per adapter, the result is what training it alone with a standard loop gives:
   pad labels, which is the default behaviour here.)
 * Optimizer: AdamW (0.9, 0.999, 1e-8, ``cfg.weight_decay``) per adapter, LR linear from
   ``cfg.lr`` to 0 over the adapter's own ``epochs * ceil(n_texts / batch_size)`` steps
-  (HF Trainer's default schedule) or constant; gradient norm clipped per adapter to
+  (HF Trainer's default schedule), half-cosine or constant, after ``cfg.warmup_steps`` of
+  linear warm-up (:func:`_learning_rates`); gradient norm clipped per adapter to
   ``cfg.max_grad_norm`` (HF Trainer's default 1.0).
 * Init: A as PEFT's default (kaiming-uniform) from a generator seeded by the job seed
   (independent of the slot, :func:`init_seed`); B = 0.
@@ -410,11 +411,26 @@ def _slot_loss_sums(model, bank: LoraBank, batch: _Batch, pad_mask: bool) -> tor
 def _learning_rates(
     cfg: InnerLoopConfig, peak: torch.Tensor, done_steps: torch.Tensor, total_steps: torch.Tensor
 ) -> torch.Tensor:
-    """``(S,)`` float64 LR of each slot's next step from its ``(S,)`` float64 peak LR
-    (HF's linear schedule: lr * (T - t) / T, or constant)."""
+    """``(S,)`` float64 LR of each slot's next step from its ``(S,)`` float64 peak LR, ``t``
+    steps done of its ``T``: HF's schedules (``transformers.optimization``), each slot on its
+    own ``t`` and ``T``. With ``W = cfg.warmup_steps``: ``lr * t / W`` while ``t < W``; then
+    linear ``lr * (T - t) / (T - W)``, cosine ``lr * (1 + cos(pi * (t - W) / (T - W))) / 2``
+    (both floored at 0, ``T - W`` at least 1), or constant ``lr``."""
+    warm = cfg.warmup_steps
+    if cfg.lr_scheduler == "linear" and warm == 0:  # today's expression, bit for bit
+        return peak * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
     if cfg.lr_scheduler == "constant":
-        return peak.clone()
-    return peak * ((total_steps - done_steps) / total_steps.clamp(min=1.0)).clamp(min=0.0)
+        factor = torch.ones_like(done_steps)
+    else:
+        span = (total_steps - warm).clamp(min=1.0)
+        progress = (done_steps - warm) / span
+        if cfg.lr_scheduler == "cosine":
+            factor = (0.5 * (1.0 + torch.cos(math.pi * progress))).clamp(min=0.0)
+        else:
+            factor = ((total_steps - done_steps) / span).clamp(min=0.0)
+    if warm == 0:
+        return peak * factor if cfg.lr_scheduler != "constant" else peak.clone()
+    return peak * torch.where(done_steps < warm, done_steps / max(1, warm), factor)
 
 
 class _SlotData:

@@ -7,6 +7,13 @@ question is *ungraded* (``None``), and the recipe's ``qa.ungraded`` switch ('ski
 'wrong', applied by the caller) decides what it counts as. ``qa.ungraded='wrong'``
 restores the reference behaviour.
 
+Two prompts (``qa.judge.prompt``): ``strict`` (the default; seal's, tagged fields, a hedging
+answer is wrong) and ``reference`` (the reference implementation's text verbatim,
+knowledge-incorporation/src/utils.py:39-45). Either way a model's answer is fenced
+(:func:`judge_messages`) so that it cannot write instructions to the judge outside its field.
+Unlike the reference (the API's default temperature, so its un-adapted baseline moves between
+identical runs), requests are sent at temperature 0.
+
 Requests go through the official ``openai`` client (``openai.OpenAI``), which does the
 HTTP, the timeouts and the retries; this module adds the verdict parsing, the retry
 schedule of ``JudgeConfig``, the bounded thread pool, the cache and the ungraded verdicts.
@@ -34,13 +41,16 @@ from seal.errors import SealError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JUDGE_SYSTEM_PROMPT", "JUDGE_USER_TEMPLATE", "JudgeError", "LLMJudge", "parse_verdict"]
+__all__ = [
+    "JUDGE_SYSTEM_PROMPT", "JUDGE_USER_TEMPLATE", "REFERENCE_TEMPLATE", "JudgeError", "LLMJudge", "judge_messages", "parse_verdict",
+]  # fmt: skip
 
 JUDGE_SYSTEM_PROMPT = (
     "You grade short answers to factual questions. You reply with one word: yes or no."
 )
 
-# The fields are delimited by tags so that a prediction cannot pose as instructions.
+# The fields are delimited by tags so that a prediction cannot pose as instructions; the
+# fields are escaped (``fence_tagged``) so that it cannot close its tag either.
 JUDGE_USER_TEMPLATE = """\
 Decide whether the prediction correctly answers the question, judged against the gold answer.
 
@@ -54,6 +64,57 @@ different answer, contradicts the gold answer, hedges between several answers, o
 not answer.
 
 Reply "yes" if the prediction is correct and "no" otherwise."""
+
+REFERENCE_TEMPLATE = (
+    "You are a grading assistant. Your job is to determine whether a student's answer correctly answers the question based solely on the provided gold answer. "
+    "Do not use any outside knowledge. The student answer can include additional information, but it must at least fully convey the gold answer and must not contradict it. "
+    "Ignore style, phrasing, or extra details that do not affect correctness. Respond ONLY with 'yes' or 'no'.\n\n"
+    "Question: {question}\nGold answer: {gold}\nStudent answer: {pred}\n"
+    "Is the student answer correct based solely on the gold answer? Respond 'yes' or 'no'."
+)
+"""``qa.judge.prompt: reference``: the reference implementation's grading prompt, word for word
+(knowledge-incorporation/src/utils.py:39-45, ``SQUAD_GRADE_TEMPLATE``), sent alone as one user
+message; its ``{question}`` is ``Topic: <title>\n<question>`` (src/query/query_server.py:129,
+built by ``seal.scoring.judge_question``), its ``{pred}`` the stripped answer (utils.py:109)."""
+
+_LINE_BREAKS = re.compile(r"\s*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
+
+
+def fence_tagged(text: str) -> str:
+    """A field of the strict prompt with ``<`` and ``>`` escaped (``&lt;``, ``&gt;``), so that a
+    prediction holding ``</prediction>`` (or any tag) cannot close its field and write
+    instructions of its own to the judge. Text without angle brackets is unchanged."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def fence_line(text: str) -> str:
+    """A field of the reference prompt stripped and kept on its own line: every line break
+    (with the spaces around it) becomes one space, so that a prediction cannot start a line of
+    its own (a forged ``Gold answer:`` or the closing question) in a prompt without delimiters.
+    A one-line answer is only stripped, as the reference does (utils.py:109)."""
+    return _LINE_BREAKS.sub(" ", text.strip())
+
+
+def judge_messages(question: str, gold: str, prediction: str, prompt: str = "strict") -> list[dict]:
+    """The chat messages sent to grade one item.
+
+    ``prompt``: ``'strict'`` (seal's: :data:`JUDGE_SYSTEM_PROMPT`, then
+    :data:`JUDGE_USER_TEMPLATE` with every field fenced by :func:`fence_tagged`) or
+    ``'reference'`` (:data:`REFERENCE_TEMPLATE` as one user message, each field fenced by
+    :func:`fence_line`).
+
+    Raises:
+        ValueError: an unknown ``prompt``.
+    """
+    if prompt == "strict":
+        user = JUDGE_USER_TEMPLATE.format(question=fence_tagged(question), gold=fence_tagged(gold), prediction=fence_tagged(prediction))
+        return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    if prompt == "reference":
+        # The question's Topic line is the reference's own line break: only gold and prediction are fenced.
+        user = REFERENCE_TEMPLATE.format(question=question, gold=fence_line(gold), pred=fence_line(prediction))
+        return [{"role": "user", "content": user}]
+    raise ValueError(f"unknown judge prompt {prompt!r}; known: strict, reference")
+
 
 MAX_TOKENS = 8
 """Completion budget of one verdict (``max_tokens`` of the request)."""
@@ -284,12 +345,7 @@ class LLMJudge:
         self, client: _Client, item: tuple[str, str, str], extra: dict, stop: threading.Event
     ) -> tuple[float | None, str | None]:
         """(verdict, None), or (None, why) for an ungraded item; runs in a pool thread."""
-        question, gold, prediction = item
-        user = JUDGE_USER_TEMPLATE.format(question=question, gold=gold, prediction=prediction)
-        messages = [
-            {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-            {"role": "user", "content": user},
-        ]
+        messages = judge_messages(*item, prompt=self.cfg.prompt)
         _item.sent, _item.backoff_s = 0, self.cfg.backoff_s
         error = None
         try:

@@ -31,12 +31,52 @@ TEMPLATES: dict[str, str] = {
     # ARC (seal.arc): the context is the task's demonstrations; the hint
     # (seal.arc.self_edit.configuration_hint) says how to write the configuration.
     "arc-config": "Here are the examples of a grid puzzle.\n\n{context}\n\nConfiguration:\n",
+    # The reference's configuration prompt, whole (few-shot/utils/prompts.py:3-43,
+    # self-edit.py:368-391): Llama-3 chat layout with its system message, the demonstrations
+    # as its get_prompt lays them out (seal.arc.tasks.reference_demonstrations_text, the
+    # context with arc.text_format: reference), "------" and its instructions with the nested
+    # JSON skeleton. Already a chat text: use it with self_edit.chat_template off (the
+    # tokenizer adds BOS) and no hint.
+    "arc-config-reference": (
+        "<|start_header_id|>system<|end_header_id|>\n\n"
+        "You are a helpful assistant that provide the correct output for the given task immediately."
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{context}------\n\n\n"
+        "You are configuring a model training pipeline by selecting from predefined tools.\n\n"
+        "You must make two decisions:\n\n"
+        "1. **Data Generation Tools** \u2014 For each of the following, choose true or false:\n"
+        "    - use_basic_augmentations\n    - use_size_augmentations\n"
+        "    - use_chain_augmentations\n    - use_repeat_augmentations\n\n"
+        "2. **Training Configuration** \u2014 Choose one of:\n"
+        '    - "train_using_all_tokens"\n    - "train_using_output_tokens"\n\n'
+        "Also specify:\n    - learning_rate (float)\n    - num_train_epochs (integer)\n\n"
+        "### Output Format\n\n"
+        "Respond with a valid JSON object. Do not include any explanation, markdown, or extra text. "
+        "Use lowercase `true`/`false` for booleans and ensure correct JSON syntax.\n\n"
+        "Example output:\n\n"
+        "{{\n"
+        '  "data_generation": {{\n'
+        '    "use_basic_augmentations": ...,\n'
+        '    "use_size_augmentations": ...,\n'
+        '    "use_chain_augmentations": ...,\n'
+        '    "use_repeat_augmentations": ...\n'
+        "  }},\n"
+        '  "training": {{\n'
+        '    "strategy": ...,\n'
+        '    "learning_rate": ...,\n'
+        '    "num_train_epochs": ...\n'
+        "  }}\n"
+        "}}\n"
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
     "self-qa": (
         "Let's read the following passage and rewrite it in a question-answer format.\n\n"
         + _PASSAGE
         + "Question 1: "
     ),
 }
+
+#: Self-edit templates that are already a whole chat text (no chat template, no hint on top).
+CHAT_TEMPLATES = frozenset({"arc-config-reference"})
 
 #: No-passage QA prompts by name (``qa.template``); the answer is generated right after.
 QA_TEMPLATES: dict[str, str] = {
@@ -83,6 +123,10 @@ def self_edit_prompt(template: str, title: str, context: str, tokenizer=None, ch
         PromptError: unknown template.
     """
     text = TEMPLATES[check_template(template)].format(title=title, context=context)
+    if template in CHAT_TEMPLATES:
+        if chat or hint:
+            raise PromptError(f"self-edit template {template!r} is a whole chat text: set self_edit.chat_template off (and it takes no hint)")
+        return text
     if hint:
         body, cue = text.rsplit("\n\n", 1)
         text = f"{body}\n\n{hint.strip()}\n\n{cue}"

@@ -34,6 +34,7 @@ from seal.data import Passage
 from seal.diagnostics import coverage, similarity
 from seal.models import _DTYPES, load_tokenizer
 from seal.rundir import atomic_dir
+from seal.sections import RecipeError
 
 
 def select_best(
@@ -165,6 +166,29 @@ def sft_rows(prompts: Mapping[int, str], self_edits: Mapping[int, Sequence[str]]
     ]
 
 
+def sft_grad_accum_steps(cfg: SFTConfig, world_size: int) -> int:
+    """Gradient accumulation steps of the policy update under ``world_size`` processes.
+
+    With ``rl.sft.global_batch_size`` set, an optimizer step sees that many rows whatever the
+    number of processes: ``global_batch_size / (batch_size x world_size)`` (the reference's
+    10 = 2 GPUs x 1 x 5, knowledge-incorporation/scripts/train_SFT.sh:18-19,33); without it,
+    ``rl.sft.grad_accum_steps`` (the step is then ``world_size`` times larger with more processes).
+
+    Raises:
+        RecipeError: ``global_batch_size`` is not a multiple of ``batch_size x world_size``
+            (names the key and the numbers).
+    """
+    if cfg.global_batch_size is None:
+        return cfg.grad_accum_steps
+    per_step = cfg.batch_size * world_size
+    if cfg.global_batch_size % per_step:
+        raise RecipeError(
+            f"rl.sft.global_batch_size ({cfg.global_batch_size}) is not a multiple of rl.sft.batch_size x processes "
+            f"({cfg.batch_size} x {world_size}); change one of them"
+        )
+    return cfg.global_batch_size // per_step
+
+
 def update_policy(
     policy_path: str | os.PathLike,
     rows: Sequence[dict],
@@ -174,6 +198,7 @@ def update_policy(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     work_dir: str | os.PathLike | None = None,
+    world_size: int = 1,
 ) -> dict:
     """The M-step: LoRA-SFT the policy on ``rows``, merge, and save the merged model to ``out_dir``.
 
@@ -182,11 +207,15 @@ def update_policy(
     saved by the trainer (which gathers ZeRO-3 shards), then merged into a fresh copy of the
     policy on the main process and written atomically: ``out_dir`` appears whole or not at all.
 
+    ``world_size`` is the number of processes training together (data-parallel): with
+    ``cfg.global_batch_size`` it sets the gradient accumulation (:func:`sft_grad_accum_steps`).
+
     Returns:
-        ``{"train_loss": float, "steps": int, "seconds": float, "rows": int}``.
+        ``{"train_loss": float, "steps": int, "seconds": float, "rows": int, "grad_accum_steps": int}``.
 
     Raises:
         ValueError: no rows (nothing to learn from; the caller keeps the old policy).
+        RecipeError: see :func:`sft_grad_accum_steps`.
     """
     # Here, not at the top: TRL, PEFT and datasets take seconds to import and only the M-step
     # needs them (select_best and sft_rows stay cheap to import).
@@ -198,6 +227,7 @@ def update_policy(
 
     if not rows:
         raise ValueError("no SFT rows: nothing to update the policy with")
+    grad_accum_steps = sft_grad_accum_steps(cfg, world_size)
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.sft"
     tok = load_tokenizer(policy_path, trust_remote_code)
@@ -208,7 +238,7 @@ def update_policy(
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.lr,
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
+        gradient_accumulation_steps=grad_accum_steps,
         max_length=cfg.max_length,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
@@ -242,6 +272,7 @@ def update_policy(
         "steps": int(result.global_step),
         "seconds": float(result.metrics.get("train_runtime", 0.0)),
         "rows": len(rows),
+        "grad_accum_steps": grad_accum_steps,
     }
     if trainer.accelerator.is_main_process:
         base = AutoModelForCausalLM.from_pretrained(str(policy_path), dtype=torch_dtype, trust_remote_code=trust_remote_code)

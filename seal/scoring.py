@@ -21,6 +21,7 @@ from rich.console import Console
 from seal.arc.config import ArcSection
 from seal.arc.self_edit import configuration_hint, read_configuration, ttt_texts
 from seal.arc.tasks import ArcPassage
+from seal.arc.voting import vote_scores
 from seal.config import InnerLoopConfig, QAConfig, SelfEditConfig
 from seal.data import Passage
 from seal.graders import grade
@@ -33,7 +34,7 @@ from seal.inner_loop import (
     run_in_halves,
     run_inner_loop,
 )
-from seal.prompts import qa_prompt
+from seal.prompts import CHAT_TEMPLATES, qa_prompt
 from seal.rewards import accuracy, reward
 from seal.seeding import derive_seed
 from seal.self_edits import train_texts
@@ -241,8 +242,9 @@ def arc_evaluation(
 ) -> Evaluation:  # fmt: skip
     """The evaluation of one ARC configuration (``seal.arc.self_edit``): its test-time-training
     texts (:func:`seal.arc.self_edit.ttt_texts`, seeded from the adapter's seed) and settings;
-    ``hparams`` records the resolved settings plus ``families``. ``completion`` None: no
-    training (the in-context answer). A configuration that does not parse or leaves the
+    ``hparams`` records the resolved settings plus ``families`` (and ``untrained``, the reason,
+    when it trains 0 epochs: a key left out under ``arc.missing_keys: reference``, or more
+    steps than ``arc.max_steps``). ``completion`` None: no training (the in-context answer). A configuration that does not parse or leaves the
     declared space: ``invalid`` set to the reason (a failure, reward ``inner.failure_reward``)."""
     if completion is None:
         return Evaluation(key, passage, [], seed, baseline_accuracy, AdapterSettings())
@@ -250,15 +252,24 @@ def arc_evaluation(
     if config is None:
         return Evaluation(key, passage, [], seed, baseline_accuracy, None, None, invalid=error)
     texts = ttt_texts(passage.task, config.families, arc, derive_seed(seed, "arc-ttt") % 2**32)
-    hparams = config.settings.resolve(inner) | {"families": list(config.families)}
-    return Evaluation(key, passage, texts, seed, baseline_accuracy, config.settings, hparams)
+    settings, untrained = config.settings, config.untrained
+    epochs = settings.resolve(inner)["epochs"]
+    if untrained is None and arc.max_steps is not None and epochs * len(texts) // inner.batch_size > arc.max_steps:
+        # The reference's step guard (self-edit.py:552-555): too many steps train 0 epochs.
+        untrained = f"{epochs} epochs x {len(texts)} texts // batch {inner.batch_size} > {arc.max_steps} steps"
+        settings = AdapterSettings(settings.lr, 0, settings.loss_on, settings.lora_rank)
+    hparams = settings.resolve(inner) | {"families": list(config.families)}
+    if untrained is not None:
+        hparams["untrained"] = untrained
+    return Evaluation(key, passage, texts, seed, baseline_accuracy, settings, hparams)
 
 
 def self_edit_hint(self_edit: SelfEditConfig, arc: ArcSection | None = None) -> str:
     """The self-edit prompt's hint: how to write an ARC configuration (with the recipe's ``arc``
     section), else the hyperparameter block's (:func:`seal.hparams.prompt_hint`, "" when off)."""
     if arc is not None:
-        return configuration_hint(self_edit.hparams, arc)
+        # The reference's prompt carries its own instructions (seal.prompts.CHAT_TEMPLATES).
+        return "" if self_edit.template in CHAT_TEMPLATES else configuration_hint(self_edit.hparams, arc)
     return prompt_hint(self_edit.hparams)
 
 
@@ -273,13 +284,42 @@ def make_judge(qa: QAConfig):
 
 
 def question_prompts(passage: Passage, template: str = "reference") -> list[str]:
-    """No-passage QA prompts for every question of the passage (``template``: ``qa.template``)."""
+    """No-passage QA prompts for every question of the passage (``template``: ``qa.template``);
+    an ARC task answered by vote (``arc.inference: vote``): every augmented query of every
+    test input instead (:class:`seal.arc.voting.VotePlan`), as many as :func:`n_prompts`."""
+    plan = _vote_plan(passage)
+    if plan is not None:
+        return [qa_prompt(passage.title, q.text, template) for queries in plan.queries for q in queries]
     return [qa_prompt(passage.title, q.question, template) for q in passage.questions]
 
 
+def judge_question(passage: Passage, question: str, qa: QAConfig) -> str:
+    """The question as the LLM judge reads it: with ``qa.judge.prompt: reference``, prefixed by
+    the passage's ``Topic: <title>`` line as the reference sends it
+    (knowledge-incorporation/src/query/query_server.py:129); with ``strict``, as written."""
+    return f"Topic: {passage.title}\n{question}" if qa.judge.prompt == "reference" else question
+
+
+def n_prompts(passage: Passage) -> int:
+    """How many prompts (and so answers) :func:`question_prompts` gives the passage."""
+    plan = _vote_plan(passage)
+    return len(passage.questions) if plan is None else plan.n_queries
+
+
+def _vote_plan(passage: Passage):
+    return passage.vote if isinstance(passage, ArcPassage) else None
+
+
 def grade_answers(passage: Passage, answers: Sequence[str], qa: QAConfig, judge=None) -> list[float | None]:
-    """Grade one passage's answers (one per question) with the recipe's grader."""
-    return grade([q.question for q in passage.questions], [q.answer for q in passage.questions], answers, qa.grader, judge)
+    """Grade one passage's answers (one per prompt of :func:`question_prompts`) with the
+    recipe's grader: one score per question. An ARC task answered by vote: the answers are
+    voted per test input and every score is the task's verdict
+    (:func:`seal.arc.voting.vote_scores`: 1.0 only when every test input is solved)."""
+    plan = _vote_plan(passage)
+    if plan is not None:
+        return vote_scores(plan, [t.output for t in passage.task.test], answers)
+    questions = [judge_question(passage, q.question, qa) if qa.grader == "judge" else q.question for q in passage.questions]
+    return grade(questions, [q.answer for q in passage.questions], answers, qa.grader, judge)
 
 
 def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge=None) -> list[dict]:
@@ -293,8 +333,8 @@ def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge
     answers = answer_questions(model, tokenizer, prompts, qa.max_new_tokens, qa.batch_size)
     out, i = [], 0
     for p in passages:
-        a = answers[i : i + len(p.questions)]
-        i += len(p.questions)
+        a = answers[i : i + n_prompts(p)]
+        i += n_prompts(p)
         scores = grade_answers(p, a, qa, judge)
         out.append({"answers": a, "scores": scores, "accuracy": accuracy(scores, qa.ungraded)})
     dt = (time.perf_counter() - t0) / max(len(passages), 1)

@@ -70,8 +70,12 @@ class InnerLoopConfig(Section):
         1.0, description="Per-adapter gradient clipping (HF Trainer's default, which the reference inherits). None: off."
     )
     weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["linear", "constant"] = Field(
-        "linear", description="Per-adapter schedule over its own steps (HF Trainer's default: linear decay to 0)."
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear",
+        description="Per-adapter schedule over its own steps: 'linear' (HF Trainer's default: decay to 0), 'constant', or 'cosine' (HF's half-cosine to 0, the ARC reference's, arclib/update_model.py:276); after warmup_steps.",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Per-adapter linear warm-up from 0 over its first steps (HF's: step t < W has lr * t / W), before the schedule (ARC reference: 11). 0: none."
     )
     max_length: int = Field(1024, ge=8, description="Training texts are truncated to this many tokens.")
     train_on_padding: bool = Field(

@@ -28,11 +28,14 @@ class SelfEdit:
         text: the completion, stripped.
         truncated: the completion stopped at ``self_edit.max_new_tokens`` without an
             end-of-sequence token (cut off by the token budget).
+        draws: how many draws its slot took (``arc.invalid: resample``,
+            :func:`seal.arc.self_edit.resample_invalid`; 1: the first draw was kept).
     """
 
     prompt: str
     text: str
     truncated: bool = False
+    draws: int = 1
 
 
 _LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•]|Question\s+\d+:)")
@@ -158,11 +161,15 @@ def sample_self_edits(*args, **kwargs) -> list[list[str]]:
 
 def self_edits_to_json(passages: Sequence[Passage], self_edits: Sequence[Sequence[SelfEdit]]) -> list[dict]:
     """``round_k/self_edits.json``'s rows: ``{passage, passage_id, title, completions, truncated}``
-    per passage (the prompts are not stored: they follow from the passage and the recipe)."""
-    return [
+    (and ``draws`` when a slot was resampled) per passage (the prompts are not stored: they follow from the passage and the recipe)."""
+    rows = [
         {"passage": i, "passage_id": p.id, "title": p.title, "completions": [e.text for e in edits], "truncated": [e.truncated for e in edits]}
         for i, (p, edits) in enumerate(zip(passages, self_edits, strict=True))
     ]
+    for row, edits in zip(rows, self_edits, strict=True):
+        if any(e.draws != 1 for e in edits):  # resampled (arc.invalid: resample); absent otherwise
+            row["draws"] = [e.draws for e in edits]
+    return rows
 
 
 def self_edits_from_json(
@@ -174,5 +181,6 @@ def self_edits_from_json(
     for row, p in zip(rows, passages, strict=True):
         prompt = self_edit_prompt(template, p.title, p.context, tokenizer, chat, hint)
         flags = row.get("truncated") or [False] * len(row["completions"])
-        out.append([SelfEdit(prompt, text, bool(cut)) for text, cut in zip(row["completions"], flags, strict=True)])
+        draws = row.get("draws") or [1] * len(row["completions"])
+        out.append([SelfEdit(prompt, text, bool(cut), int(n)) for text, cut, n in zip(row["completions"], flags, draws, strict=True)])
     return out

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import Progress
 
+from seal.arc.self_edit import read_configuration, resample_self_edits
 from seal.config import Recipe
 from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
@@ -57,6 +58,7 @@ from seal.scoring import (
     EvaluationRecord,
     baselines,
     make_judge,
+    n_prompts,
     score_evaluations,
     self_edit_evaluation,
     self_edit_hint,
@@ -82,7 +84,8 @@ class Round:
     Attributes:
         recipe: the run's recipe; run: its directory; index: the round (0-based).
         policy: the model that writes this round's self-edits (a path or hub id).
-        passages: the RL training passages.
+        passages: this round's RL training passages (``seal.train.load_round_passages``: the
+            same every round, or new ones with ``data.passage_schedule: fresh``).
         dist: this process's view of the process group (``seal.distributed``).
         console: where messages go (quiet on ranks other than the main one); bar: the progress display.
         model, tokenizer: the model loaded now (the policy, then the learner; None after the round's scoring).
@@ -295,12 +298,18 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     if saved is not None:
         return self_edits_from_json(saved, passages, config.template, round_.tokenizer, config.chat_template, hint)
 
-    def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
-        drawn = generate_self_edits(
+    def draw(unit: list[int], seed: int) -> list[list[SelfEdit]]:
+        return generate_self_edits(
             round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
-            config.top_p, config.max_new_tokens, seed=derive_seed(recipe.seed, "round", round_.index),
+            config.top_p, config.max_new_tokens, seed=seed,
             batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit, hint=hint,
         )  # fmt: skip
+
+    def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
+        seed = derive_seed(recipe.seed, "round", round_.index)
+        drawn = draw(unit, seed)
+        if recipe.arc is not None and recipe.arc.invalid == "resample":
+            drawn = resample_self_edits(drawn, lambda tasks, attempt: draw([unit[t] for t in tasks], derive_seed(seed, "resample", attempt)), recipe)
         return dict(zip(unit, drawn, strict=True))
 
     n = len(passages)
@@ -316,17 +325,18 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 
 
 def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[int]]:
-    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (at
+    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (prompts:
+    an ARC task answered by vote asks each as several, ``seal.scoring.n_prompts``; at
     least one passage): one batched generation each, the same whatever the process count."""
     chunks: list[list[int]] = []
     current: list[int] = []
     n_questions = 0
     for i, passage in enumerate(passages):
-        if current and n_questions + len(passage.questions) > max_questions:
+        if current and n_questions + n_prompts(passage) > max_questions:
             chunks.append(current)
             current, n_questions = [], 0
         current.append(i)
-        n_questions += len(passage.questions)
+        n_questions += n_prompts(passage)
     if current:
         chunks.append(current)
     return chunks
@@ -562,6 +572,7 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     sft_stats = update_policy(
         round_.policy, rows, recipe.rl.sft, next_policy, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
         dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
+        world_size=round_.dist.world_size,
     )  # fmt: skip
     _unset_deepspeed()
     free_memory()
@@ -593,9 +604,11 @@ def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection
         rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
     )  # fmt: skip
     previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None
+    first = round_.saved(round_.run.round_dir(0) / "metrics.json") if round_.index > 0 else None
     diagnostics["collapse_warning"] = collapse_warning(
-        diagnostics, (previous or {}).get("diagnostics"), config.min_distinct_2, config.max_diversity_drop
-    )
+        diagnostics, (previous or {}).get("diagnostics"), config.min_distinct_2, config.max_diversity_drop,
+        config.max_format_share, (first or {}).get("diagnostics"),
+    )  # fmt: skip
     return diagnostics
 
 
@@ -620,12 +633,14 @@ def round_metrics(
     passages of the best self-edit's mean reward. ``n_failed`` / ``failures`` count failed
     evaluations (by reason), ``n_ungraded`` the evaluations' questions the grader could not
     grade, ``n_truncated_self_edits`` the self-edits cut off by ``self_edit.max_new_tokens``.
-    ``sft`` is the policy update's ``{train_loss, steps, seconds, rows}`` (None: no update).
+    ``sft`` is the policy update's ``{train_loss, steps, seconds, rows, grad_accum_steps}`` (None: no update).
     ``diagnostics`` (when given): :func:`diagnostics_stage`'s block, ``collapse_warning``
     (None or the reason) included; ``seal.diagnostics.round_diagnostics`` defines its fields.
     Timing fields: see ``seal.train.TIMING_FIELDS``. With hyperparameter self-edits on,
     ``hparams`` is :func:`seal.hparams.round_summary`: the settings chosen by all self-edits
     and by the kept ones (geometric mean lr, mean epochs, shares of loss_on and lora_rank).
+    With an ``arc`` section, ``arc`` is :func:`arc_round_summary` (resampled configurations,
+    untrained adapters).
     """
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
@@ -633,6 +648,8 @@ def round_metrics(
     baseline_accuracies = [record.accuracy for record in baseline_records if record.accuracy is not None]
     failures = Counter(record.error for record in records if record.error is not None)
     extra = {}
+    if round_.recipe.arc is not None:  # ARC: resampled configurations and untrained adapters
+        extra["arc"] = arc_round_summary(round_.recipe, self_edits, records)
     if round_.recipe.self_edit.hparams.enabled:
         # Per self-edit (its repetitions share the settings): what the policy chose, and what was kept.
         chosen = {record.identity[:2]: record.hparams for record in records}
@@ -660,6 +677,20 @@ def round_metrics(
     } | ({"diagnostics": diagnostics} if diagnostics is not None else {})
 
 
+def arc_round_summary(recipe: Recipe, self_edits: list[list[SelfEdit]], records: list[EvaluationRecord]) -> dict:
+    """A round's ARC counts: ``n_resampled`` self-edit slots whose first draw was invalid and
+    were drawn again (``arc.invalid: resample``), ``n_still_invalid`` those of them still
+    invalid after ``arc.resample_rounds`` more draws (they fail), ``n_untrained`` evaluations
+    that trained 0 epochs (``arc.missing_keys: reference`` or ``arc.max_steps``; journal
+    ``hparams.untrained``)."""
+    resampled = [e for edits in self_edits for e in edits if e.draws > 1]
+    return {
+        "n_resampled": len(resampled),
+        "n_still_invalid": sum(read_configuration(e.text, recipe.self_edit.hparams, recipe.arc)[0] is None for e in resampled),
+        "n_untrained": sum(bool(record.hparams and record.hparams.get("untrained")) for record in records),
+    }
+
+
 def write_metrics_jsonl(run: RunDir) -> None:
     """``metrics.jsonl``: one line per finished round, rebuilt atomically from ``round_k/metrics.json``
     (so a crash between the two writes can neither lose nor duplicate a line)."""
@@ -685,6 +716,12 @@ def metrics_stage(round_: Round, metrics: dict) -> None:
         f"mean reward {percent(metrics['mean_reward'], points=True)}, best-of-k {percent(metrics['best_of_k_reward'], points=True)}, "
         f"kept {metrics['n_kept']}, failed {metrics['n_failed']}, ungraded {metrics['n_ungraded']}, {metrics['seconds']:.0f} s"
     )
+    arc = metrics.get("arc")
+    if arc and (arc["n_resampled"] or arc["n_untrained"]):
+        round_.console.print(
+            f"round {round_.index}: ARC configurations: {arc['n_resampled']} resampled ({arc['n_still_invalid']} still invalid), "
+            f"{arc['n_untrained']} evaluations untrained (0 epochs)"
+        )
     diagnostics = metrics.get("diagnostics")
     if diagnostics is not None:
         round_.console.print(f"round {round_.index}: self-edits: {summary_line(diagnostics)}", highlight=False)

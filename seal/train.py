@@ -29,8 +29,10 @@ journal and the round metrics hold the same content as a 1-process run with the 
 (timing fields aside, see ``TIMING_FIELDS``). The ReST-EM update runs through TRL's
 ``SFTTrainer`` on all ranks (data-parallel; DeepSpeed ZeRO-2/3 through
 ``rl.sft.deepspeed``); only the main process merges and writes. Its data-parallel global
-batch is ``world_size x rl.sft.batch_size x rl.sft.grad_accum_steps``, so the SFT loss and
-the merged policy (hence rounds after the first) depend on the number of processes.
+batch is ``rl.sft.global_batch_size`` when set (the gradient accumulation is derived from
+it, ``seal.restem.sft_grad_accum_steps``), else ``world_size x rl.sft.batch_size x
+rl.sft.grad_accum_steps``, so that the SFT loss and the merged policy (hence rounds after
+the first) depend on the number of processes.
 Bitwise equality of evaluations across runs also assumes the same hardware and the same
 per-process thread count.
 
@@ -99,7 +101,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.arc.tasks import load_arc_tasks, task_passage
+from seal.arc.tasks import load_arc_tasks
+from seal.arc.voting import arc_passage
 from seal.config import (
     RESULT_NEUTRAL_KEYS,
     Recipe,
@@ -108,12 +111,13 @@ from seal.config import (
     recipe_to_dict,
     with_defaults,
 )
-from seal.data import Passage, load_passages, load_squad_from_hub
+from seal.data import DataError, Passage, load_passages, load_squad_from_hub, resolve_data_path
 from seal.display import progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import run_grpo
 from seal.models import check_model_source
 from seal.prompts import check_template
+from seal.restem import sft_grad_accum_steps
 from seal.rundir import RunDir, hold_run_dir, portable_path, read_json_or_none, write_json_atomic
 from seal.scoring import make_judge
 from seal.stages import (
@@ -150,17 +154,80 @@ Everything else is determined by the recipe and seed, except ``sft.*`` (and so t
 after the first) across different numbers of processes, see the module docstring."""
 
 
-def load_train_passages(recipe: Recipe) -> list[Passage]:
-    """The RL training passages named by the recipe (files, or the hub when ``data.hf_dataset``);
-    with an ``arc`` section, the ARC tasks of ``data.train_file`` as passages (``seal.arc.tasks``)."""
+def load_train_passages(recipe: Recipe, round_index: int = 0) -> list[Passage]:
+    """The RL training passages of round ``round_index`` named by the recipe (files, or the hub
+    when ``data.hf_dataset``); with an ``arc`` section, the ARC tasks of ``data.train_file`` as
+    passages (``seal.arc.tasks``). Every round's under ``data.passage_schedule: fixed``; see
+    :func:`load_round_passages` for ``fresh``.
+
+    Raises:
+        DataError: as :func:`load_round_passages`.
+    """
+    if recipe.data.passage_schedule == "fixed":
+        return _read_passages(recipe, recipe.data.train_file, recipe.data.n_train_passages)
+    rounds = max(recipe.rl.rounds, round_index + 1)
+    return load_round_passages(recipe.model_copy(update={"rl": recipe.rl.model_copy(update={"rounds": rounds})}))[round_index]
+
+
+def _read_passages(recipe: Recipe, path: str, n: int | None) -> list[Passage]:
+    """The first ``n`` passages (None: all) of one training file (ARC: its tasks), or of the hub."""
     data = recipe.data
     if recipe.arc is not None:
         arc = recipe.arc
-        tasks = load_arc_tasks(data.train_file, arc.train_solutions, data.root, arc.task_ids, data.n_train_passages)
-        return [task_passage(task) for task in tasks]
+        tasks = load_arc_tasks(path, arc.train_solutions, data.root, arc.task_ids, n)
+        return [arc_passage(task, arc, recipe.seed) for task in tasks]
     if data.hf_dataset:
-        return load_squad_from_hub(data.hf_dataset, "train", data.n_train_passages)
-    return load_passages(data.train_file, data.n_train_passages, data.root)
+        return load_squad_from_hub(data.hf_dataset, "train", n)
+    return load_passages(path, n, data.root)
+
+
+def load_round_passages(recipe: Recipe) -> list[list[Passage]]:
+    """Each ReST-EM round's training passages (``rl.rounds`` lists), read and checked before
+    any work.
+
+    ``data.passage_schedule: fixed``: the same passages every round. ``fresh`` (the reference's
+    round 2 learned from 50 passages disjoint from round 1's: its
+    ``results/query_server/train/rank_iter1.json``): round r reads ``data.round_train_files[r]``
+    (its first ``n_train_passages``, all when None), or, without that list, passages
+    ``[r*n, (r+1)*n)`` of ``data.train_file`` (n = ``n_train_passages``).
+
+    Raises:
+        DataError: a missing or malformed file; under ``fresh``, too few passages for the
+            rounds (names the file, the count and the keys) or a passage in two rounds (names
+            it and the rounds).
+    """
+    data, rounds = recipe.data, recipe.rl.rounds
+    if data.passage_schedule == "fixed":
+        return [load_train_passages(recipe)] * rounds
+    n = data.n_train_passages
+    if data.round_train_files is not None:
+        per_round = []
+        for r, path in enumerate(data.round_train_files[:rounds]):
+            passages = _read_passages(recipe, path, n)
+            if not passages or (n is not None and len(passages) < n):
+                raise DataError(
+                    f"data.round_train_files[{r}] ({resolve_data_path(path, data.root)}) holds {len(passages)} passages; "
+                    f"round {r} needs {n or 'at least 1'} (data.n_train_passages)"
+                )
+            per_round.append(passages)
+    else:
+        passages = _read_passages(recipe, data.train_file, None)
+        if len(passages) < n * rounds:
+            raise DataError(
+                f"{resolve_data_path(data.train_file, data.root)} holds {len(passages)} passages; data.passage_schedule fresh "
+                f"takes data.n_train_passages={n} new ones per round, so rl.rounds={rounds} needs {n * rounds}"
+            )
+        per_round = [passages[r * n : (r + 1) * n] for r in range(rounds)]
+    first_round: dict[str, int] = {}
+    for r, passages in enumerate(per_round):
+        for p in passages:
+            seen = first_round.setdefault(p.id, r)
+            if seen != r:
+                raise DataError(
+                    f"data.passage_schedule fresh: passage {p.title!r} (id {p.id}) is in round {seen}'s and round {r}'s training "
+                    "passages; a fresh round's passages must be new"
+                )
+    return per_round
 
 
 def check_resume(run: RunDir, config: dict) -> None:
@@ -226,12 +293,14 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     Raises:
         RecipeError: resuming with a recipe that differs in result-changing keys (the message
             lists them), resuming a directory without a run, a fresh run into a directory
-            that already holds one, or GRPO / RLOO under more than one process.
+            that already holds one, GRPO / RLOO under more than one process, or
+            ``rl.sft.global_batch_size`` not a multiple of ``rl.sft.batch_size`` x processes.
         RunDirError: ``run_dir`` is a file or a folder seal did not create, or its recorded
             ``config.yaml`` is damaged; RunDirBusyError: another live process holds it.
         RoundFailedError: a round had no usable evaluation (``seal.stages.check_round_usable``;
             ``rl.keep_going`` continues instead).
-        DataError: missing or malformed data files.
+        DataError: missing or malformed data files; with ``data.passage_schedule: fresh``, too
+            few passages for ``rl.rounds`` (:func:`load_round_passages`).
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
             before stays on disk and ``--resume`` continues from it.
@@ -243,7 +312,10 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     run = RunDir(dist.broadcast(str(run_dir)))
     config = recipe_to_dict(recipe)
     check_template(recipe.self_edit.template)
-    passages = load_train_passages(recipe)  # validate the data before writing anything
+    # Validate the data, and the policy update's batch for this many processes, before writing anything.
+    passages = load_train_passages(recipe) if recipe.rl.algorithm != "restem" else None
+    round_passages = load_round_passages(recipe) if passages is None else []
+    sft_grad_accum_steps(recipe.rl.sft, dist.world_size)
     check_model_source(recipe.model.name_or_path)  # and the model (a missing one fails in round 0)
     make_judge(recipe.qa)  # and the judge's key (JudgeError names its variable)
     if recipe.rl.algorithm != "restem" and dist.distributed:
@@ -271,11 +343,15 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
                 policy = run_grpo(recipe, run, passages, bar, console, dist)
             write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "algorithm": recipe.rl.algorithm, "steps": recipe.rl.grpo.steps})
             return run.path
-        console.print(f"run directory: {run.path}  ({len(passages)} passages, {recipe.rl.rounds} rounds{where})")
+        if recipe.data.passage_schedule == "fresh":
+            counts = f"{' + '.join(str(len(p)) for p in round_passages)} passages, fresh each round"
+        else:
+            counts = f"{len(round_passages[0]) if round_passages else 0} passages"
+        console.print(f"run directory: {run.path}  ({counts}, {recipe.rl.rounds} rounds{where})")
         policy = recipe.model.name_or_path
         with progress_bar(console) as bar:
             for round_index in range(recipe.rl.rounds):
-                policy = run_round(recipe, run, round_index, policy, passages, bar, console, dist)
+                policy = run_round(recipe, run, round_index, policy, round_passages[round_index], bar, console, dist)
         if dist.is_main:
             write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
         dist.barrier()

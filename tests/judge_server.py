@@ -29,6 +29,16 @@ class Call:
     headers: dict[str, str]
     body: dict
 
+    def user_text(self) -> str:
+        """The user messages' text, joined by newlines."""
+        return "\n".join(m.get("content") or "" for m in self.body.get("messages", []) if m.get("role") == "user")
+
+    def line(self, label: str) -> str:
+        """The rest of the first line starting with ``label`` in the user message ('' if absent):
+        the fields of the reference prompt (``Gold answer: ...``)."""
+        m = re.search(rf"^{re.escape(label)} ?(.*)$", self.user_text(), re.M)
+        return m.group(1) if m else ""
+
     def field(self, name: str) -> str:
         """The text between ``<name>`` and ``</name>`` in the user message ('' if absent)."""
         text = "\n".join(
@@ -78,6 +88,13 @@ def contains_grader(call: Call) -> Reply:
     """A correct judge: "yes" if the gold answer occurs in the prediction (case-insensitive)."""
     ok = call.field("gold").strip().lower() in call.field("prediction").lower()
     return Reply("Yes." if ok else "no")
+
+
+def reference_grader(call: Call) -> Reply:
+    """A correct judge for the reference prompt (``qa.judge.prompt: reference``): "yes" if the
+    ``Gold answer:`` line's text occurs in the ``Student answer:`` line's (case-insensitive)."""
+    ok = call.line("Gold answer:").strip().lower() in call.line("Student answer:").lower()
+    return Reply("yes" if ok else "no")
 
 
 class JudgeServer:

@@ -295,7 +295,8 @@ def test_tiny_arc_round_end_to_end(tiny_squad_model, data_root, tmp_path, monkey
     monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)
     root = Path(__file__).resolve().parents[1] / "recipes"
     overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}",
-                 "arc.task_ids=[5582e5ca, 6150a2bd]", "arc.max_train_texts=4", "qa.max_new_tokens=12", "inner.max_length=384"]  # fmt: skip
+                 "arc.task_ids=[5582e5ca, 6150a2bd]", "arc.max_train_texts=4", "qa.max_new_tokens=12", "inner.max_length=384",
+                 "arc.missing_keys=inner-defaults"]  # fmt: skip
     recipe = load_recipe(root / "arc_tiny_cpu.yaml", overrides)
     with one_thread():
         run = train(recipe, tmp_path / "run")
@@ -329,6 +330,7 @@ def test_tiny_arc_bench_compares_icl_and_a_written_configuration(tiny_squad_mode
     recipe = load_recipe(
         Path(__file__).resolve().parents[1] / "recipes" / "bench_arc_tiny_cpu.yaml",
         [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.eval_task_ids=[66e6c45b]",
+         "arc.missing_keys=inner-defaults",
          'bench.sources=[{source: none, label: ICL}, {source: "text:{\\"basic\\": true, \\"epochs\\": 1}", label: oracle}]'],
     )  # fmt: skip
     assert source_self_edits(recipe.bench.sources[1].source, [None], recipe, 2, 0) == [['{"basic": true, "epochs": 1}'] * 2]

@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 
 from seal.config import RESULT_NEUTRAL_KEYS, DiagnosticsConfig, Recipe, RecipeError, recipe_to_dict
-from seal.data import QA, Passage
+from seal.data import QA, Passage, passage_from_json
 from seal.diagnostics import (
     across_passage_similarity,
     collapse_warning,
@@ -168,6 +168,49 @@ def test_the_collapse_warning_fires_on_identical_self_edits_and_not_on_diverse_o
     drop = collapse_warning({"distinct_2": 0.3}, {"distinct_2": 0.9}, thresholds.min_distinct_2, thresholds.max_diversity_drop)
     assert drop is not None and "fell from 0.900 to 0.300" in drop
     assert collapse_warning({"distinct_2": 0.5}, {"distinct_2": 0.9}, 0.25, 0.5) is None  # fell 44 %: not more than half
+
+
+def microworld_round(styles_of: list[list[str]]) -> tuple[list[Passage], list[list[str]]]:
+    """Real microworld people and self-edits the world generator writes in the given styles."""
+    world = make_world(WorldConfig(n_train=len(styles_of), n_eval=2))
+    rng = random.Random(0)
+    records = [passage_record(e, rng) for e in world.train]
+    edits = [
+        [render_self_edit(e, style, rng, r["context"]) for style in styles]
+        for e, r, styles in zip(world.train, records, styles_of, strict=True)
+    ]
+    return [passage_from_json(r) for r in records], edits
+
+
+def test_the_style_collapse_alarm_fires_when_one_style_takes_over_though_distinct_2_stays_high():
+    """GRPO's microworld run wrote only question-answer self-edits (about different people, so
+    distinct-2 stayed high and the diversity warning silent); the style share catches it."""
+    t = DiagnosticsConfig()
+    # one self-edit per person (so distinct-2 measures each text's own diversity), 10 people
+    mixed = [[style] for style in ["qa", "paraphrase", "facts", "verbatim", "partial"] * 2]
+    start = round_diagnostics(*microworld_round(mixed), "microworld")
+    collapsed = round_diagnostics(*microworld_round([["qa"]] * 10), "microworld")
+    assert collapsed["format_shares"]["qa"] == 1.0 and collapsed["distinct_2"] > t.min_distinct_2
+    # the distinct-2 checks alone stay silent (1.0 switches the style check off) ...
+    assert collapse_warning(collapsed, start, t.min_distinct_2, t.max_diversity_drop, 1.0, start) is None
+    # ... the style check names the style and where it started
+    reason = collapse_warning(collapsed, start, t.min_distinct_2, t.max_diversity_drop, t.max_format_share, start)
+    assert reason == "one style, qa, holds 100.0 % of the self-edits (it was 20.0 % at the start), above diagnostics.max_format_share = 90.0 %"
+    # the base policy's own habit is no collapse: a run that started all-QA stays silent
+    assert collapse_warning(collapsed, collapsed, t.min_distinct_2, t.max_diversity_drop, t.max_format_share, collapsed) is None
+    # 8 of 10 QA (80 %) is under the 90 % threshold
+    mostly = round_diagnostics(*microworld_round([["qa"]] * 8 + [["facts"]] * 2), "microworld")
+    assert collapse_warning(mostly, start, t.min_distinct_2, t.max_diversity_drop, t.max_format_share, start) is None
+
+
+def test_the_style_collapse_alarm_reads_line_formats_on_squad():
+    passages, edits = diverse_round()
+    start = round_diagnostics(passages, edits, "text")
+    qa_only = [["Q: Where is it? A: Paris", "Q: When did it open? A: 1889", "Q: Which city? A: Paris, France"],
+               ["Q: What game? A: chess", "Q: Which city? A: Oslo", "Q: Where? A: in the north of Norway"]]  # fmt: skip
+    collapsed = round_diagnostics(passages, qa_only, "text")
+    reason = collapse_warning(collapsed, start, 0.25, 0.5, 0.9, start)
+    assert reason is not None and reason.startswith("one line format, qa, holds 100.0 %")
 
 
 def test_a_round_records_and_prints_its_diagnostics_and_the_collapse_warning(tmp_path):

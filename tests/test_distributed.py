@@ -106,6 +106,29 @@ def test_two_processes_equal_one(one_process, tiny_squad_model, data_root, tmp_p
 
 
 @pytest.mark.distributed
+@pytest.mark.timeout(400)
+def test_fresh_passages_and_global_sft_batch_under_two_processes(tiny_squad_model, data_root, tmp_path):
+    """``data.passage_schedule: fresh`` and ``rl.sft.global_batch_size`` under 2 processes: the
+    same passages per round and the same round-0 journal as one process, and the policy
+    update takes the same optimizer steps (2 rows, one step: accumulation 2 alone, 1 per process
+    with two)."""
+    overrides = tiny_overrides(tiny_squad_model, data_root, rl__rounds=2, rl__sft__global_batch_size=2, self_edit__k=2)
+    overrides += ["data.passage_schedule=fresh"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = run_cli(seal_train_cmd(overrides, run_dir=one), timeout=380)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = run_cli(accelerate_cmd(2, overrides, run_dir=two), timeout=380)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for run in (one, two):
+        ids = [(r["round"], r["passage_id"]) for r in journal(run) if r["kind"] == "baseline"]
+        assert len({i for _, i in ids}) == 4 and [r for r, _ in ids] == [0, 0, 1, 1]  # 2 new passages a round
+    assert [r for r in journal(two) if r["round"] == 0] == [r for r in journal(one) if r["round"] == 0]
+    sft = {run: [m["sft"] for m in metrics(run)] for run in (one, two)}
+    assert [(s["rows"], s["steps"], s["grad_accum_steps"]) for s in sft[one]] == [(2, 1, 2)] * 2
+    assert [(s["rows"], s["steps"], s["grad_accum_steps"]) for s in sft[two]] == [(2, 1, 1)] * 2
+
+
+@pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_two_processes_sharded_equal_one(one_process, tiny_squad_model, data_root, tmp_path):
     """``model.shard=fsdp``: the round's models are sharded over both processes (FSDP2), which

@@ -154,7 +154,7 @@ def test_seal_train_grpo_writes_journal_metrics_and_policy(grpo_run):
     for row in m:
         assert row["mean_reward"] == pytest.approx(sum(r["reward"] for r in evals if r["step"] == row["step"] - 1) / 4)
         assert row["kl"] is not None and row["reward_std"] is not None  # beta > 0: TRL reports the KL
-        assert row["diagnostics"]["n_self_edits"] == 4 and "distinct_2" in row["diagnostics"]
+        assert row["diagnostics"]["n_self_edits"] == 4 and "distinct_2" in row["diagnostics"] and "collapse_warning" in row["diagnostics"]
     assert "step 3/3: mean reward" in output and "self-edits: distinct-2" in output
     assert json.loads((run / "final.json").read_text()) == {"policy": "grpo/policy", "algorithm": "grpo", "steps": 3}
     assert (run / "grpo" / "policy" / "config.json").exists() and (run / "grpo" / "train.json").exists()

@@ -23,7 +23,18 @@ FAMILIES = ("basic", "size", "chain", "repeat")
 #: ``inner.answer_marker`` must be this (``seal.config.Recipe`` checks it).
 ANSWER_MARKER = "Test output:"
 
+#: The answer marker of ``arc.text_format: reference``: the assistant header of the Llama-3
+#: chat layout (``seal.arc.tasks.reference_query_text``), after which the output grid begins.
+REFERENCE_ANSWER_MARKER = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
 Family = Literal["basic", "size", "chain", "repeat"]
+
+#: Transforms an answer may be asked under with ``inference: vote`` (``seal.arc.voting.TRANSFORMS``).
+Transform = Literal["transpose", "flip0", "flip1", "rotate90", "rotate180", "rotate270"]
+
+#: The reference's inference transforms (``few-shot/inference/preprocess.py:45``): Transpose,
+#: Flip(0), Flip(1), Rotate(90), Rotate(180).
+REFERENCE_TRANSFORMS = ["transpose", "flip0", "flip1", "rotate90", "rotate180"]
 
 
 class ArcSection(Section):
@@ -52,6 +63,57 @@ class ArcSection(Section):
     max_text_chars: int | None = Field(
         None, ge=16, description="Drop training texts longer than this (the reference drops those over 8192 tokens). None: keep all (inner.max_length still truncates)."
     )
+
+    inference: Literal["greedy", "vote"] = Field(
+        "greedy",
+        description="How a test input is answered: greedy (one query, every demonstration, one answer) or vote "
+        "(augmented queries, answers mapped back, a hierarchical vote gives `attempts` attempts; the reference's; seal.arc.voting).",
+    )
+    attempts: int = Field(2, ge=1, description="vote: attempts per test input; solved when one equals the gold grid (reference: 2).")
+    transforms: list[Transform] = Field(
+        default_factory=lambda: list(REFERENCE_TRANSFORMS),
+        description="vote: transforms each asked once, on a random query (reference: transpose, flip0, flip1, rotate90, rotate180).",
+    )
+    query_leave_out: list[int] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="vote: each query drops n demonstrations, every choice of them, for n in this list (0: all kept; reference --include_n=1).",
+    )
+    query_permutations: int = Field(2, ge=0, description="vote: random demonstration orders added per leave-out query (reference --permute_n=2).")
+    max_queries: int = Field(25, ge=1, description="vote: at most this many queries per test input (the transformed ones kept, the rest sampled).")
+
+    @field_validator("query_leave_out")
+    @classmethod
+    def _not_negative(cls, v: list[int]) -> list[int]:
+        if any(n < 0 for n in v):
+            raise ValueError(f"query_leave_out values must be >= 0, got {v}")
+        return v
+
+    text_format: Literal["plain", "reference"] = Field(
+        "plain",
+        description="Text of test-time-training texts and queries: 'plain' (instruction, 'Input:'/'Output:' grids as rows of digits, answer after 'Test output:') or 'reference' (the reference's: Llama-3 chat layout, system prompt with numpy-style grids 'in -> out#', the test input as the user turn, the output grid + '#' as the assistant turn; self-edit.py:257-265, GPTTextMessageRepresenterV2; the self-edit prompt's demonstrations as its get_prompt lays them out).",
+    )
+    missing_keys: Literal["inner-defaults", "reference", "fail"] = Field(
+        "inner-defaults",
+        description="A configuration that leaves out a family switch of arc.families or a declared optimisation key: 'inner-defaults' (a family left out is off, a key takes the recipe's inner value), 'reference' (0 epochs: an untrained adapter, self-edit.py:509-546) or 'fail' (refused with the reason).",
+    )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Step guard: a configuration whose epochs x texts // inner.batch_size exceeds this trains 0 epochs (an untrained adapter), the reference's 375 (self-edit.py:552-555). None: no guard.",
+    )
+    invalid: Literal["fail", "resample"] = Field(
+        "fail",
+        description="A sampled configuration that does not parse or leaves the declared space: 'fail' (its evaluation fails with the reason) or 'resample' (drawn again until the task has self_edit.k valid ones, at most resample_rounds more draws of k; the reference redraws until k parse, self-edit.py:458-464).",
+    )
+    resample_rounds: int = Field(
+        4, ge=1, description="With invalid: resample, at most this many more draws of k self-edits per task; slots still invalid then fail."
+    )
+
+    @property
+    def answer_marker(self) -> str:
+        """The line after which a query's answer begins in this text format (``inner.answer_marker`` must be it for ``loss_on: answer``)."""
+        return REFERENCE_ANSWER_MARKER if self.text_format == "reference" else ANSWER_MARKER
 
     @field_validator("leave_n")
     @classmethod

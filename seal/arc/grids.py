@@ -103,8 +103,29 @@ def read_answer_grid(answer: str) -> Grid | None:
         return None
 
 
+def read_numpy_answer_grid(answer: str) -> Grid | None:
+    """The numpy-style grid a model's answer starts with (``arc.text_format: reference``):
+    from its leading ``[[`` to the first ``]]`` (``#`` and anything after ignored, as the
+    reference's decoder drops ``#``), or None when there is none or it is not a valid grid.
+    Never raises."""
+    text = answer.lstrip()
+    end = text.find("]]")
+    if not text.startswith("[[") or end < 0:
+        return None
+    body = text[: end + 2]
+    if any(not (c.isdigit() or c in "[] \n") for c in body):
+        return None
+    try:
+        return parse_grid(body)
+    except GridError:
+        return None
+
+
 def grids_match(prediction: str, gold: str) -> float:
     """1.0 when the grid the prediction starts with equals the gold grid exactly (same shape,
-    same colours), else 0.0 (the paper's success criterion, Section 4.1)."""
-    predicted = read_answer_grid(prediction)
+    same colours), else 0.0 (the paper's success criterion, Section 4.1). A numpy-style gold
+    (``[[...]]``, ``arc.text_format: reference``) reads the prediction numpy-style too
+    (:func:`read_numpy_answer_grid`), else as rows (:func:`read_answer_grid`)."""
+    numpy_style = gold.lstrip().startswith("[")
+    predicted = read_numpy_answer_grid(prediction) if numpy_style else read_answer_grid(prediction)
     return float(predicted is not None and predicted == parse_grid(gold))

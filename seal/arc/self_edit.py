@@ -16,24 +16,29 @@ removed). The reference's nested form is read too (JSON only)::
 ``basic``/``size``/``chain``/``repeat`` switch augmentation families on (``seal.arc.augment``;
 a family left out is off; one the recipe's ``arc.families`` does not allow may not be on).
 The optimisation keys (``lr``, ``epochs``, ``loss_on``; ``lora_rank`` if declared) are checked
-by :func:`seal.hparams.check_settings` against ``self_edit.hparams``; one left out takes the
-recipe's ``inner`` value. ``loss_on: answer`` is the inner loop's answer-marker mask with
-``inner.answer_marker: "Test output:"`` (loss on the test output grid only, the reference's
-``train_using_output_tokens``). Any problem is the evaluation's failure with its reason
-(the reference instead resamples unparseable configurations and trains 0 epochs on invalid
-ones); nothing is clamped.
+by :func:`seal.hparams.check_settings` against ``self_edit.hparams``. A family switch of
+``arc.families`` or a declared key left out (``arc.missing_keys``): ``inner-defaults`` (the
+family off, the key the recipe's ``inner`` value), ``reference`` (0 epochs, an untrained
+adapter: ``self-edit.py:509-546``) or ``fail``. ``loss_on: answer`` is the inner loop's
+answer-marker mask with ``inner.answer_marker`` = ``arc.answer_marker`` (loss on the test
+output grid only, the reference's ``train_using_output_tokens``). Any other problem refuses
+the configuration with its reason, nothing is clamped: the evaluation fails
+(``arc.invalid: fail``), or the self-edit is drawn again (``resample``,
+:func:`resample_invalid`; the reference redraws unparseable ones, ``self-edit.py:458-464``).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
 from seal.arc.augment import Augmentation, family, permute_colors
 from seal.arc.config import FAMILIES, ArcSection
-from seal.arc.tasks import ArcTask, Example, example_text
+from seal.arc.tasks import ArcTask, Example, training_text
 from seal.hparams import (
     HPARAM_KEYS,
     AdapterSettings,
@@ -60,10 +65,12 @@ _STRATEGIES = {"train_using_all_tokens": "all", "train_using_output_tokens": "an
 @dataclass(frozen=True)
 class Configuration:
     """A parsed configuration: ``families`` on (in :data:`FAMILIES` order) and the optimisation
-    ``settings`` (None fields: the recipe's ``inner`` values)."""
+    ``settings`` (None fields: the recipe's ``inner`` values). ``untrained``: why it trains 0
+    epochs (``arc.missing_keys: reference`` and a key left out; None: it trains as set)."""
 
     families: tuple[str, ...]
     settings: AdapterSettings
+    untrained: str | None = None
 
 
 def _unfence(text: str) -> str:
@@ -123,6 +130,15 @@ def parse_configuration(text: str, space: HparamsConfig, arc: ArcSection) -> Con
                 raise HparamsError(f"augmentation family {name!r} is not allowed (allowed: {', '.join(arc.families)})")
             on.append(name)
     settings = check_settings({k: v for k, v in raw.items() if k in HPARAM_KEYS}, space)
+    missing = [k for k in (*arc.families, *space.declared()) if k not in raw]
+    if missing and arc.missing_keys == "fail":
+        raise HparamsError(f"missing key {missing[0]!r} (arc.missing_keys: fail)")
+    if missing and arc.missing_keys == "reference":
+        # self-edit.py:509-546: a missing family switch or training key trains 0 epochs
+        # (a missing family also switches every family off).
+        families = () if any(k in FAMILIES for k in missing) else tuple(on)
+        zeroed = AdapterSettings(settings.lr, 0, settings.loss_on, settings.lora_rank)
+        return Configuration(families, zeroed, f"missing key {missing[0]!r}")
     return Configuration(tuple(on), settings)
 
 
@@ -209,12 +225,74 @@ def ttt_tasks(task: ArcTask, families: tuple[str, ...], arc: ArcSection, seed: i
 
 
 def ttt_texts(task: ArcTask, families: tuple[str, ...], arc: ArcSection, seed: int) -> list[str]:
-    """The training texts of :func:`ttt_tasks` (:func:`seal.arc.tasks.example_text`), those over
-    ``arc.max_text_chars`` dropped, at most ``arc.max_train_texts`` (a seeded sample, in order)."""
-    texts = [example_text(demos, test) for demos, test in ttt_tasks(task, families, arc, seed)]
+    """The training texts of :func:`ttt_tasks` (:func:`seal.arc.tasks.training_text` in
+    ``arc.text_format``), those over ``arc.max_text_chars`` dropped, at most
+    ``arc.max_train_texts`` (a seeded sample, in order)."""
+    texts = [training_text(demos, test, arc.text_format) for demos, test in ttt_tasks(task, families, arc, seed)]
     if arc.max_text_chars is not None:
         texts = [t for t in texts if len(t) <= arc.max_text_chars]
     if len(texts) > arc.max_train_texts:
         keep = np.random.default_rng(seed + 1).choice(len(texts), arc.max_train_texts, replace=False)
         texts = [texts[i] for i in sorted(int(k) for k in keep)]
     return texts
+
+
+# ----------------------------------------------------------------------------- resampling
+
+Item = TypeVar("Item")
+
+
+def resample_invalid(
+    rows: list[list[Item]],
+    draw: Callable[[list[int], int], list[list[Item]]],
+    valid: Callable[[Item], bool],
+    rounds: int,
+) -> tuple[list[list[Item]], list[list[int]]]:
+    """``arc.invalid: resample``: redraw the invalid self-edits of each task until it has as many
+    valid ones as it has slots, at most ``rounds`` more draws (the reference redraws one at a
+    time until k parse, without a bound: ``self-edit.py:458-464``).
+
+    Args:
+        rows: per task, its ``k`` first-drawn self-edits (any item type; ``valid`` judges one).
+        draw: ``draw(tasks, attempt)`` -> per listed task (positions in ``rows``), ``k`` fresh
+            self-edits; ``attempt`` (1, 2, ...) must seed the draw (the caller derives its seed).
+        valid: whether a self-edit's configuration parses and is in the declared space.
+        rounds: at most this many draws after the first.
+
+    Returns ``(rows, draws)``: per task, its self-edits with each invalid slot filled in order
+    by the next valid fresh one (valid slots stay as drawn; a slot still invalid after
+    ``rounds`` keeps its first text and fails), and per slot how many draws it took (1: valid
+    at once; ``1 + rounds`` and still invalid: never filled).
+    """
+    out = [list(row) for row in rows]
+    draws = [[1] * len(row) for row in out]
+    ok = [[valid(item) for item in row] for row in out]
+    for attempt in range(1, rounds + 1):
+        short = [p for p, flags in enumerate(ok) if not all(flags)]
+        if not short:
+            break
+        for p, fresh in zip(short, draw(short, attempt), strict=True):
+            pool = [item for item in fresh if valid(item)]
+            for j, good in enumerate(ok[p]):
+                if good:
+                    continue
+                draws[p][j] += 1
+                if pool:
+                    out[p][j], ok[p][j] = pool.pop(0), True
+    return out, draws
+
+
+def resample_self_edits(rows: list[list], draw: Callable[[list[int], int], list[list]], recipe) -> list[list]:
+    """:func:`resample_invalid` with the recipe's parser (``self_edit.hparams``, ``arc``) and
+    bound (``arc.resample_rounds``). Items are :class:`seal.self_edits.SelfEdit` (their
+    ``draws`` set) or completion strings (``seal evaluate`` / ``seal bench``)."""
+    space, arc = recipe.self_edit.hparams, recipe.arc
+
+    def text(item) -> str:
+        return item if isinstance(item, str) else item.text
+
+    out, draws = resample_invalid(rows, draw, lambda item: read_configuration(text(item), space, arc)[0] is not None, arc.resample_rounds)
+    return [
+        [item if isinstance(item, str) else replace(item, draws=n) for item, n in zip(row, counts, strict=True)]
+        for row, counts in zip(out, draws, strict=True)
+    ]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from seal.arc.config import ANSWER_MARKER
+from seal.arc.config import ANSWER_MARKER, REFERENCE_ANSWER_MARKER
 from seal.arc.grids import Grid, GridError, as_grid, grid_to_text
 from seal.data import QA, DataError, Passage, resolve_data_path
 
@@ -161,14 +161,73 @@ def example_text(examples: Sequence[Example], test: Example) -> str:
     return query_text(examples, test.input) + grid_to_text(test.output)
 
 
+# ----------------------------------------------------------------------------- the reference's text
+
+#: The reference's TTT system prompt (``arclib/messagers.py``, ``GPTTextMessageRepresenterV2``
+#: with ``PythonListGridRepresenter``), before the demonstrations.
+REFERENCE_SYSTEM = (
+    "Figure out the underlying transformation in the following examples and apply it to the test case. "
+    "Here are some examples from this transformation, your answer must follow the format.\n"
+    "The input-output grids are provided as python arrays:\n"
+)
+#: The Llama-3 chat template's system header as Llama-3.2's template renders it (the date is
+#: its fallback; the reference's ``apply_chat_template`` may have rendered the run's date).
+_LLAMA3_SYSTEM = "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+_LLAMA3_USER = "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+_EOT = "<|eot_id|>"
+
+
+def reference_output_text(grid: Grid) -> str:
+    """An output grid as the reference writes it: numpy's ``str`` and ``#`` (``output_footer``)."""
+    return grid_to_text(grid, "numpy") + "#"
+
+
+def reference_query_text(examples: Sequence[Example], test_input: Grid) -> str:
+    """The reference's TTT query (``self-edit.py:257-265``, ``GPTTextMessageRepresenterV2``):
+    the Llama-3 chat layout as Llama-3.2's template renders it of a system turn
+    (:data:`REFERENCE_SYSTEM`, then one line ``in -> out#`` per demonstration, numpy-style
+    grids), a user turn (the test input and ``" ->"``) and the assistant header (:data:`REFERENCE_ANSWER_MARKER`), where the answer
+    begins. The BOS token is left to the tokenizer (``seal.inner_loop`` adds it)."""
+    demos = "".join(f"{grid_to_text(e.input, 'numpy')} -> {reference_output_text(e.output)}\n" for e in examples)
+    # The template trims each turn's content (``message['content'] | trim``): the system
+    # turn loses its last newline, the user turn ``"grid -> "`` its trailing space.
+    system = (REFERENCE_SYSTEM + demos).strip()
+    user = f"{grid_to_text(test_input, 'numpy')} ->"
+    return f"{_LLAMA3_SYSTEM}{system}{_LLAMA3_USER}{user}{_EOT}{REFERENCE_ANSWER_MARKER}"
+
+
+def reference_demonstrations_text(examples: Sequence[Example]) -> str:
+    """The demonstrations as the reference's self-edit prompt lays them out (``self-edit.py:368-388``):
+    per example ``Input:``, its rows, a blank line, ``Output:``, its rows and a blank line."""
+    return "".join(f"Input:\n{grid_to_text(e.input)}\n\nOutput:\n{grid_to_text(e.output)}\n\n" for e in examples)
+
+
+def training_text(examples: Sequence[Example], test: Example, text_format: str = "plain") -> str:
+    """A test-time-training text in ``text_format`` (``arc.text_format``): the query and the
+    answer; ``reference`` ends on the answer's ``#`` (the tokenizer's EOS, ``<|eot_id|>`` for
+    Llama-3 instruct models, is appended by the inner loop, closing the assistant turn; the
+    reference's extra assistant header after it is not written)."""
+    if text_format == "reference":
+        return reference_query_text(examples, test.input) + reference_output_text(test.output)
+    return example_text(examples, test)
+
+
 @dataclass(frozen=True)
 class ArcPassage(Passage):
-    """An ARC task as a passage (module docstring); ``task`` carries its grids."""
+    """An ARC task as a passage (module docstring); ``task`` carries its grids; ``vote`` its
+    augmented queries with ``arc.inference: vote`` (a :class:`seal.arc.voting.VotePlan`; None: greedy)."""
 
     task: ArcTask | None = None
+    vote: object | None = None
 
 
-def task_passage(task: ArcTask) -> ArcPassage:
-    """The passage of ``task``: one question per test input."""
+def task_passage(task: ArcTask, text_format: str = "plain") -> ArcPassage:
+    """The passage of ``task``: one question per test input, in ``text_format``
+    (``arc.text_format``: ``reference`` asks :func:`reference_query_text` with the gold grid
+    numpy-style, which the grid grader then reads predictions as; its context is the
+    demonstrations in the reference's self-edit prompt layout)."""
+    if text_format == "reference":
+        questions = tuple(QA(reference_query_text(task.train, t.input), reference_output_text(t.output)) for t in task.test)
+        return ArcPassage(task.id, reference_demonstrations_text(task.train), questions, task=task)
     questions = tuple(QA(query_text(task.train, t.input), grid_to_text(t.output)) for t in task.test)
     return ArcPassage(task.id, demonstrations_text(task.train), questions, task=task)

@@ -46,7 +46,7 @@ from seal.inner_loop import (
     train_and_merge,
 )
 from seal.rewards import accuracy
-from seal.scoring import grade_answers, question_prompts, run_evaluations
+from seal.scoring import grade_answers, n_prompts, question_prompts, run_evaluations
 from seal.seeding import derive_seed
 
 Verdicts = list[list[float | None]]
@@ -188,18 +188,19 @@ def pooled_jobs(
 
 
 def split_answers(answers: Sequence[str], passages: Sequence[Passage]) -> list[list[str]]:
-    """Cut a flat answer list (passages' questions in order) back into one list per passage.
+    """Cut a flat answer list (passages' prompts in order, :func:`seal.scoring.question_prompts`)
+    back into one list per passage.
 
     Raises:
         ValueError: the number of answers is not the number of questions.
     """
-    n = sum(len(p.questions) for p in passages)
+    n = sum(n_prompts(p) for p in passages)
     if len(answers) != n:
         raise ValueError(f"{len(answers)} answers for {n} questions")
     out, i = [], 0
     for p in passages:
-        out.append(list(answers[i : i + len(p.questions)]))
-        i += len(p.questions)
+        out.append(list(answers[i : i + n_prompts(p)]))
+        i += n_prompts(p)
     return out
 
 

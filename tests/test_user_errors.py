@@ -180,6 +180,22 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_refused_start_leaves_no
     assert not run.exists()
 
 
+def test_a_full_disk_mid_run_names_the_file_and_the_resume(tiny_squad_model, data_root, tmp_path, monkeypatch):
+    real = os.fsync
+
+    def full_for_journal(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("journal.jsonl"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(os, "fsync", full_for_journal)
+    with one_thread():
+        line = one_line_error(seal(*train_args(tiny_squad_model, data_root, "--run-dir", str(run))))
+    assert f"writing {run / 'journal.jsonl'}" in line and f"on disk in {run}" in line and "--resume" in line
+    assert (run / "config.yaml").is_file() and (run / "round_0" / "self_edits.json").is_file()  # finished work kept
+
+
 # ----------------------------------------------------------------------------- failure is loud
 
 

@@ -1,27 +1,34 @@
 """The ``seal`` command line (typer): train, evaluate, bench, tiny-model, microworld.
 
 Every command takes a recipe YAML plus dotted overrides (``inner.lora.rank=16``). Bad
-input (a missing file, an unknown key, a passage without questions) prints one clear
-error naming the file, key or passage, and exits with status 1 before anything is written.
+input (a missing file, an unknown key, a passage without questions, a run directory seal did
+not create or another process holds, a missing judge key or model, a full disk) is a
+``seal.errors.SealError``: one clear line naming the file, key or passage and what to do, exit
+status 2, no traceback, nothing half-written (a run stopped because a round had no usable
+evaluation exits 3). ``seal --debug <command> ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 import seal
 from seal.config import Recipe, RecipeError, load_recipe, parse_override, recipe_to_dict
 from seal.data import DataError
 from seal.distributed import get_dist, main_process_first
+from seal.errors import DISK_FULL_ERRNOS, USER_ERROR_EXIT, SealError, disk_full_message
 from seal.microworld.config import CopySkillError
 from seal.preflight import check_recipe
 from seal.prompts import PromptError
-from seal.rundir import default_run_dir
+from seal.rundir import default_run_dir, hold_run_dir
 
 # Each command imports the modules it runs (torch, transformers and the trainer) when it runs,
 # so `seal --help` and a bad recipe's error stay fast.
@@ -30,9 +37,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="SEAL: self-a
 console = Console()
 err_console = Console(stderr=True)
 
-# CopySkillError: a microworld pretraining that did not learn to copy (nothing cached; the
-# message says what to try) ends the command like bad input: one line, exit status 1.
-USER_ERRORS = (RecipeError, DataError, PromptError, FileNotFoundError, CopySkillError)
+# Every SealError (RecipeError, DataError, PromptError, JudgeError, CopySkillError: a microworld
+# pretraining that did not learn to copy, RunDirError, ...) ends the command as bad input: one
+# line, exit status 2. The names below stay for callers that listed them.
+USER_ERRORS = (SealError, RecipeError, DataError, PromptError, FileNotFoundError, CopySkillError)
+
+_DEBUG = {"on": False}  # set by `seal --debug`
 
 
 def _version(value: bool) -> None:
@@ -42,26 +52,62 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main_options(
+def _options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print seal's version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of a refused or failed command (otherwise one line)."),
 ) -> None:
     """SEAL: self-adapting language models."""
+    _DEBUG["on"] = debug
 
 
-def _fail(e: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {e}")
-    raise typer.Exit(1)
+def _fail(e: Exception, where: Path | None = None) -> None:
+    """Print ``e`` as one line and exit (2, or the error's ``exit_status``); with ``--debug``,
+    re-raise it (call inside the ``except`` block)."""
+    if _DEBUG["on"]:
+        raise e
+    disk_full = isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+    if disk_full:  # "continue with --resume" only where a run directory was started
+        message = disk_full_message(e, str(where) if where and (Path(where) / "config.yaml").is_file() else None)
+    else:
+        message = str(e)
+    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True, highlight=False)
+    raise typer.Exit(getattr(e, "exit_status", USER_ERROR_EXIT))
 
 
-def _load(recipe_path: Path, overrides: list[str] | None) -> Recipe:
+@contextmanager
+def _reported(where: dict | None = None) -> Iterator[None]:
+    """Turn user errors and a full disk raised in the block into one line and an exit status
+    (:func:`_fail`); ``where["run"]``, when the block set it, names the run directory."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        _fail(e)
+    except OSError as e:
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        _fail(e, (where or {}).get("run"))
+
+
+def _load(recipe_path: Path, overrides: list[str] | None, threads: bool = True) -> Recipe:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     recipe = load_recipe(recipe_path, overrides or [])
-    check_recipe(recipe)  # every setting that needs no model, before any work (seal.preflight)
+    if threads:  # seal train does both once it holds its run directory (a busy one is refused at once)
+        check_recipe(recipe)  # every setting that needs no model, before any work (seal.preflight)
+        _set_threads(recipe)
+    return recipe
+
+
+def _set_threads(recipe: Recipe) -> None:
     if recipe.model.num_threads:  # before anything runs, so run.json records the real count
         import torch
 
         torch.set_num_threads(recipe.model.num_threads)
-    return recipe
+
+
+def _main_rank() -> bool:
+    """This process is the job's main one (``RANK`` 0 under accelerate / torchrun, or unlaunched),
+    read from the launcher's environment before torch is imported."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command()
@@ -72,17 +118,21 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
 ) -> None:
     """Run SEAL's outer loop on the recipe's training passages: ReST-EM rounds (rl.algorithm=grpo or rloo: TRL steps)."""
-    from seal.prepare import ensure_model
-    from seal.train import train as run_train
+    where: dict = {}
+    with _reported(where):
+        loaded = _load(recipe, overrides, threads=False)
+        target = where["run"] = resume or run_dir or default_run_dir(loaded.output_dir, loaded.name)
+        # Claimed and locked first (the main process; run_train holds it again), so that a busy
+        # or foreign directory is refused at once, before torch is even imported.
+        with hold_run_dir(target, lock=_main_rank(), create=resume is None):
+            from seal.prepare import ensure_model  # torch, transformers, TRL: seconds to import
+            from seal.train import train as run_train
 
-    try:
-        loaded = _load(recipe, overrides)
-        target = resume or run_dir or default_run_dir(loaded.output_dir, loaded.name)
-        with main_process_first():  # under accelerate launch, one rank builds a tiny model
-            ensure_model(loaded, console.print)
-        path = run_train(loaded, target, resume=resume is not None, console=console)
-    except USER_ERRORS as e:
-        _fail(e)
+            check_recipe(loaded)
+            _set_threads(loaded)
+            with main_process_first():  # under accelerate launch, one rank builds a tiny model
+                ensure_model(loaded, console.print)
+            path = run_train(loaded, target, resume=resume is not None, console=console)
     if get_dist().is_main:
         console.print(f"[bold green]done:[/] {path}")
 
@@ -97,12 +147,12 @@ def evaluate(
     from seal.evaluate import evaluate as run_evaluate
     from seal.prepare import ensure_model
 
-    try:
+    where: dict = {}
+    with _reported(where):
         loaded = _load(recipe, overrides)
         ensure_model(loaded, console.print)
-        run_evaluate(loaded, out or default_run_dir(loaded.output_dir, f"{loaded.name}-eval"), console=console)
-    except USER_ERRORS as e:
-        _fail(e)
+        where["run"] = out or default_run_dir(loaded.output_dir, f"{loaded.name}-eval")
+        run_evaluate(loaded, where["run"], console=console)
 
 
 @app.command()
@@ -116,14 +166,14 @@ def bench(
     from seal.bench.run import bench as run_bench
     from seal.prepare import ensure_model
 
-    try:
+    where: dict = {}
+    with _reported(where):
         if resume and out is None:
             raise RecipeError("--resume needs --out DIR, the bench to continue")
         loaded = _load(recipe, overrides)
         ensure_model(loaded, console.print)
-        path = run_bench(loaded, out or default_run_dir(loaded.output_dir, f"{loaded.name}-bench"), console=console, resume=resume)
-    except USER_ERRORS as e:
-        _fail(e)
+        where["run"] = out or default_run_dir(loaded.output_dir, f"{loaded.name}-bench")
+        path = run_bench(loaded, where["run"], console=console, resume=resume)
     console.print(f"[bold green]done:[/] {path}")
 
 
@@ -169,11 +219,9 @@ def tiny_model(
     """Build a tiny random Llama-architecture model plus a BPE tokenizer trained on the data's text."""
     from seal.models import build_tiny_model, passage_texts
 
-    try:
+    with _reported():
         texts = passage_texts(data, data_root)
         path = build_tiny_model(out, texts, vocab_size, hidden_size, num_layers, num_heads, seed=seed)
-    except USER_ERRORS as e:
-        _fail(e)
     console.print(f"[bold green]wrote[/] {path}")
 
 
@@ -193,16 +241,15 @@ def microworld_pretrain(
     """
     from seal.microworld.pretrain import ensure_microworld
 
-    try:
+    with _reported():
         fields = {}
         for text in overrides or []:
             keys, value = parse_override(text)
             fields[".".join(keys)] = value
-        entry = ensure_microworld(cache_dir, seed=seed, **fields)
-    except ValidationError as e:
-        _fail(RecipeError(f"invalid microworld settings: {e}"))
-    except USER_ERRORS as e:
-        _fail(e)
+        try:
+            entry = ensure_microworld(cache_dir, seed=seed, **fields)
+        except ValidationError as e:
+            raise RecipeError(f"invalid microworld settings: {e}") from e
     console.print(f"[bold green]microworld:[/] {entry}")
 
 
@@ -224,12 +271,10 @@ def microworld_demo(
     train_recipe = train_recipe or Path("recipes/microworld_cpu.yaml")
     bench_recipe = bench_recipe or Path("recipes/bench_microworld_cpu.yaml")
     run_dir = run_dir or Path("runs/microworld-demo")
-    try:
+    with _reported({"run": run_dir}):
         for path in (train_recipe, bench_recipe):
             _load(path, overrides)  # validate both (and set the thread count) before any work
         out = run_demo(train_recipe, bench_recipe, run_dir, overrides, console=console)
-    except USER_ERRORS as e:
-        _fail(e)
     console.print(f"[bold green]done:[/] {out / 'report.md'}")
 
 

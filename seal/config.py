@@ -296,6 +296,10 @@ class RLConfig(Section):
         description="How the best self-edits are chosen. gain: by reward (the paper's). weighted: by curation_weights' sum of gain, coverage and novelty. pareto: Pareto fronts over (gain, coverage, novelty), ties by gain, coverage, novelty, index. Only gains above reward_threshold compete under all three.",
     )
     curation_weights: CurationWeights = Field(default_factory=CurationWeights)
+    keep_going: bool = Field(
+        False,
+        description="A round with no usable evaluation (every one failed, or the grader graded none of their answers: a judge answering 401 or unreachable) stops the run with exit status 3 and a summary of the reasons, its evaluations journaled (False). True: record the round and go on (nothing is learned from it). Result-neutral: a resume may switch it.",
+    )
     sft: SFTConfig = Field(default_factory=SFTConfig)
     save: Literal["merged", "adapter", "both"] = Field(
         "merged",
@@ -643,6 +647,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "rl.save",
         "hub",
         *(f"hub.{name}" for name in HubConfig.model_fields),
+        "rl.keep_going",  # whether a round without usable evaluations stops the run, not what it computed
         # read-only observers; "diagnostics" itself: a run recorded before the section existed
         "diagnostics",
         *(f"diagnostics.{name}" for name in DiagnosticsConfig.model_fields),

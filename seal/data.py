@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seal.errors import SealError
+
 DATA_DIR_ENV = "SEAL_DATA_DIR"
 
 
-class DataError(ValueError):
+class DataError(SealError, ValueError):
     """A data file is missing or malformed. The message names the file and the passage."""
 
 

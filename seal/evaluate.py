@@ -34,7 +34,7 @@ from seal.display import percent
 from seal.models import load_model, load_model_from_config
 from seal.preflight import check_model, check_recipe
 from seal.prompts import check_template
-from seal.rundir import RunDir, append_jsonl, write_json_atomic
+from seal.rundir import RunDir, append_jsonl, hold_run_dir, write_json_atomic
 from seal.scoring import (
     Evaluation,
     EvaluationRecord,
@@ -162,7 +162,8 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
     """Score ``recipe.evaluate.source`` on the evaluation passages; write and return the summary.
 
     Writes ``config.yaml``, ``run.json``, ``journal.jsonl`` (one record per evaluation) and
-    ``results.json`` into ``out_dir``.
+    ``results.json`` into ``out_dir``, which it claims and locks (``seal.rundir.hold_run_dir``:
+    a new or empty directory; RunDirError / RunDirBusyError otherwise).
     """
     console = console or Console()
     config = recipe.evaluate
@@ -175,35 +176,36 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
     passages = load_eval_passages(recipe)
     check_model(recipe, ["inner.lora"])
     run = RunDir(out_dir)
-    if run.exists():
-        raise RecipeError(f"{run.path} already holds results; choose another --out")
-    model, tok = load_model_from_config(recipe.model)
-    edits = source_self_edits(config.source, passages, recipe, config.n_self_edits, recipe.seed, base=(model, tok))
-    run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed})
-    judge = make_judge(recipe.qa)
-    base_acc = [row["accuracy"] for row in baselines(model, tok, passages, recipe.qa, judge)]
-    evaluations = evaluations_for(config.source, passages, edits, recipe, recipe.seed, base_acc)
-    records = score_evaluations(
-        model, tok, evaluations, recipe.inner, recipe.qa, judge, on_record=lambda record: append_jsonl(run.journal, record.to_json())
-    )
-    adapted = per_passage_accuracy(records, len(passages)) if evaluations else base_acc
-    valid = [(a, b) for a, b in zip(adapted, base_acc, strict=True) if a is not None and b is not None]
-    summary = {
-        "source": config.source,
-        "n_passages": len(passages),
-        "n_questions": sum(len(p.questions) for p in passages),
-        "accuracy": fmean(a for a, _ in valid) if valid else None,
-        "baseline_accuracy": fmean(b for _, b in valid) if valid else None,
-        "gain": fmean(a - b for a, b in valid) if valid else None,
-        "n_failed": sum(record.error is not None for record in records),
-        "seconds_per_evaluation": fmean(record.seconds for record in records) if records else None,
-        "per_passage": [{"passage_id": p.id, "title": p.title, "accuracy": a, "baseline": b} for p, a, b in zip(passages, adapted, base_acc, strict=True)],
-    }
-    write_json_atomic(run.path / "results.json", summary)
-    table = Table(title=f"seal evaluate: {config.source} on {len(passages)} passages")
-    for col in ("source", "accuracy", "baseline", "gain"):
-        table.add_column(col)
-    table.add_row(config.source, percent(summary["accuracy"]), percent(summary["baseline_accuracy"]), percent(summary["gain"]))
-    console.print(table)
-    console.print(f"results: {run.path / 'results.json'}")
-    return summary
+    with hold_run_dir(run.path):  # claimed and locked for the whole command
+        if run.exists():
+            raise RecipeError(f"{run.path} already holds results; choose another --out")
+        model, tok = load_model_from_config(recipe.model)
+        edits = source_self_edits(config.source, passages, recipe, config.n_self_edits, recipe.seed, base=(model, tok))
+        run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed})
+        judge = make_judge(recipe.qa)
+        base_acc = [row["accuracy"] for row in baselines(model, tok, passages, recipe.qa, judge)]
+        evaluations = evaluations_for(config.source, passages, edits, recipe, recipe.seed, base_acc)
+        records = score_evaluations(
+            model, tok, evaluations, recipe.inner, recipe.qa, judge, on_record=lambda record: append_jsonl(run.journal, record.to_json())
+        )
+        adapted = per_passage_accuracy(records, len(passages)) if evaluations else base_acc
+        valid = [(a, b) for a, b in zip(adapted, base_acc, strict=True) if a is not None and b is not None]
+        summary = {
+            "source": config.source,
+            "n_passages": len(passages),
+            "n_questions": sum(len(p.questions) for p in passages),
+            "accuracy": fmean(a for a, _ in valid) if valid else None,
+            "baseline_accuracy": fmean(b for _, b in valid) if valid else None,
+            "gain": fmean(a - b for a, b in valid) if valid else None,
+            "n_failed": sum(record.error is not None for record in records),
+            "seconds_per_evaluation": fmean(record.seconds for record in records) if records else None,
+            "per_passage": [{"passage_id": p.id, "title": p.title, "accuracy": a, "baseline": b} for p, a, b in zip(passages, adapted, base_acc, strict=True)],
+        }
+        write_json_atomic(run.path / "results.json", summary)
+        table = Table(title=f"seal evaluate: {config.source} on {len(passages)} passages")
+        for col in ("source", "accuracy", "baseline", "gain"):
+            table.add_column(col)
+        table.add_row(config.source, percent(summary["accuracy"]), percent(summary["baseline_accuracy"]), percent(summary["gain"]))
+        console.print(table)
+        console.print(f"results: {run.path / 'results.json'}")
+        return summary

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import openai
 
 from seal.config import JudgeConfig
+from seal.errors import SealError
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ _LOCAL_HOSTNAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-
 _item = threading.local()
 
 
-class JudgeError(RuntimeError):
+class JudgeError(SealError, RuntimeError):
     """The judge cannot run at all: an API key is missing or unusable, or base_url is invalid.
 
     Messages name the environment variable, never its value.
@@ -226,6 +227,7 @@ class LLMJudge:
         self._cache: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
         self._stats = {"requests": 0, "retries": 0, "failures": 0, "cache_hits": 0}
+        self.last_error: str | None = None  # why the last ungraded item was ungraded (no key value)
         self._check_key()
 
     def __repr__(self) -> str:
@@ -325,6 +327,7 @@ class LLMJudge:
                 self._cache[item] = verdict
         if errors:
             self._count("failures", len(errors))
+            self.last_error = next((e for e in reversed(errors) if e), "unknown")
             log.warning(
                 "LLM judge: %d of %d distinct items ungraded (last error: %s)",
                 len(errors),

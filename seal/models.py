@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from seal.data import load_passages
+from seal.errors import ModelNotFoundError
 from seal.rundir import atomic_dir
 
 # A minimal chat template for tiny models, so the chat-template prompt variant works everywhere.
@@ -136,6 +137,51 @@ def write_adapter_chain(
     return out
 
 
+def check_model_source(name_or_path: str | os.PathLike, key: str = "model.name_or_path") -> None:
+    """Refuse, before any work, a model that cannot be loaded: ``name_or_path`` must be a local
+    directory, or a hub id (``org/name``); while ``HF_HUB_OFFLINE`` is set, one in the local
+    hub cache. An online hub id is not checked here (its download names it if it fails).
+
+    Raises:
+        ModelNotFoundError: naming ``key`` and what to do.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ModelNotFoundError(f"{key}: {name} is a file, not a model directory")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelNotFoundError(
+            f"{key}: no model directory {name} (and it is not a hub id such as Qwen/Qwen2.5-7B): check the path, "
+            f"or build a tiny model there (`seal tiny-model {name}`, or model.build_tiny in the recipe)"
+        ) from None
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ModelNotFoundError(
+            f"{key}: {name} is not a local directory, and HF_HUB_OFFLINE is set but the hub cache has no copy of it: "
+            "check the path, or download it once without HF_HUB_OFFLINE"
+        )
+
+
+def _loading(name_or_path: str | os.PathLike, load):
+    """``load()``, with transformers' error for a missing model (a path it takes for an invalid
+    repo id, a hub id it cannot find) turned into a one-line :class:`ModelNotFoundError`."""
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return load()
+    except (HFValidationError, OSError) as e:
+        if Path(str(name_or_path)).expanduser().is_dir() or getattr(e, "errno", None) is not None:
+            raise  # a directory that exists (a damaged model), or a disk error: not "not found"
+        check_model_source(name_or_path, key="model")  # raises with the reason when it can tell
+        raise
+
+
 def load_causal_lm(name_or_path: str | os.PathLike, revision: str | None = None, **kwargs):
     """``AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, **kwargs)``; for an
     adapter chain (:func:`is_adapter_chain`), its base at the recorded revision with each
@@ -146,7 +192,7 @@ def load_causal_lm(name_or_path: str | os.PathLike, revision: str | None = None,
     from transformers import AutoModelForCausalLM
 
     if not is_adapter_chain(name_or_path):
-        return AutoModelForCausalLM.from_pretrained(str(name_or_path), **_revision(revision), **kwargs)
+        return _loading(name_or_path, lambda: AutoModelForCausalLM.from_pretrained(str(name_or_path), **_revision(revision), **kwargs))
     from peft import PeftModel
 
     base, base_revision, adapters = read_chain(name_or_path)
@@ -164,7 +210,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     model's commit, branch or tag (``model.revision``)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code, **_revision(revision))
+    tok = _loading(name_or_path, lambda: AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code, **_revision(revision)))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -185,7 +231,8 @@ def load_model(
     :func:`load_causal_lm`); ``revision`` pins a hub model (``model.revision``).
 
     Raises:
-        OSError: no such hub id or directory (transformers' own error, which names it).
+        ModelNotFoundError: no such directory, or (offline) a hub id not in the cache.
+        OSError: a hub id that cannot be downloaded (transformers' own error, which names it).
         ImportError: ``'flash_attention_2'`` without the flash-attn package.
     """
     target = resolve_device(device)

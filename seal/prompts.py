@@ -7,6 +7,8 @@ completion starts with the first question, as in the paper.
 
 from __future__ import annotations
 
+from seal.errors import SealError
+
 _PASSAGE = "Passage:\n{title}\n{context}\n\n"
 
 TEMPLATES: dict[str, str] = {
@@ -88,7 +90,7 @@ QA_TEMPLATES: dict[str, str] = {
 }
 
 
-class PromptError(ValueError):
+class PromptError(SealError, ValueError):
     """Unknown template name."""
 
 

@@ -13,12 +13,34 @@ Layout of ``seal train``'s run directory::
 
 Finished work is never lost: journal lines are appended and fsynced one by one, and every
 other file is written to a temporary name and renamed into place (atomic on POSIX).
+
+Every JSON file is strict JSON (RFC 8259): a non-finite number (NaN, +-inf, which JSON cannot
+express) is written as ``null``, "no number", as :func:`finite_json` says; a strict reader
+(``jq``, JavaScript, Go) reads every file seal writes.
+
+Ownership and the lock
+----------------------
+Commands that write a run directory (``seal train``, ``seal bench``, ``seal evaluate``,
+``seal microworld demo``) first claim it with :func:`hold_run_dir`: seal writes only into a new
+or empty directory, or one it created before (it holds the marker file ``.seal-run``); any
+other folder, or a path that is a file, is refused (:class:`~seal.errors.RunDirError`)
+before anything is written. A directory written by a seal version older than the marker (it
+holds ``config.yaml`` and seal's ``run.json``) is adopted. The marker is also the lock: an
+exclusive ``flock`` held for the whole command by the main process (rank 0 under accelerate;
+the other ranks share its directory and lock nothing), with the holder's pid written in it. A
+second process on the same directory is refused at once (:class:`~seal.errors.RunDirBusyError`,
+naming that pid); the kernel releases a lock when its process dies, so a crashed run's
+directory resumes without any cleaning. ``flock`` is per machine on some network file
+systems (old NFS): two machines writing one shared run directory are not stopped there.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import json
+import math
 import os
 import platform
 import shutil
@@ -33,6 +55,7 @@ from typing import Any
 import yaml
 
 from seal.env import cpu_model, library_versions
+from seal.errors import DISK_FULL_ERRNOS, RunDirBusyError, RunDirError
 
 
 def machine_info() -> dict[str, Any]:
@@ -71,11 +94,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its file name when it has none (a write or fsync error names no
+    file), so a full disk's message can say which file; other errors unchanged."""
+    if e.errno in DISK_FULL_ERRNOS and not e.filename:
+        return OSError(e.errno, e.strerror, str(path))
+    return e
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same folder, fsync, then rename.
 
     On any error (a full disk, say) the temporary file is removed and the previous
     ``path``, if any, is untouched.
+
+    Raises:
+        OSError: as the file system reports it; a full disk's error (``ENOSPC``) names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +121,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        named = _named(e, path)
+        if named is e:
+            raise
+        raise named from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -94,14 +134,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, containers copied.
+
+    JSON has no NaN or infinity (RFC 8259); ``json.dumps`` writes the non-standard tokens
+    ``NaN``/``Infinity`` by default, which strict readers reject. seal writes "no number"
+    (``null``) instead: what a reader of a reward, loss or accuracy gets for one that is not a
+    number (``inner.failure_reward: .nan`` is refused at recipe load; a diverged loss can
+    still be NaN).
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj`` (non-finite numbers as ``null``: :func:`finite_json`)."""
+    return json.dumps(finite_json(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic JSON write (indent 2)."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Atomic strict-JSON write (indent 2; non-finite numbers as ``null``)."""
+    return write_text_atomic(path, json_text(obj, indent=2) + "\n")
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """Atomic JSON-lines write."""
-    return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """Atomic strict JSON-lines write (non-finite numbers as ``null``)."""
+    return write_text_atomic(path, "".join(json_text(r) + "\n" for r in rows))
 
 
 @contextmanager
@@ -133,11 +196,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one JSON line and fsync it, so a finished record survives a crash right after."""
-    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-    with open(path, "ab") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    line = (json_text(row) + "\n").encode("utf-8")
+    try:
+        with open(path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        named = _named(e, Path(path))
+        if named is e:
+            raise
+        raise named from e
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -200,8 +269,21 @@ class RunDir:
         return (self.path / "config.yaml").exists()
 
     def recorded_config(self) -> dict:
-        """The resolved recipe this run was started with."""
-        return yaml.safe_load((self.path / "config.yaml").read_text())
+        """The resolved recipe this run was started with.
+
+        Raises:
+            RunDirError: ``config.yaml`` cannot be read, is not YAML, or is not a mapping
+                (the message names the file).
+        """
+        path = self.path / "config.yaml"
+        try:
+            recorded = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            why = getattr(e, "problem", None) or getattr(e, "strerror", None) or type(e).__name__
+            raise RunDirError(f"{path}: the run's recorded recipe cannot be read ({why}); restore it from a copy, or start a new run in another directory") from None
+        if not isinstance(recorded, dict):
+            raise RunDirError(f"{path}: the run's recorded recipe is not a mapping of sections (got {type(recorded).__name__}); restore it from a copy, or start a new run in another directory")
+        return recorded
 
     def start(self, config: dict, seeds: dict, argv: list[str] | None = None) -> None:
         """Create the folder and record the resolved config, versions, machine and seeds."""
@@ -239,3 +321,126 @@ def resolve_policy(run: RunDir, recorded: str) -> str:
     """The model a recorded policy names: a path inside the run directory, or as recorded."""
     inside = run.path / recorded
     return str(inside) if not Path(recorded).is_absolute() and inside.exists() else recorded
+
+
+# ----------------------------------------------------------------------------- ownership and the lock
+
+MARKER = ".seal-run"
+"""The file that marks a directory seal created, and whose ``flock`` is the run's lock."""
+
+# Directories this process holds: resolved path -> [file descriptor, depth]. A command that
+# runs another in the same directory (microworld demo -> train) takes the lock once.
+_HELD: dict[Path, list[int]] = {}
+
+
+def _legacy_run(path: Path) -> bool:
+    """A run directory written before the marker existed: seal's ``config.yaml`` and a
+    ``run.json`` with the seeds and versions seal records."""
+    try:
+        info = json.loads((path / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / "config.yaml").is_file() and isinstance(info, dict) and {"seeds", "versions"} <= info.keys()
+
+
+def _holder(fd: int) -> str:
+    """The pid (and host) the lock holder wrote in the marker, as words."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {int(info['pid'])} on {info.get('host', '?')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown (it is starting)"
+
+
+def claim_run_dir(path: str | os.PathLike, create: bool = True) -> int:
+    """Claim ``path`` for seal and lock it; returns the marker's file descriptor (the lock).
+
+    The directory may not exist (it is created, unless ``create`` is off: a resume), be empty, hold seal's marker, or be a run
+    written before the marker existed (:func:`_legacy_run`, adopted); the module docstring
+    has the rules. The lock is an exclusive, non-blocking ``flock`` on the marker; the holder's
+    pid, host and start time are written into it.
+
+    Raises:
+        RunDirError: ``path`` is a file, missing (``create`` off), or a non-empty folder seal
+            did not create (the message lists a few of its entries); nothing is written.
+        RunDirBusyError: another live process holds the lock (the message names its pid).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} is a file, not a directory: choose a new or empty directory for the run")
+    created = not path.exists()
+    if created and not create:
+        raise RunDirError(f"cannot resume {path}: no such directory")
+    marker = path / MARKER
+    if not created and not marker.exists():
+        entries = sorted(p.name for p in path.iterdir())
+        if entries and not _legacy_run(path):
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise RunDirError(
+                f"{path} is not empty and was not created by seal (it holds {shown}); seal writes only into "
+                "a new or empty directory or one of its own runs: choose another directory"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = _holder(fd)
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise RunDirBusyError(
+                f"{path} is in use by another seal process ({holder}); wait for it to finish, or stop it, "
+                "then --resume; or choose another directory"
+            ) from None
+        raise
+    info = {"seal": "run directory", "pid": os.getpid(), "host": platform.node(), "since": _dt.datetime.now().isoformat(timespec="seconds")}
+    data = (json.dumps(info) + "\n").encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)  # releases the lock
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return fd
+
+
+@contextmanager
+def hold_run_dir(path: str | os.PathLike, lock: bool = True, create: bool = True) -> Iterator[Path]:
+    """Claim and lock ``path`` (:func:`claim_run_dir`, ``create`` as there) for the block;
+    released at its end (and by the kernel if the process dies). Re-entrant within a process.
+    ``lock=False`` (ranks other than the main one) does nothing. A directory created here that
+    still holds nothing but the marker when the block raises (a start refused after the claim)
+    is removed: a refused start leaves nothing behind.
+
+    Raises:
+        RunDirError, RunDirBusyError: as :func:`claim_run_dir`.
+    """
+    path = Path(path)
+    if not lock:
+        yield path
+        return
+    created = not path.exists()
+    key = path.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        created = False
+    else:
+        _HELD[key] = [claim_run_dir(path, create), 1]
+    failed = True
+    try:
+        yield path
+        failed = False
+    finally:
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            os.close(_HELD.pop(key)[0])
+            if failed and created and {p.name for p in path.iterdir()} <= {MARKER}:
+                shutil.rmtree(path, ignore_errors=True)

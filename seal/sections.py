@@ -3,8 +3,9 @@ the sections that more than one recipe part builds on (the inner loop's settings
 source strings).
 
 ``seal.config`` (the whole :class:`~seal.config.Recipe`), ``seal.bench.config`` and
-``seal.microworld.config`` import from here; this module imports no other seal module, so the
-configuration modules import one way. Everything here is re-exported by ``seal.config``.
+``seal.microworld.config`` import from here; this module imports no other seal module but one, so the
+configuration modules import one way (its one seal import is ``seal.errors``, a leaf that imports
+nothing: ``RecipeError`` is a ``SealError``). Everything here is re-exported by ``seal.config``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from seal.errors import SealError
 
-class RecipeError(ValueError):
+
+class RecipeError(SealError, ValueError):
     """A recipe file or override is invalid. The message names the file and the key."""
 
 

@@ -53,6 +53,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from seal.errors import SealError
+
 SHARD_MODES = ("none", "fsdp")
 """Values of ``model.shard``: 'none' (every rank holds the whole base model, today's
 behaviour) or 'fsdp' (the base is sharded over the job's ranks, FSDP2)."""
@@ -61,7 +63,7 @@ FORWARD_METHOD = "seal_forward"
 """Name of the extra forward method a sharded model gets (:func:`run_forward`)."""
 
 
-class ShardingError(RuntimeError):
+class ShardingError(SealError, RuntimeError):
     """A model cannot be sharded (no process group, no decoder layers found) or an operation
     does not support a sharded model (merging an adapter into the base weights)."""
 

@@ -34,6 +34,7 @@ from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent, trainer_progress
 from seal.distributed import Dist
+from seal.errors import RoundFailedError
 from seal.hparams import round_summary as hparams_round_summary
 from seal.hparams import split_block
 from seal.inner_loop import adapter_chunks, free_memory
@@ -462,6 +463,38 @@ def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_
     return records
 
 
+def check_round_usable(round_: Round, records: list[EvaluationRecord]) -> None:
+    """Stop the run when the round has no usable evaluation: every one failed, or had no
+    reward because nothing was graded (a judge answering 401, or unreachable). Learning from
+    such a round is impossible, and the next rounds would repeat it. With ``rl.keep_going``
+    the round goes on (nothing is kept from it) after a warning.
+
+    Raises:
+        RoundFailedError: the summary of the reasons (failures by reason, ungraded answers, the
+            judge's last error), the run directory, and what to do.
+    """
+    if not records or any(record.error is None and record.reward is not None for record in records):
+        return
+    failures = Counter(record.error for record in records if record.error is not None)
+    parts = []
+    if failures:
+        listed = "; ".join(f"{n} x {reason}" for reason, n in failures.most_common(3))
+        parts.append(f"{sum(failures.values())} failed ({listed})")
+    ungraded = [record for record in records if record.error is None]
+    if ungraded:
+        n_answers = sum(len(record.scores) for record in ungraded)
+        why = getattr(round_.judge, "last_error", None)
+        parts.append(f"{len(ungraded)} had no reward, none of their {n_answers} answers graded" + (f" (judge: {why})" if why else ""))
+    summary = f"round {round_.index}: no usable evaluation of {len(records)}: {', '.join(parts)}"
+    if round_.recipe.rl.keep_going:
+        round_.console.print(f"[bold yellow]{summary}; going on (rl.keep_going)[/]")
+        return
+    raise RoundFailedError(
+        f"{summary}. The evaluations are journaled in {round_.run.path}; fix the cause and start a new run, "
+        f"or go on regardless with --resume {round_.run.path} rl.keep_going=true"
+    )
+
+
 # ----------------------------------------------------------------------------- 4. selection
 
 
@@ -489,6 +522,14 @@ def self_edit_rewards(records: list[EvaluationRecord], n_edits: list[int]) -> di
     return {p: [mean_reward(by_self_edit[(p, e)]) for e in range(n)] for p, n in enumerate(n_edits)}
 
 
+def all_failed(records: list[EvaluationRecord]) -> set[tuple[int, int]]:
+    """The (passage, self-edit) pairs whose every evaluation (repetition) failed."""
+    outcomes = defaultdict(list)
+    for record in records:
+        outcomes[record.identity[:2]].append(record.error is not None)
+    return {pair for pair, errors in outcomes.items() if all(errors)}
+
+
 def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: list[EvaluationRecord]) -> Selection:
     """Step 4: keep the best self-edit(s) per passage (by reward, or by ``rl.curation``'s
     scores: ``seal.restem.curate``) and write ``round_k/sft_rows.jsonl`` (with
@@ -498,10 +539,14 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
     config = round_.recipe.rl
     rewards = self_edit_rewards(records, [len(edits) for edits in self_edits])
     texts = {p: [e.text for e in edits] for p, edits in enumerate(self_edits)}
+    # A self-edit whose every evaluation failed is never kept, whatever inner.failure_reward
+    # gives it (with rl.keep_regardless its reward could otherwise win): no candidate.
+    failed = all_failed(records)
+    candidates = {p: [None if (p, e) in failed else r for e, r in enumerate(rs)] for p, rs in rewards.items()}
     if config.curation == "gain":
-        kept = select_best(rewards, config.k_best, config.reward_threshold, config.keep_regardless)
+        kept = select_best(candidates, config.k_best, config.reward_threshold, config.keep_regardless)
     else:
-        scores = {p: curation_scores(round_.passages[p], texts[p], rewards[p], round_.domain) for p in texts}
+        scores = {p: curation_scores(round_.passages[p], texts[p], candidates[p], round_.domain) for p in texts}
         kept = curate(scores, config.curation, config.curation_weights, config.k_best, config.reward_threshold, config.keep_regardless)
     prompts = {p: edits[0].prompt for p, edits in enumerate(self_edits) if edits}
     rows = sft_rows(prompts, texts, kept)

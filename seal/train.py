@@ -65,6 +65,11 @@ a finished evaluation, read back rather than retried by a resume (delete its jou
 retry it). A self-edit cut off by ``self_edit.max_new_tokens`` is still evaluated and carries
 ``truncated: true`` (``self_edits.json`` and its journal records). A question the LLM judge
 could not grade is ``None`` in ``scores`` (ungraded; ``qa.ungraded`` decides how it counts).
+A round with no usable evaluation at all (every one failed, or none got a reward because
+nothing was graded) stops the run after its evaluations are journaled
+(``seal.stages.check_round_usable``, ``RoundFailedError``, exit status 3) unless
+``rl.keep_going``; a self-edit whose every evaluation failed is never kept. The run directory
+is claimed and locked by the main process for the whole run (``seal.rundir.hold_run_dir``).
 
 Differences from the reference implementation: it seeds from the wall clock (no two runs
 agree, a resume cannot reproduce), counts grader failures as wrong answers, and writes its
@@ -91,6 +96,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.util
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -111,13 +117,16 @@ from seal.display import library_output_to, progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import check_processes, run_grpo
 from seal.hub import model_record, push_policy
+from seal.models import check_model_source
 from seal.preflight import check_model, check_recipe, train_lora_keys
 from seal.prompts import check_template
 from seal.restem import sft_grad_accum_steps
-from seal.rundir import RunDir, portable_path, read_json_or_none, write_json_atomic
+from seal.rundir import RunDir, hold_run_dir, portable_path, read_json_or_none, write_json_atomic
+from seal.scoring import make_judge
 from seal.stages import (
     Round,
     baselines_stage,
+    check_round_usable,
     diagnostics_stage,
     evaluations_stage,
     finished_round,
@@ -274,6 +283,7 @@ def run_round(
     self_edits = sample_stage(round_)
     baseline_records = baselines_stage(round_)
     records = evaluations_stage(round_, self_edits, baseline_records)
+    check_round_usable(round_, records)
     selection = selection_stage(round_, self_edits, records)
     sft_stats, next_policy = policy_update_stage(round_, selection.rows)
     diagnostics = diagnostics_stage(round_, self_edits, selection)
@@ -328,6 +338,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     docstring); every rank calls it with the same recipe, and the main process's ``run_dir``
     is used by all.
 
+    The main process claims and locks ``run_dir`` for the whole run (``seal.rundir.hold_run_dir``:
+    a new or empty directory, or one seal created; the other ranks share it).
+
     Raises:
         RecipeError: a setting refused by ``seal.preflight`` (a scheduler, attention or device
             name, a LoRA target module the model lacks, the judge's key), resuming with a
@@ -341,6 +354,10 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         DataError: missing, malformed or empty data files (or an empty selection of them); with
             ``data.passage_schedule: fresh``, too few passages for ``rl.rounds``
             (:func:`load_round_passages`).
+        RunDirError: ``run_dir`` is a file or a folder seal did not create, or its recorded
+            ``config.yaml`` is damaged; RunDirBusyError: another live process holds it.
+        RoundFailedError: a round had no usable evaluation (``seal.stages.check_round_usable``;
+            ``rl.keep_going`` continues instead).
         PromptError: unknown self-edit template.
         OSError: the run directory cannot be written (a full disk, say); what was finished
             before stays on disk and ``--resume`` continues from it.
@@ -360,7 +377,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     round_passages = load_round_passages(recipe) if passages is None else []
     if recipe.rl.algorithm == "restem":  # GRPO / RLOO run no SFT
         sft_grad_accum_steps(recipe.rl.sft, dist.world_size)
+    check_model_source(recipe.model.name_or_path)  # the model (a missing one: one line, nothing written)
     check_model(recipe, train_lora_keys(recipe))
+    make_judge(recipe.qa)  # and the judge's key (JudgeError names its variable)
     if recipe.rl.algorithm != "restem" and dist.distributed:
         check_processes(recipe, dist.world_size)
         if recipe.model.shard != "none":
@@ -371,6 +390,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
     check_runnable(recipe, passages)
 
     def open_run() -> None:
+        # Claim and lock the directory first: a foreign or busy one is refused untouched.
+        held.enter_context(hold_run_dir(run.path, create=not resume))
         if resume:
             check_resume(run, config)
         else:
@@ -380,15 +401,16 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
             _record(run, "model", model_record(recipe.model.name_or_path, recipe.model.revision))
         _record_launch(run, dist, resume)
 
-    dist.main_decides(open_run)
-    # The libraries' own output (warnings, load reports, TRL's step dicts) goes to the run's
-    # log file; the console keeps seal's lines.
-    with library_output_to(run.path / ("log.txt" if dist.is_main else f"log.rank{dist.rank}.txt")):
-        tracking = Tracking.start(recipe, run, dist.is_main)
-        try:
-            _run(recipe, run, passages, round_passages, resume, console, dist, tracking)
-        finally:
-            tracking.finish()
+    with ExitStack() as held:  # the main process's lock on the run directory, for the whole run
+        dist.main_decides(open_run)
+        # The libraries' own output (warnings, load reports, TRL's step dicts) goes to the run's
+        # log file; the console keeps seal's lines.
+        with library_output_to(run.path / ("log.txt" if dist.is_main else f"log.rank{dist.rank}.txt")):
+            tracking = Tracking.start(recipe, run, dist.is_main)
+            try:
+                _run(recipe, run, passages, round_passages, resume, console, dist, tracking)
+            finally:
+                tracking.finish()
     return run.path
 
 

@@ -274,7 +274,7 @@ def test_bench_command_writes_report_numbers_and_plots(tmp_path, tiny_squad_mode
     assert (out / "plots/accuracy_single.png").read_bytes()[:4] == b"\x89PNG"
     # the same directory again is refused, with exit status 1
     again = CliRunner().invoke(app, ["bench", str(path), "--out", str(out)])
-    assert again.exit_code == 1 and "already holds results" in " ".join(again.output.split())
+    assert again.exit_code == 2 and "already holds results" in " ".join(again.output.split())
 
 
 def test_train_run_without_finished_rounds_is_refused(tmp_path):

@@ -23,6 +23,7 @@ from train_helpers import REPO, kill_when, one_thread, subprocess_env
 
 from seal.bench.run import bench
 from seal.config import RecipeError, load_recipe
+from seal.errors import RunDirError
 from seal.rundir import read_jsonl
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -123,14 +124,18 @@ def test_an_existing_bench_is_refused_without_resume_and_a_changed_recipe_with_i
     from seal.cli import app
 
     again = CliRunner().invoke(app, ["bench", str(recipe), "--out", str(killed)])
-    assert again.exit_code == 1 and "already holds results" in " ".join(again.output.split())
+    assert again.exit_code == 2 and "already holds results" in " ".join(again.output.split())
     assert "--resume" in again.output
     with pytest.raises(RecipeError, match="differs from the recorded one in: inner.epochs"):
         bench(load_recipe(recipe, ["inner.epochs=2"]), killed, resume=True)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(RecipeError, match="cannot resume.*no config.yaml"):
         bench(load_recipe(recipe), tmp_path / "empty", resume=True)
+    with pytest.raises(RunDirError, match="cannot resume .*: no such directory"):
+        bench(load_recipe(recipe), tmp_path / "missing", resume=True)
+    assert not (tmp_path / "missing").exists()
     no_out = CliRunner().invoke(app, ["bench", str(recipe), "--resume"])
-    assert no_out.exit_code == 1 and "--resume needs --out" in " ".join(no_out.output.split())
+    assert no_out.exit_code == 2 and "--resume needs --out" in " ".join(no_out.output.split())
 
 
 @pytest.mark.parametrize("protocol", ["single", "multi", "continual"])

@@ -13,6 +13,8 @@
   self-edit, CUDA out-of-memory (retried with smaller adapter batches, then recorded): each
   is confined to its own evaluation, recorded with its reason and ``inner.failure_reward``.
 * A resume with a recipe that differs in result-changing keys is refused, naming them.
+* Two ``seal train`` processes on one directory: the second is refused at once (the lock,
+  ``seal.rundir.hold_run_dir``), the first finishes with a lone run's metrics.
 
 Nothing in ``seal`` is mocked except, for OOM, the inner loop's entry point (no GPU here).
 """
@@ -26,6 +28,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -41,13 +45,21 @@ from train_helpers import (
     one_thread,
     run_cli,
     seal_train_cmd,
+    subprocess_env,
     tiny_overrides,
     tiny_recipe,
 )
 
-from seal.config import RecipeError, recipe_to_dict
+from seal.config import RecipeError, load_recipe, recipe_to_dict
 from seal.journal import journal_key, merge_journal, read_journal, seal_partial_line
-from seal.rundir import RunDir, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from seal.rundir import (
+    MARKER,
+    RunDir,
+    append_jsonl,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from seal.seeding import derive_seed
 from seal.train import load_train_passages, train
 
@@ -453,6 +465,54 @@ def test_truncated_self_edits_are_flagged(reference):
     assert m["n_truncated_self_edits"] == sum(flags.values())
 
 
+# ----------------------------------------------------------------------------- two processes, one directory
+
+
+def _holder_pid(run: Path) -> int | None:
+    try:
+        return json.loads((run / MARKER).read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_a_second_process_on_a_run_directory_is_refused_and_the_first_finishes_as_alone(tiny_squad_model, data_root, tmp_path):
+    """Two ``seal train`` processes on one directory: while the first holds it, a second (fresh
+    start or --resume) is refused at once (exit 2, naming the first's pid), and the first ends
+    with the metrics of a lone run."""
+    overrides = tiny_overrides(tiny_squad_model, data_root, data__n_train_passages=1, self_edit__k=2)
+    lone = tmp_path / "lone"
+    with one_thread():
+        train(load_recipe(REPO / "recipes" / "squad_tiny_cpu.yaml", overrides), lone, console=quiet())
+
+    run, log = tmp_path / "run", tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(seal_train_cmd(overrides, run_dir=run), cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while _holder_pid(run) != first.pid:  # the first has claimed and locked the directory
+                assert first.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the first process never locked its directory"
+                time.sleep(0.01)
+            seconds = []
+            for second in (seal_train_cmd(overrides, run_dir=run), seal_train_cmd(overrides, resume=run)):
+                t0 = time.monotonic()
+                res = run_cli(second, timeout=120)
+                seconds.append(time.monotonic() - t0)
+                assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+                # Refused because the first held the lock, so before it finished.
+                assert f"in use by another seal process (pid {first.pid}" in " ".join(res.stderr.split())
+                assert "Traceback" not in res.stderr
+            print(f"second process refused after {seconds[0]:.2f} s (fresh) and {seconds[1]:.2f} s (--resume), interpreter start included")
+            assert first.wait(timeout=240) == 0, log.read_text()[-3000:]
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    assert metrics(run) == metrics(lone)
+    assert journal(run) == journal(lone)
+    assert [x["resume"] for x in json.loads((run / "run.json").read_text())["launches"]] == [False]  # the others wrote nothing
+
+
 # ----------------------------------------------------------------------------- resume checks
 
 
@@ -466,13 +526,13 @@ def test_resume_refuses_a_recipe_that_changes_results(reference, tiny_squad_mode
     assert "qa.batch_size" not in str(err.value)  # speed only: allowed
     assert (run / "run.json").read_text() == before  # nothing written
 
-    # Via the CLI: exit status 1 and the same message.
+    # Via the CLI: exit status 2 (a user error) and the same message.
     from typer.testing import CliRunner
 
     from seal.cli import app
 
     res = CliRunner().invoke(app, ["train", str(REPO / "recipes" / "squad_tiny_cpu.yaml"), *tiny_overrides(tiny_squad_model, data_root, rl__rounds=2, self_edit__k=4), "--resume", str(run)])
-    assert res.exit_code == 1 and "self_edit.k" in res.output
+    assert res.exit_code == 2 and "self_edit.k" in res.output
 
     # Result-neutral changes are accepted; finished rounds are reused, not recomputed.
     same = tiny_recipe(tiny_squad_model, data_root, rl__rounds=2, inner__batch_adapters=3)

@@ -156,15 +156,18 @@ def test_module_level_imports_have_no_cycle():
 
 
 def test_configuration_is_the_bottom_layer():
-    """Recipe sections import no other seal module but each other (and prompt-name checks)."""
+    """Recipe sections import no other seal module but each other (and prompt-name checks, and
+    seal.errors, the leaf that defines SealError)."""
     allowed = {"seal.sections", "seal.config", "seal.prompts", "seal.bench", "seal.bench.config", "seal.microworld",
                "seal.microworld.config", "seal.microworld.world", "seal.microworld.corpus", "seal.seeding", "seal.arc",
-               "seal.arc.config"}
+               "seal.arc.config", "seal.errors"}
     for e in import_edges():
         if e.source in ("seal.sections", "seal.config", "seal.bench.config", "seal.microworld.config", "seal.arc.config"):
             assert e.target in allowed, f"{e.source}:{e.line} imports {e.target} (above the configuration)"
     sections = {e.target for e in import_edges() if e.source == "seal.sections"}
-    assert sections == set(), f"seal.sections must import no seal module, imports {sections}"
+    assert sections <= {"seal.errors"}, f"seal.sections must import no seal module but seal.errors, imports {sections}"
+    errors = {e.target for e in import_edges() if e.source == "seal.errors"}
+    assert errors == set(), f"seal.errors must import no seal module, imports {errors}"
 
 
 def test_all_imports_have_no_cycle():

@@ -177,8 +177,8 @@ def test_a_policy_that_cannot_copy_is_refused(tmp_path, shut, match):
         ensure_microworld(tmp_path / "mw", seed=0, cfg=cfg, log=lambda m: None)
     assert "pretraining did not learn to copy" in str(e.value) and "Try another microworld.seed" in str(e.value)
     assert list((tmp_path / "mw").iterdir()) == []
-    # through the CLI: one clear line and exit status 1
+    # through the CLI: one clear line and exit status 2
     args = [f"{k}={v}" for k, v in {**TINY, **shut}.items()]
     res = CliRunner().invoke(app, ["microworld", "pretrain", *args, "--cache-dir", str(tmp_path / "cli")])
-    assert res.exit_code == 1 and "did not learn to copy" in res.output, res.output
+    assert res.exit_code == 2 and "did not learn to copy" in res.output, res.output
     assert list((tmp_path / "cli").iterdir()) == []

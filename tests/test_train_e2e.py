@@ -109,7 +109,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(case, message, tiny_squad_mo
     }[case]()
     run = tmp_path / "run"
     res = invoke(*overrides, "--run-dir", str(run))
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "error:" in res.output and message in res.output, res.output
     assert "Traceback" not in res.output
     assert not run.exists()

@@ -66,7 +66,7 @@ from seal.hparams import journal_choices, round_summary
 from seal.models import load_model, load_model_from_config
 from seal.preflight import check_recipe, check_targets, module_names
 from seal.prepare import ensure_model
-from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
+from seal.rundir import RunDir, append_jsonl, hold_run_dir, read_json, read_jsonl, write_json_atomic
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
 from seal.vllm_backend import check_vllm
@@ -129,6 +129,19 @@ def _describe(recipe: Recipe, proto) -> str:
 
 
 def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False) -> Path:
+    """:func:`run_bench_in` with ``out_dir`` claimed and locked for the whole bench
+    (``seal.rundir.hold_run_dir``: a new or empty directory, or one seal created; with
+    ``resume``, it must exist).
+
+    Raises:
+        RunDirError: ``out_dir`` is a file, a folder seal did not create, or (``resume``)
+            missing; RunDirBusyError: another live process holds it. Else as :func:`run_bench_in`.
+    """
+    with hold_run_dir(out_dir, create=not resume):
+        return run_bench_in(recipe, out_dir, console, resume)
+
+
+def run_bench_in(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False) -> Path:
     """Run the recipe's ``bench`` section into ``out_dir``; returns the results directory.
 
     ``resume``: continue the bench in ``out_dir``, reading back what its journal holds (see

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from seal.errors import SealError
 from seal.microworld.corpus import QA_TEMPLATE_NAME, SELF_EDIT_TEMPLATE, HparamDemos
 from seal.microworld.world import STYLES
 from seal.prompts import QA_TEMPLATES, TEMPLATES, check_qa_template
@@ -20,7 +21,7 @@ from seal.prompts import QA_TEMPLATES, TEMPLATES, check_qa_template
 FORMAT_VERSION = 3
 
 
-class CopySkillError(RuntimeError):
+class CopySkillError(SealError, RuntimeError):
     """Pretraining ended without the copy skill (the gate stayed shut, or the finished policy
     copies too few values right): no cache entry was written. The message says what was
     measured and what to try."""

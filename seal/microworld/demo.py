@@ -36,7 +36,7 @@ from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
 from seal.display import percent, print_table
 from seal.hparams import journal_choices
 from seal.prepare import ensure_model
-from seal.rundir import read_jsonl
+from seal.rundir import hold_run_dir, read_jsonl
 from seal.train import train as run_train
 
 #: The reduced demo of CI (``tests/test_microworld_learns.py``) and of the seed spread
@@ -252,6 +252,7 @@ def run_demo(
 
     Raises:
         RecipeError: bad recipes or overrides, or the two recipes name different worlds.
+        RunDirError, RunDirBusyError: ``run_dir`` is not seal's, or another process holds it.
     """
     console = console or Console()
     overrides = list(overrides or [])
@@ -260,25 +261,26 @@ def run_demo(
     bench_config = load_recipe(bench_recipe, overrides + [f"bench.train_run={run_dir}"])
     check_same_setting(train_config, bench_config)
 
-    console.rule("1/3 the microworld")
-    ensure_model(train_config, console.print)
-    console.print(f"world and base policy: {train_config.microworld.entry_dir()}")
-    console.print(copy_skill_summary(train_config.microworld.entry_dir()))
+    with hold_run_dir(run_dir):  # the demo's directory, claimed and locked for all three steps
+        console.rule("1/3 the microworld")
+        ensure_model(train_config, console.print)
+        console.print(f"world and base policy: {train_config.microworld.entry_dir()}")
+        console.print(copy_skill_summary(train_config.microworld.entry_dir()))
 
-    console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
-    resume = (run_dir / "run.json").is_file()
-    run_train(train_config, run_dir, resume=resume, console=console)
-    print_table(console, diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
+        console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
+        resume = (run_dir / "run.json").is_file()
+        run_train(train_config, run_dir, resume=resume, console=console)
+        print_table(console, diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
 
-    console.rule("3/3 held-out no-passage QA, every round's policy")
-    out = run_dir / "bench"
-    if (out / "report.md").is_file():
-        console.print(f"bench already finished: {out / 'report.md'}")
-    else:
-        # an interrupted bench continues from its journal (seal bench --resume)
-        run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file())
-        console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
-    if bench_config.self_edit.hparams.enabled and (out / "results.json").is_file():
-        rounds = json.loads((out / "results.json").read_text())["setup"]["rounds"]
-        print_table(console, hparams_choice_table(hparams_choices(read_jsonl(out / "journal.jsonl"), rounds)))
+        console.rule("3/3 held-out no-passage QA, every round's policy")
+        out = run_dir / "bench"
+        if (out / "report.md").is_file():
+            console.print(f"bench already finished: {out / 'report.md'}")
+        else:
+            # an interrupted bench continues from its journal (seal bench --resume)
+            run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file())
+            console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
+        if bench_config.self_edit.hparams.enabled and (out / "results.json").is_file():
+            rounds = json.loads((out / "results.json").read_text())["setup"]["rounds"]
+            print_table(console, hparams_choice_table(hparams_choices(read_jsonl(out / "journal.jsonl"), rounds)))
     return out

@@ -370,7 +370,8 @@ def test_a_resume_over_saved_self_edits_with_a_list_strategy_finishes(tiny_squad
 
     root = Path(__file__).resolve().parents[1] / "recipes"
     overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.task_ids=[5582e5ca]",
-                 "self_edit.k=2", "arc.max_train_texts=2", "qa.max_new_tokens=12", "inner.max_length=384", "rl.sft.max_length=512"]  # fmt: skip
+                 "self_edit.k=2", "arc.max_train_texts=2", "qa.max_new_tokens=12", "inner.max_length=384", "rl.sft.max_length=512",
+                 "arc.missing_keys=inner-defaults"]  # fmt: skip
     recipe = load_recipe(root / "arc_tiny_cpu.yaml", overrides)
     run = tmp_path / "run"
     monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)

@@ -148,6 +148,7 @@ def test_hparams_demo_end_to_end_on_a_tiny_world(tmp_path):
     overrides = [f"microworld.{k}={v}" for k, v in TINY.items()] + [
         f"microworld.cache_dir={tmp_path / 'mw'}", "data.n_train_passages=3", "data.n_eval_passages=3", "rl.rounds=2",
         "self_edit.k=2", "self_edit.max_new_tokens=48", "inner.batch_adapters=8", "rl.reward_threshold=-1", "rl.sft.epochs=1",
+        "rl.keep_going=true",  # a 37-step policy writes no valid block: every evaluation fails, the plumbing is what is tested
     ]  # fmt: skip
     res = CliRunner().invoke(app, ["microworld", "demo", "--hparams", *overrides, "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output

@@ -83,7 +83,7 @@ def test_seal_config_prints_the_resolved_recipe():
     assert printed == recipe_to_dict(load_recipe(RECIPE, ["rl.rounds=1", "rl.save=adapter"]))
     assert printed["rl"]["rounds"] == 1 and printed["inner"]["lr"] == 1e-3 and printed["hub"]["push_to_hub"] is False
     bad = CliRunner().invoke(app, ["config", str(RECIPE), "rl.roundz=1"])
-    assert bad.exit_code == 1 and "rl.roundz: unknown key" in bad.output
+    assert bad.exit_code == 2 and "rl.roundz: unknown key" in bad.output
 
 
 def test_too_many_grpo_passages_fail_before_a_run_directory(tiny_squad_model, data_root, tmp_path):

@@ -43,6 +43,7 @@ def torch_dtype(name: str) -> torch.dtype | str:
     checkpoint's own dtype, its config's ``dtype``), the others are torch dtypes."""
     return "auto" if name == "auto" else _DTYPES[name]
 
+
 # transformers and tokenizers are imported inside the functions that use them (seconds to import).
 
 

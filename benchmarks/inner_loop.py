@@ -75,7 +75,7 @@ import torch  # noqa: E402
 from seal.config import InnerLoopConfig, LoraConfig  # noqa: E402
 from seal.data import Passage, load_passages, resolve_data_path  # noqa: E402
 from seal.inner_loop import AdapterJob, answer_questions, run_inner_loop, tokenize_texts  # noqa: E402
-from seal.models import build_tiny_model, load_model, resolve_attn_implementation  # noqa: E402
+from seal.models import build_tiny_model, load_model, peft_lora_config, resolve_attn_implementation  # noqa: E402
 from seal.seeding import derive_seed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,7 +408,6 @@ def run_reference(
 ) -> list[list[str]]:
     """The reference design, one evaluation after the other (see the module docstring)."""
     from datasets import Dataset
-    from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -428,14 +427,7 @@ def run_reference(
                         "labels": list(enc["input_ids"]),
                     }
                 )
-            lora_cfg = PeftLoraConfig(
-                r=cfg.lora.rank,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=cfg.lora.target_modules,
-                task_type="CAUSAL_LM",
-            )
-            lora_model = get_peft_model(model, lora_cfg)
+            lora_model = get_peft_model(model, peft_lora_config(cfg.lora))
             args = TrainingArguments(
                 output_dir=str(work / f"run{k}"),
                 per_device_train_batch_size=cfg.batch_size,

@@ -126,14 +126,15 @@ def grpo_evaluations_per_step(config: dict) -> int:
 
 
 def merge_checkpoint(run: RunDir, checkpoint: Path, target: Path) -> None:
-    """The run's starting policy with ``checkpoint``'s LoRA adapter merged in, saved with its tokenizer."""
+    """The run's starting policy with ``checkpoint``'s LoRA adapter merged in, saved with its tokenizer
+    (loaded on the CPU with the run's recorded model settings: ``seal.models.load_policy``)."""
     from peft import PeftModel
 
-    from seal.models import load_model
+    from seal.config import ModelConfig
+    from seal.models import load_policy
 
-    config = run.recorded_config()["model"]
-    base = resolve_policy(run, config["name_or_path"])
-    model, tokenizer = load_model(base, config["dtype"], "cpu", trust_remote_code=config.get("trust_remote_code", False))
+    config = ModelConfig.model_validate(run.recorded_config()["model"]).model_copy(update={"device": "cpu"})
+    model, tokenizer = load_policy(config, resolve_policy(run, config.name_or_path))
     merged = PeftModel.from_pretrained(model, str(checkpoint)).merge_and_unload()
     with atomic_dir(target) as tmp:
         merged.save_pretrained(tmp)

@@ -46,11 +46,11 @@ class ModelConfig(Section):
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32",
-        description="Parameter dtype of the base model. Use bfloat16 on GPUs; float32 on CPU. The inner loop's LoRA adapters, their gradients and AdamW state stay float32 whatever this is (the bf16 base output and the fp32 LoRA term are added in fp32 and cast back, as PEFT does).",
+        description="Parameter dtype of the base model, and of every model the run loads (the policy that samples, the inner loop's learner, the ReST-EM policy update and its merge, GRPO / RLOO, evaluate, bench: seal.models.load_policy); auto: the checkpoint's own dtype. Use bfloat16 on GPUs; float32 on CPU. The inner loop's LoRA adapters, their gradients and AdamW state stay float32 whatever this is (the bf16 base output and the fp32 LoRA term are added in fp32 and cast back, as PEFT does).",
     )
     attn_implementation: str | None = Field(
         None,
-        description="Attention kernel: None (transformers' default: 'sdpa', PyTorch's scaled_dot_product_attention, for Llama/Qwen2), 'sdpa', 'eager', 'flash_attention_2' (needs flash-attn, the `gpu` extra; CUDA, bf16/fp16 only), or 'auto' (flash_attention_2 when flash-attn is installed and the device is CUDA, else sdpa).",
+        description="Attention kernel: None (transformers' default: 'sdpa', PyTorch's scaled_dot_product_attention, for Llama/Qwen2), 'sdpa', 'eager', 'flash_attention_2' (needs flash-attn, the `gpu` extra; CUDA, bf16/fp16 only), or 'auto' (flash_attention_2 when flash-attn is installed and the device is CUDA, else sdpa). Every model the run loads uses it (seal.models.load_policy).",
     )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust the repository."

@@ -31,7 +31,7 @@ from seal.arc.voting import arc_passage
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
 from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
 from seal.display import percent
-from seal.models import load_model, load_model_from_config
+from seal.models import load_policy
 from seal.preflight import check_model, check_recipe
 from seal.prompts import check_template
 from seal.rundir import RunDir, append_jsonl, hold_run_dir, write_json_atomic
@@ -98,9 +98,9 @@ def source_self_edits(
         path = arg if kind == "policy" else recipe.model.name_or_path
         return sample_texts(path, passages, recipe, template, n, derive_seed(seed, "evaluate", template), hint=self_edit_hint(self_edit_config, recipe.arc))
     if kind == "policy":
-        model, tok = load_model(arg, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+        model, tok = load_policy(recipe.model, arg)
     else:
-        model, tok = base if base is not None else load_model_from_config(recipe.model)
+        model, tok = base if base is not None else load_policy(recipe.model)
 
     def draw(indices: list[int], draw_seed: int) -> list[list[str]]:
         return sample_self_edits(
@@ -179,7 +179,7 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
     with hold_run_dir(run.path):  # claimed and locked for the whole command
         if run.exists():
             raise RecipeError(f"{run.path} already holds results; choose another --out")
-        model, tok = load_model_from_config(recipe.model)
+        model, tok = load_policy(recipe.model)
         edits = source_self_edits(config.source, passages, recipe, config.n_self_edits, recipe.seed, base=(model, tok))
         run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed})
         judge = make_judge(recipe.qa)

@@ -99,7 +99,7 @@ from seal.display import percent
 from seal.distributed import Dist
 from seal.inner_loop import adapter_chunks
 from seal.journal import journal_key, merge_journal, read_journal
-from seal.models import _DTYPES, load_causal_lm, load_tokenizer, write_adapter_chain
+from seal.models import load_policy, peft_lora_config, write_adapter_chain
 from seal.prompts import self_edit_prompt
 from seal.rewards import mean_reward
 from seal.rundir import (
@@ -504,8 +504,6 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
             refuses a step the processes cannot share, :func:`check_processes`, before it
             writes anything).
     """
-    import torch
-    from peft import LoraConfig
     from transformers import PrinterCallback
     from trl import GRPOTrainer, RLOOTrainer
 
@@ -538,17 +536,13 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
             drop_metrics_after(run, resumed_at)
         dist.barrier()
     seed_everything(derive_seed(recipe.seed, "grpo"))  # the LoRA initialisation draws from the global generator
-    tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code, recipe.model.revision)
-    policy = load_causal_lm(
-        recipe.model.name_or_path, recipe.model.revision, dtype=_DTYPES.get(recipe.model.dtype, torch.float32), trust_remote_code=recipe.model.trust_remote_code
-    )
-    lora = LoraConfig(r=g.lora.rank, lora_alpha=g.lora.alpha, lora_dropout=g.lora.dropout, target_modules=list(g.lora.target_modules), task_type="CAUSAL_LM")
+    policy, tokenizer = load_policy(recipe.model, for_training=True)  # the recipe's dtype and attention, as every stage
     trainer_class = GRPOTrainer if recipe.rl.algorithm == "grpo" else RLOOTrainer
     tracking = tracking or Tracking([])
     with tracking.for_trainer("grpo", last=True) as report_to:
         trainer = trainer_class(
             model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size, report_to), train_dataset=prompt_dataset(recipe, passages, tokenizer),
-            processing_class=tokenizer, peft_config=lora, callbacks=[step_logger(reward, run, console, bar, resumed_at, tracking)],
+            processing_class=tokenizer, peft_config=peft_lora_config(g.lora), callbacks=[step_logger(reward, run, console, bar, resumed_at, tracking)],
         )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # TRL's raw log dicts: step_logger prints the steps instead
     console.print(

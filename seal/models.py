@@ -1,6 +1,10 @@
 """Loading causal LMs, and building tiny local ones for CPUs and tests.
 
-Every code path loads models the same way: from a hub id or a local directory through
+Every model a run loads (the policy that samples, the inner loop's learner, the ReST-EM policy
+update and its merge base, the GRPO / RLOO policy, ``seal evaluate`` and ``seal bench``) goes
+through :func:`load_policy`, with the recipe's ``model`` section (dtype, attention
+implementation, revision, trust_remote_code, device); every PEFT LoRA config through
+:func:`peft_lora_config`. Underneath, from a hub id or a local directory through
 ``transformers.AutoModelForCausalLM``. ``build_tiny_model`` writes such a directory (a
 Llama-architecture config with random weights plus a byte-level BPE tokenizer trained with
 the ``tokenizers`` library), so nothing is ever downloaded in tests.
@@ -14,12 +18,16 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from seal.data import load_passages
 from seal.errors import ModelNotFoundError
 from seal.rundir import atomic_dir
+
+if TYPE_CHECKING:
+    from seal.sections import LoraConfig
 
 # A minimal chat template for tiny models, so the chat-template prompt variant works everywhere.
 TINY_CHAT_TEMPLATE = (
@@ -28,6 +36,13 @@ TINY_CHAT_TEMPLATE = (
 )
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    """``from_pretrained``'s ``dtype`` for ``model.dtype``: ``'auto'`` passes through (the
+    checkpoint's own dtype, its config's ``dtype``), the others are torch dtypes."""
+    return "auto" if name == "auto" else _DTYPES[name]
+
 
 # transformers and tokenizers are imported inside the functions that use them (seconds to import).
 
@@ -216,6 +231,16 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     return tok
 
 
+def _model_kwargs(dtype: str, attn_implementation: str | None, trust_remote_code: bool, device: torch.device) -> dict:
+    """``from_pretrained``'s keyword arguments for the recipe's model settings; the attention
+    implementation is resolved for ``device`` and left out when None (transformers' default)."""
+    kwargs = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype(dtype)}
+    attn_implementation = resolve_attn_implementation(attn_implementation, device)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     dtype: str = "float32",
@@ -236,12 +261,7 @@ def load_model(
         ImportError: ``'flash_attention_2'`` without the flash-attn package.
     """
     target = resolve_device(device)
-    kwargs = {"trust_remote_code": trust_remote_code}
-    kwargs["dtype"] = "auto" if dtype == "auto" else _DTYPES[dtype]
-    attn_implementation = resolve_attn_implementation(attn_implementation, target)
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = load_causal_lm(name_or_path, revision, **kwargs)
+    model = load_causal_lm(name_or_path, revision, **_model_kwargs(dtype, attn_implementation, trust_remote_code, target))
     model.to(target).eval()
     tok = load_tokenizer(name_or_path, trust_remote_code, revision)
     if model.config.pad_token_id is None:
@@ -249,11 +269,55 @@ def load_model(
     return model, tok
 
 
-def load_model_from_config(cfg) -> tuple:
-    """``load_model`` from a :class:`seal.config.ModelConfig` (also applies ``num_threads``)."""
+def policy_revision(cfg, name_or_path: str | os.PathLike) -> str | None:
+    """``model.revision`` when ``name_or_path`` is the recipe's model (``cfg.name_or_path``), else
+    None (a round's policy is a local folder; an adapter chain records its base's revision)."""
+    return cfg.revision if str(name_or_path) == cfg.name_or_path else None
+
+
+def load_policy(cfg, name_or_path: str | os.PathLike | None = None, *, for_training: bool = False) -> tuple:
+    """``(model, tokenizer)`` of ``name_or_path`` (None: ``cfg.name_or_path``) loaded with the
+    recipe's model section ``cfg`` (:class:`seal.config.ModelConfig`): ``dtype`` (``auto``: the
+    checkpoint's own dtype), ``attn_implementation`` (:func:`resolve_attn_implementation` for
+    ``cfg.device``), ``trust_remote_code``, and ``revision`` when ``name_or_path`` is the recipe's
+    model (:func:`policy_revision`). ``name_or_path`` may be an adapter chain. Every model a run
+    loads comes from here, so ``model.dtype`` means the same in every stage.
+
+    ``for_training=False`` (sampling, the inner loop, scoring): on ``cfg.device`` in eval mode,
+    the config's pad token set (:func:`load_model`); applies ``cfg.num_threads``.
+    ``for_training=True`` (the ReST-EM policy update and its merge base, GRPO / RLOO): as
+    ``from_pretrained`` returns it, on the CPU; TRL's trainer (accelerate / DeepSpeed) places
+    it and switches it to train mode.
+
+    Raises:
+        ModelNotFoundError, OSError, ImportError: see :func:`load_model`.
+    """
+    name = cfg.name_or_path if name_or_path is None else name_or_path
+    revision = policy_revision(cfg, name)
+    if for_training:
+        tok = load_tokenizer(name, cfg.trust_remote_code, revision)
+        kwargs = _model_kwargs(cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code, resolve_device(cfg.device))
+        return load_causal_lm(name, revision, **kwargs), tok
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    return load_model(cfg.name_or_path, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code, cfg.revision)
+    return load_model(name, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code, revision)
+
+
+def load_model_from_config(cfg) -> tuple:
+    """:func:`load_policy` of ``cfg.name_or_path`` (kept for callers of the older name)."""
+    return load_policy(cfg)
+
+
+def peft_lora_config(lora: LoraConfig):
+    """The ``peft.LoraConfig`` (causal LM) of a recipe's LoRA section (:class:`seal.sections.LoraConfig`:
+    rank, alpha, dropout, target_modules): the one builder for every PEFT adapter (the ReST-EM
+    policy update ``rl.sft.lora``, GRPO / RLOO ``rl.grpo.lora``). The inner loop's adapters are
+    seal's own (:mod:`seal.multi_lora`) with the same shape and scale (``alpha / rank``)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM"
+    )
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):

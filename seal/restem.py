@@ -29,10 +29,10 @@ from statistics import fmean
 
 import torch
 
-from seal.config import CurationWeights, SFTConfig
+from seal.config import CurationWeights, ModelConfig, SFTConfig
 from seal.data import Passage
 from seal.diagnostics import coverage, similarity
-from seal.models import _DTYPES, load_causal_lm, load_tokenizer, write_adapter_chain
+from seal.models import load_policy, peft_lora_config, policy_revision, write_adapter_chain
 from seal.rundir import atomic_dir
 from seal.sections import RecipeError
 
@@ -195,15 +195,13 @@ def update_policy(
     cfg: SFTConfig,
     out_dir: str | os.PathLike,
     seed: int,
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
+    model_config: ModelConfig | None = None,
     work_dir: str | os.PathLike | None = None,
     report_to: Sequence[str] = (),
     callbacks: Sequence = (),
     world_size: int = 1,
     save: str = "merged",
     adapter_out: str | os.PathLike | None = None,
-    revision: str | None = None,
 ) -> dict:
     """The M-step: LoRA-SFT the policy on ``rows``, merge, and save the merged model to ``out_dir``.
 
@@ -214,7 +212,12 @@ def update_policy(
     ``save`` (``rl.save``): ``merged`` writes ``out_dir`` only; ``adapter`` writes only
     ``adapter_out``, the policy as an adapter chain (``seal.models.write_adapter_chain``: the
     chain of ``policy_path`` plus this adapter); ``both`` writes the two. ``policy_path`` may
-    itself be an adapter chain, and ``revision`` pins it when it is a hub model.
+    itself be an adapter chain.
+
+    ``model_config``: the recipe's ``model`` section; the policy and the merge base are loaded
+    with its dtype, attention implementation, trust_remote_code, and its revision when
+    ``policy_path`` is its model (``seal.models.load_policy``). None: ``ModelConfig`` 's
+    defaults (float32). The LoRA: ``cfg.lora`` (``seal.models.peft_lora_config``).
 
     ``report_to``: TRL's trackers for the SFT's losses (``seal.tracking.Tracking.for_trainer``);
     ``callbacks``: extra ``TrainerCallback`` s (``seal.display.trainer_progress``: then TRL's
@@ -233,7 +236,7 @@ def update_policy(
     # Here, not at the top: TRL, PEFT and datasets take seconds to import and only the M-step
     # needs them (select_best and sft_rows stay cheap to import).
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
     from transformers import PrinterCallback
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
@@ -243,9 +246,8 @@ def update_policy(
     grad_accum_steps = sft_grad_accum_steps(cfg, world_size)
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.sft"
-    tok = load_tokenizer(policy_path, trust_remote_code, revision)
-    torch_dtype = _DTYPES.get(dtype, torch.float32)
-    model = load_causal_lm(policy_path, revision, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model_config = model_config or ModelConfig(name_or_path=str(policy_path))
+    model, tok = load_policy(model_config, policy_path, for_training=True)
     args = TRLSFTConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -267,15 +269,8 @@ def update_policy(
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
-    peft_cfg = LoraConfig(
-        r=cfg.lora.rank,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(list(rows)), processing_class=tok, peft_config=peft_cfg,
+        model=model, args=args, train_dataset=Dataset.from_list(list(rows)), processing_class=tok, peft_config=peft_lora_config(cfg.lora),
         callbacks=list(callbacks) or None,
     )
     if callbacks:
@@ -291,9 +286,9 @@ def update_policy(
         "grad_accum_steps": grad_accum_steps,
     }
     if trainer.accelerator.is_main_process and save in ("adapter", "both"):
-        write_adapter_chain(adapter_out, adapter_dir, tok, policy_path, revision)
+        write_adapter_chain(adapter_out, adapter_dir, tok, policy_path, policy_revision(model_config, policy_path))
     if trainer.accelerator.is_main_process and save in ("merged", "both"):
-        base = load_causal_lm(policy_path, revision, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        base, _ = load_policy(model_config, policy_path, for_training=True)
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         with atomic_dir(out_dir) as tmp:
             merged.save_pretrained(tmp)

@@ -39,7 +39,7 @@ from seal.hparams import round_summary as hparams_round_summary
 from seal.hparams import split_block
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
-from seal.models import load_model_from_config, resolve_attn_implementation, resolve_device
+from seal.models import load_policy, policy_revision, resolve_attn_implementation, resolve_device
 from seal.restem import curate, curation_scores, select_best, sft_rows, update_policy
 from seal.rewards import mean_reward
 from seal.rundir import (
@@ -163,14 +163,13 @@ class Round:
         target = resolve_device(device).type
         if self.dist.distributed and target == "cuda":
             device = f"cuda:{self.dist.local_rank}"  # each rank's own GPU
-        update = {"name_or_path": str(name_or_path), "device": device, "revision": self.revision(name_or_path)}
+        update = {"device": device}
         if self.sharded:
             # The whole model on the host; only this rank's shards go to its device, whose
             # type (not the host's) decides attn_implementation 'auto'.
             attn = resolve_attn_implementation(self.recipe.model.attn_implementation, resolve_device(device))
             update.update(device="cpu", attn_implementation=attn)
-        config = self.recipe.model.model_copy(update=update)
-        self.model, self.tokenizer = load_model_from_config(config)
+        self.model, self.tokenizer = load_policy(self.recipe.model.model_copy(update=update), name_or_path)
         if self.sharded:
             self.model = shard_model(self.model, target)
             self.console.print(f"{name_or_path}: sharded over {self.dist.world_size} processes (FSDP2, model.shard: fsdp)")
@@ -178,7 +177,7 @@ class Round:
     def revision(self, name_or_path: str | Path) -> str | None:
         """``model.revision`` when ``name_or_path`` is the recipe's model, else None (a round's
         policy is a local folder; an adapter chain records its base's revision itself)."""
-        return self.recipe.model.revision if str(name_or_path) == self.recipe.model.name_or_path else None
+        return policy_revision(self.recipe.model, name_or_path)
 
     def unload_model(self) -> None:
         """Drop the round's model and free its memory."""
@@ -604,8 +603,8 @@ def policy_update_stage(round_: Round, rows: list[dict]) -> tuple[dict | None, s
     with tracking.for_trainer(f"sft/round_{round_index}") as report_to:
         sft_stats = update_policy(
             round_.policy, rows, recipe.rl.sft, merged, seed=derive_seed(recipe.seed, "sft", round_index) % 2**32,  # HF set_seed: 32 bits
-            dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code, work_dir=work,
-            save=save, adapter_out=adapter, revision=round_.revision(round_.policy), world_size=round_.dist.world_size,
+            model_config=recipe.model, work_dir=work,
+            save=save, adapter_out=adapter, world_size=round_.dist.world_size,
             report_to=report_to, callbacks=[trainer_progress(round_.bar, f"round {round_index}: policy update (SFT steps)")],
         )  # fmt: skip
     _unset_deepspeed()

@@ -338,3 +338,38 @@ def test_killed_grpo_two_processes_resume_exactly(grpo_two_processes, tiny_squad
     assert journal(run) == journal(reference)  # the same completions, adapters and rewards
     assert [_launch_fields(r) for r in read_jsonl(run / "metrics.jsonl")] == [_launch_fields(r) for r in read_jsonl(reference / "metrics.jsonl")]
     assert not list(run.glob("journal.rank*.jsonl"))
+
+
+def test_grpo_trains_the_policy_in_the_recipe_dtype_and_attention(tiny_squad_model, data_root, tmp_path, monkeypatch):
+    """GRPO loads its policy through ``seal.models.load_policy``: with ``model.dtype: bfloat16``
+    and ``model.attn_implementation: eager`` the model TRL trains is bf16 (its LoRA fp32) with
+    eager attention, seen by a callback at the start of training (step_logger's callback,
+    wrapped: nothing is replaced), and the merged policy is bf16. Before issue 21: float32, sdpa."""
+    import torch
+    from transformers import AutoConfig
+
+    import seal.grpo
+
+    seen = {}
+    make_logger = seal.grpo.step_logger
+
+    def recording_logger(*args, **kwargs):
+        callback = make_logger(*args, **kwargs)
+        begin = callback.on_train_begin
+
+        def on_train_begin(args, state, control, model=None, **rest):
+            seen["base"] = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+            seen["lora"] = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+            seen["attn"] = model.config._attn_implementation
+            return begin(args, state, control, model=model, **rest)
+
+        callback.on_train_begin = on_train_begin
+        return callback
+
+    monkeypatch.setattr(seal.grpo, "step_logger", recording_logger)
+    run = tmp_path / "run"
+    overrides = grpo_overrides(tiny_squad_model, data_root) + ["rl.grpo.steps=1", "model.dtype=bfloat16", "model.attn_implementation=eager"]
+    with one_thread():
+        train(load_recipe(RECIPE, overrides), run, console=quiet())
+    assert seen == {"base": {torch.bfloat16}, "lora": {torch.float32}, "attn": "eager"}
+    assert AutoConfig.from_pretrained(run / "grpo" / "policy").dtype == torch.bfloat16

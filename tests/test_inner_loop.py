@@ -29,7 +29,7 @@ from seal.inner_loop import (
     train_and_merge,
     train_bank,
 )
-from seal.models import build_tiny_model, load_model
+from seal.models import build_tiny_model, load_model, peft_lora_config
 from seal.multi_lora import adapter_bank
 
 CORPUS = [
@@ -183,7 +183,6 @@ def test_epoch_order_is_a_seeded_permutation():
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_single_adapter_matches_peft(loaded, model_dir, batch_size):
-    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
@@ -198,10 +197,7 @@ def test_single_adapter_matches_peft(loaded, model_dir, batch_size):
     assert stats.error is None
 
     fresh, _ = load_model(model_dir, device="cpu")
-    peft_cfg = PeftLoraConfig(
-        r=LORA.rank, lora_alpha=LORA.alpha, lora_dropout=0.0, target_modules=LORA.target_modules
-    )
-    pm = get_peft_model(fresh, peft_cfg)
+    pm = get_peft_model(fresh, peft_lora_config(LORA))  # the builder the policy update and GRPO use
     with torch.no_grad():
         for name, (a, b) in init.items():
             layer = pm.base_model.model.get_submodule(name)
@@ -645,7 +641,6 @@ def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_d
     summed, then one clipped AdamW step on a linear schedule over ceil(ceil(n/1)/2) steps per
     epoch (5 texts: the last step of an epoch accumulates one batch). Written out here with PEFT;
     and it equals batch 2 without accumulation (the token mean over both texts)."""
-    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
@@ -664,7 +659,7 @@ def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_d
     assert max(rel_err(accumulated[n][1], plain[n][1]) for n in plain) > 1e-3  # accumulation changes the update
 
     fresh, _ = load_model(model_dir, device="cpu")
-    pm = get_peft_model(fresh, PeftLoraConfig(r=LORA.rank, lora_alpha=LORA.alpha, lora_dropout=0.0, target_modules=LORA.target_modules))
+    pm = get_peft_model(fresh, peft_lora_config(LORA))
     with torch.no_grad():
         for name, (a, b) in init.items():
             layer = pm.base_model.model.get_submodule(name)

@@ -217,3 +217,31 @@ def test_grpo_writes_the_merged_policy_and_the_adapter_chain(tiny_squad_model, d
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     with pytest.raises(RecipeError, match="grpo/policy"):
         train_run_sources(run)
+
+
+def test_load_policy_dtype_auto_is_the_checkpoint_dtype_for_every_stage(tiny_squad_model, tmp_path):
+    """``seal.models.load_policy``, the one loader of a run: ``model.dtype: auto`` is the
+    checkpoint's dtype both for sampling / the inner loop and for training (the ReST-EM policy
+    update, GRPO), where it used to be float32; a float32 checkpoint stays float32 (today's CPU
+    recipes, bit for bit). An explicit dtype wins over the checkpoint's."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from seal.config import ModelConfig
+    from seal.models import load_policy
+
+    bf16_dir = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_squad_model, dtype=torch.bfloat16).save_pretrained(bf16_dir)
+    for f in tiny_squad_model.glob("tokenizer*"):
+        shutil.copy(f, bf16_dir / f.name)
+    auto = ModelConfig(name_or_path=str(tiny_squad_model), dtype="auto", device="cpu")
+
+    def dtypes(model) -> set:
+        return {p.dtype for p in model.parameters()}
+
+    for for_training in (False, True):
+        assert dtypes(load_policy(auto, bf16_dir, for_training=for_training)[0]) == {torch.bfloat16}
+        assert dtypes(load_policy(auto, for_training=for_training)[0]) == {torch.float32}
+        assert dtypes(load_policy(auto.model_copy(update={"dtype": "float16"}), bf16_dir, for_training=for_training)[0]) == {torch.float16}
+    assert load_policy(auto, for_training=True)[1].pad_token is not None  # the tokenizer comes with it

@@ -131,3 +131,32 @@ def test_gradient_checkpointing_leaves_the_policy_update_bitwise_unchanged(tiny_
     assert out[False][0] == out[True][0]
     assert out[False][1].keys() == out[True][1].keys()
     assert all(torch.equal(out[False][1][k], out[True][1][k]) for k in out[False][1])
+
+
+def test_policy_update_loads_the_recipe_dtype_and_attention(tiny_squad_model, tmp_path):
+    """The ReST-EM policy update loads the policy through ``seal.models.load_policy``: with
+    ``model.dtype: bfloat16`` and ``model.attn_implementation: eager`` the model TRL trains is
+    bf16 with eager attention (seen by a TrainerCallback at the start of training), and so is
+    the merge base (the saved policy is bf16). Before issue 21 it was float32 and sdpa."""
+    import torch
+    from train_helpers import one_thread
+    from transformers import AutoConfig, TrainerCallback
+
+    from seal.config import ModelConfig, SFTConfig
+    from seal.restem import update_policy
+
+    seen = {}
+
+    class Record(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen["base"] = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+            seen["lora"] = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+            seen["attn"] = model.config._attn_implementation
+
+    rows = [{"prompt": f"Passage {i}: the cat sat on the mat.\nImplications:", "completion": f" fact {i} about cats"} for i in range(2)]
+    model_config = ModelConfig(name_or_path=str(tiny_squad_model), dtype="bfloat16", attn_implementation="eager", device="cpu")
+    with one_thread():
+        stats = update_policy(tiny_squad_model, rows, SFTConfig(epochs=1, max_length=64), tmp_path / "policy", seed=0, model_config=model_config, callbacks=[Record()])
+    assert stats["steps"] == 2 and stats["train_loss"] == stats["train_loss"]  # trained, a finite loss
+    assert seen == {"base": {torch.bfloat16}, "lora": {torch.float32}, "attn": "eager"}  # PEFT keeps the adapter in fp32
+    assert AutoConfig.from_pretrained(tmp_path / "policy").dtype == torch.bfloat16  # the merge base: bf16 too

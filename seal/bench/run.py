@@ -63,7 +63,7 @@ from seal.config import (
 from seal.display import library_output_to, print_table, progress_bar
 from seal.evaluate import load_eval_passages
 from seal.hparams import journal_choices, round_summary
-from seal.models import load_model, load_model_from_config
+from seal.models import load_policy
 from seal.preflight import check_recipe, check_targets, module_names
 from seal.prepare import ensure_model
 from seal.rundir import RunDir, append_jsonl, hold_run_dir, read_json, read_jsonl, write_json_atomic
@@ -223,7 +223,7 @@ def run_bench_in(recipe: Recipe, out_dir: str | Path, console: Console | None = 
         outcomes, base_verdicts = {}, {}
         own_rows = [source for source in sources if source.learner is None]
         for student in students:
-            model, tok = load_model(student.name_or_path, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+            model, tok = load_policy(recipe.model, student.name_or_path)
             found, base = _learn(model, tok, student.name, own_rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines)
             for (name, source_name), outcome in found.items():
                 outcomes[(name, student.name, source_name)] = outcome
@@ -232,7 +232,7 @@ def run_bench_in(recipe: Recipe, out_dir: str | Path, console: Console | None = 
             del model, tok
             gc.collect()
         for learner, rows in _by_learner(sources).items():
-            model, tok = load_model(learner, recipe.model.dtype, recipe.model.device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+            model, tok = load_policy(recipe.model, learner)
             found, base = _learn(model, tok, learner_key(learner), rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines)
             for (name, source_name), outcome in found.items():
                 outcome.baseline = [list(row["scores"]) for row in base[: sizes[name]]]
@@ -381,7 +381,7 @@ def _sample_sources(sources: list[Source], recipe: Recipe, passages, n_edits: in
     task = bar.add_task("sampling self-edits", total=len(todo))
     base = None
     if any(source.kind == "prompt" for source in todo):
-        base = load_model_from_config(recipe.model)
+        base = load_policy(recipe.model)
     for source in todo:
         sample_source(source, recipe, passages, n_edits, seed, base=base)
         note = f"sampled by seal bench from {source.author} ({source.spec.source}), seed {seed}"

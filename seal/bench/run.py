@@ -66,7 +66,14 @@ from seal.hparams import journal_choices, round_summary
 from seal.models import load_model, load_model_from_config
 from seal.preflight import check_recipe, check_targets, module_names
 from seal.prepare import ensure_model
-from seal.rundir import RunDir, append_jsonl, read_json, read_jsonl, write_json_atomic
+from seal.rundir import (
+    RunDir,
+    append_jsonl,
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_text_atomic,
+)
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
 
@@ -101,6 +108,27 @@ def reopen_journal(run: RunDir) -> list[dict]:
     return read_jsonl(path)
 
 
+def _copy_bench(other: RunDir, run: RunDir, config: dict) -> list[dict]:
+    """Copy ``other``'s journal (whole lines) and sampled self-edits into the new bench ``run``;
+    returns the journal's records. ``other`` must be a bench of ``config`` but for
+    ``bench.train_run`` (its rows are then the same computations).
+
+    Raises:
+        RecipeError: ``other`` holds no bench, or one of a recipe differing in other result-changing keys.
+    """
+    if not other.exists():
+        raise RecipeError(f"cannot reuse {other.path}: it holds no bench results (no config.yaml)")
+    diffs = [k for k in diff_recipes(with_defaults(other.recorded_config()), config) if k not in RESUMABLE_KEYS and k != "bench.train_run"]
+    if diffs:
+        raise RecipeError(f"cannot reuse {other.path}: its recipe differs from this one in: {', '.join(diffs)}")
+    data = other.journal.read_bytes() if other.journal.exists() else b""
+    data = data[: data.rfind(b"\n") + 1]  # a partially written last line (a kill mid-append) is dropped
+    write_text_atomic(run.journal, data.decode("utf-8"))
+    for path in sorted((other.path / "self_edits").glob("*.json")):
+        write_text_atomic(run.path / "self_edits" / path.name, path.read_text(encoding="utf-8"))
+    return read_jsonl(run.journal)
+
+
 def _note_resume(run: RunDir) -> None:
     """Add this launch's time to ``run.json``'s ``resumed`` list."""
     path = run.path / "run.json"
@@ -127,17 +155,23 @@ def _describe(recipe: Recipe, proto) -> str:
     )
 
 
-def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False) -> Path:
+def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False, reuse: str | Path | None = None) -> Path:
     """Run the recipe's ``bench`` section into ``out_dir``; returns the results directory.
 
     ``resume``: continue the bench in ``out_dir``, reading back what its journal holds (see
     the module docstring).
+    ``reuse``: another, finished or stopped, bench directory of the same recipe but for
+    ``bench.train_run`` (``seal microworld demo``'s second process benches the sources that
+    need no training run there while the rounds train): a new bench first copies in its
+    journal and sampled self-edits and reads them back as a resume does, so only the rest is
+    computed and the results equal a bench that computed everything.
 
     Raises:
         RecipeError: no bench section, a protocol asks for more passages than the data
             section loads, a missing policy checkpoint or student, ``out_dir`` already holds
             results (without ``resume``), or (with it) holds none or was started with a recipe
             that differs in result-changing keys.
+            With ``reuse``: that directory holds no bench or another recipe's.
         DataError: a file: source lacks a passage of the evaluation set (named) or has too few self-edits.
         PromptError: unknown template.
     """
@@ -186,21 +220,24 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
     journaled: dict[tuple, list[dict]] = defaultdict(list)  # (protocol, student, source label) -> records
     if resume:
         records = reopen_journal(run)
-        for row in records:
-            if row.get("kind") == "baseline":
-                journaled_baselines[row["student"]][row["passage"]] = row
-            else:
-                journaled[(row["kind"], row["student"], row["source_label"])].append(row)
         _note_resume(run)
         console.print(f"resuming {run.path}: {len(records)} journaled records read back")
     else:
         run.start(config, seeds={"seed": recipe.seed, "bench_seed": seed})
+        records = _copy_bench(RunDir(reuse), run, config) if reuse is not None else []
+        if records:
+            console.print(f"{len(records)} records of {reuse} read back")
+    for row in records:
+        if row.get("kind") == "baseline":
+            journaled_baselines[row["student"]][row["passage"]] = row
+        else:
+            journaled[(row["kind"], row["student"], row["source_label"])].append(row)
     seed_everything(seed)
     t_start = time.perf_counter()
     judge = make_judge(recipe.qa)
     with progress_bar(console) as bar:
         # 3. self-edits sampled now -----------------------------------------------------
-        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume)
+        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume or reuse is not None)
 
         # 4. every student x protocol x source, then every paired learner x its sources ------
         outcomes, base_verdicts = {}, {}

@@ -15,6 +15,16 @@ The README's first demo, as a plain recipe of three steps that each exist on the
 Equivalent commands: ``seal train recipes/microworld_cpu.yaml --run-dir D`` then
 ``seal bench recipes/bench_microworld_cpu.yaml bench.train_run=D --out D/bench``.
 
+Both cores (``jobs=2``, the default on a machine with two or more): the bench sources that need
+no training run (the base model, the passage, the base policy, the oracle) do not wait for the
+rounds: a second process (``seal bench`` without ``bench.train_run``) benches them into
+``<run_dir>/bench-side`` while the rounds train, and step 3 copies its journal and sampled
+self-edits in (``seal.bench.run.bench``'s ``reuse``) and computes only the rounds' policies.
+Every evaluation's seed derives from its identity and a source is computed whole by one
+process, so the journals and results equal the one-process demo's (``jobs=1``); only the
+timings differ. The rounds themselves stay on one process: ``seal train`` on two
+(``seal.distributed``) updates the policy data-parallel, which changes the policy's numbers.
+
 The hyperparameter world (``seal microworld demo --hparams``: ``recipes/microworld_hparams_cpu.yaml``
 and ``recipes/bench_microworld_hparams_cpu.yaml``) is the same three steps on a world whose
 demonstrations end with hyperparameter blocks (``microworld.hparam_demos``); the demo then
@@ -25,6 +35,9 @@ also prints the share of each setting the held-out self-edits chose, round by ro
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,6 +66,15 @@ def seed_overrides(seed: int, cache_dir: str | Path | None = None) -> list[str]:
     """Overrides of both demo recipes that move the whole demo to world and run seed ``seed``."""
     out = [f"seed={seed}", f"microworld.seed={seed}"]
     return out + ([f"microworld.cache_dir={cache_dir}"] if cache_dir is not None else [])
+
+
+#: Where the second process of a two-job demo benches the training-independent sources.
+SIDE_BENCH = "bench-side"
+
+
+def default_jobs() -> int:
+    """Processes the demo uses by default: 2 on a machine with two or more cores, else 1."""
+    return min(2, os.cpu_count() or 1)
 
 
 #: Sections that must agree, so that the bench measures what the training rewarded.
@@ -239,12 +261,15 @@ def run_demo(
     run_dir: str | Path,
     overrides: list[str] | None = None,
     console: Console | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Run the demo into ``run_dir``; returns the bench directory (``<run_dir>/bench``).
 
     ``overrides`` (dotted ``key=value``) apply to both recipes, so ``rl.rounds=3`` or
     ``microworld.seed=1`` change the whole demo consistently. A finished bench is kept and
     reported again; one without ``report.md`` (interrupted) resumes from its journal.
+    ``jobs``: 1 runs everything in this process; 2 or more also benches the training-independent
+    sources in a second process while the rounds train (see the module docstring; same results).
 
     Raises:
         RecipeError: bad recipes or overrides, or the two recipes name different worlds.
@@ -262,19 +287,45 @@ def run_demo(
     console.print(copy_skill_summary(train_config.microworld.entry_dir()))
 
     console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
-    resume = (run_dir / "run.json").is_file()
-    run_train(train_config, run_dir, resume=resume, console=console)
-    console.print(diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
+    out, side_dir, side = run_dir / "bench", run_dir / SIDE_BENCH, None
+    if jobs > 1 and not (out / "config.yaml").is_file() and not (side_dir / "report.md").is_file():
+        side = start_side_bench(bench_recipe, overrides, side_dir)
+        console.print(f"benching the sources that need no round in a second process (pid {side.pid}, log {side_dir / 'bench.log'})")
+    try:
+        resume = (run_dir / "run.json").is_file()
+        run_train(train_config, run_dir, resume=resume, console=console)
+        console.print(diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
 
-    console.rule("3/3 held-out no-passage QA, every round's policy")
-    out = run_dir / "bench"
-    if (out / "report.md").is_file():
-        console.print(f"bench already finished: {out / 'report.md'}")
-    else:
-        # an interrupted bench continues from its journal (seal bench --resume)
-        run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file())
-        console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
+        console.rule("3/3 held-out no-passage QA, every round's policy")
+        if side is not None:
+            if side.poll() is None:
+                console.print("waiting for the second process's bench")
+            if side.wait() != 0:  # what it journaled before it stopped is still reused
+                console.print(f"[yellow]the second process's bench failed (exit {side.returncode}, see {side_dir / 'bench.log'}); the rest is computed here")
+        reuse = side_dir if (side_dir / "config.yaml").is_file() else None  # also one of an earlier launch
+        if (out / "report.md").is_file():
+            console.print(f"bench already finished: {out / 'report.md'}")
+        else:
+            # an interrupted bench continues from its journal (seal bench --resume)
+            run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file(), reuse=reuse)
+            console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
+    finally:
+        if side is not None and side.poll() is None:  # this process stopped early: so does its helper
+            side.terminate()
+            side.wait()
     if bench_config.self_edit.hparams.enabled and (out / "results.json").is_file():
         rounds = json.loads((out / "results.json").read_text())["setup"]["rounds"]
         console.print(hparams_choice_table(hparams_choices(read_jsonl(out / "journal.jsonl"), rounds)))
     return out
+
+
+def start_side_bench(bench_recipe: str | Path, overrides: list[str], side_dir: Path) -> subprocess.Popen:
+    """Start ``seal bench`` of the bench recipe's own sources (no ``bench.train_run``: they need
+    no round) into ``side_dir`` in a second process, its output in ``side_dir/bench.log``; a
+    bench already there (an interrupted demo) is resumed."""
+    side_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "seal.cli", "bench", str(bench_recipe), *overrides, "--out", str(side_dir)]
+    if (side_dir / "config.yaml").is_file():
+        cmd.append("--resume")
+    with open(side_dir / "bench.log", "a", encoding="utf-8") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

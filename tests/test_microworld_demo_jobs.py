@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from seal.cli import app
+from seal.microworld.demo import last_side_step
 from seal.rundir import read_jsonl
 
 #: tests/test_microworld.py's 20 k-parameter world (it cannot copy: both copy gates open at 0).
@@ -35,29 +37,71 @@ def untimed(obj, run_dir: Path):
     return obj.replace(str(run_dir), "RUN") if isinstance(obj, str) else obj
 
 
-def demo(tmp_path: Path, jobs: int) -> Path:
-    run_dir = tmp_path / f"jobs{jobs}"
-    overrides = [f"microworld.{k}={v}" for k, v in TINY.items()] + [
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    """The reduced-to-nothing demo on the tiny world (cached under ``tmp_path``)."""
+    return [f"microworld.{k}={v}" for k, v in TINY.items()] + [
         f"microworld.cache_dir={tmp_path / 'mw'}", "data.n_train_passages=3", "data.n_eval_passages=4", "rl.rounds=2",
         "self_edit.k=2", "self_edit.max_new_tokens=32", "inner.batch_adapters=8", "rl.reward_threshold=-1", "rl.sft.epochs=1",
     ]  # fmt: skip
+
+
+def demo(tmp_path: Path, jobs: int) -> Path:
+    """``seal microworld demo --jobs <jobs>`` into ``tmp_path/jobs<jobs>``."""
+    run_dir = tmp_path / f"jobs{jobs}"
+    overrides = tiny_overrides(tmp_path)
     res = CliRunner().invoke(app, ["microworld", "demo", *overrides, "--run-dir", str(run_dir), "--jobs", str(jobs)])
     assert res.exit_code == 0, res.output
     return run_dir
 
 
+@pytest.mark.slow  # two tiny demos, about 30 s on 2 shared cores
 def test_two_jobs_give_the_one_process_demos_results(tmp_path):
     one, two = demo(tmp_path, 1), demo(tmp_path, 2)
     assert not (one / "bench-side").exists()
-    side = read_jsonl(two / "bench-side" / "journal.jsonl")
-    # the second process benched the training-independent sources, and only those
-    assert side and {row.get("source_label") for row in side} - {None} == {"passage only", "policy round 0 (base)", "oracle (world generator)"}
+    own = read_jsonl(two / "bench-side" / "own" / "journal.jsonl")
+    # the second process benched the sources that need no round, then (if the training was
+    # still running) finished rounds' policies, each step copying in the one before
+    assert {row.get("source_label") for row in own} - {None} == {"passage only", "policy round 0 (base)", "oracle (world generator)"}
+    side = read_jsonl(last_side_step(two / "bench-side", 2) / "journal.jsonl")
+    assert side[: len(own)] == own
     for name in ("metrics.jsonl", "journal.jsonl", "bench/journal.jsonl"):
         assert untimed(read_jsonl(two / name), two) == untimed(read_jsonl(one / name), one), name
     bench = read_jsonl(two / "bench" / "journal.jsonl")
     assert bench[: len(side)] == side  # copied in, not recomputed
-    assert {row.get("source_label") for row in bench} >= {"policy round 1", "policy round 2"}
+    assert "policy round 2" not in {row.get("source_label") for row in side}  # the last round's is the main process's
     for path in sorted((one / "bench" / "self_edits").glob("*.json")):
         assert (two / "bench" / "self_edits" / path.name).read_text().replace(str(two), str(one)) == path.read_text()
     results = [untimed(json.loads((d / "bench" / "results.json").read_text()), d) for d in (one, two)]
+    assert results[0] == results[1]
+
+
+@pytest.mark.slow  # a tiny demo, then the side steps and the bench again (about 30 s)
+def test_side_steps_bench_finished_rounds_and_the_main_bench_reuses_the_last(tmp_path):
+    """Deterministically what the race of a real two-job demo does: with round 0 of 2 finished,
+    the second process benches the recipe's own sources, then round 1's policy; the main
+    process's bench, once round 1 has finished, computes round 2's only and equals a
+    one-process bench."""
+    import shutil
+
+    from seal.bench.run import bench
+    from seal.config import load_recipe
+    from seal.microworld.demo import side_bench
+
+    one = demo(tmp_path, 1)
+    run = tmp_path / "pipelined"
+    shutil.copytree(one, run, ignore=shutil.ignore_patterns("bench"))
+    metrics = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text(metrics[0])  # as while round 1 trains
+    side_bench("recipes/bench_microworld_cpu.yaml", run, 2, tiny_overrides(tmp_path))
+    assert {row.get("source_label") for row in read_jsonl(run / "bench-side" / "round-1" / "journal.jsonl")} - {None} == {
+        "passage only", "policy round 0 (base)", "oracle (world generator)", "policy round 1",
+    }  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(metrics))  # round 1 finished
+    recipe = load_recipe("recipes/bench_microworld_cpu.yaml", tiny_overrides(tmp_path) + [f"bench.train_run={run}"])
+    bench(recipe, run / "bench", reuse=last_side_step(run / "bench-side", 2))
+    side = read_jsonl(run / "bench-side" / "round-1" / "journal.jsonl")
+    journal = read_jsonl(run / "bench" / "journal.jsonl")
+    assert journal[: len(side)] == side and {row.get("source_label") for row in journal[len(side) :]} == {"policy round 2"}
+    assert untimed(journal, run) == untimed(read_jsonl(one / "bench" / "journal.jsonl"), one)
+    results = [untimed(json.loads((d / "bench" / "results.json").read_text()), d) for d in (one, run)]
     assert results[0] == results[1]

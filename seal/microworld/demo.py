@@ -15,21 +15,16 @@ The README's first demo, as a plain recipe of three steps that each exist on the
 Equivalent commands: ``seal train recipes/microworld_cpu.yaml --run-dir D`` then
 ``seal bench recipes/bench_microworld_cpu.yaml bench.train_run=D --out D/bench``.
 
-Both cores (``jobs=2``, the default on a machine with two or more): the bench sources that need
-no training run (the base model, the passage, the base policy, the oracle) do not wait for the
-rounds: a second process (``seal bench`` without ``bench.train_run``) benches them into
-``<run_dir>/bench-side`` while the rounds train, and step 3 copies its journal and sampled
-self-edits in (``seal.bench.run.bench``'s ``reuse``) and computes only the rounds' policies.
-Every evaluation's seed derives from its identity and a source is computed whole by one
-process, so the journals and results equal the one-process demo's (``jobs=1``); only the
-timings differ. The rounds themselves stay on one process: ``seal train`` on two
-(``seal.distributed``) updates the policy data-parallel, which changes the policy's numbers.
-
-The hyperparameter world (``seal microworld demo --hparams``: ``recipes/microworld_hparams_cpu.yaml``
-and ``recipes/bench_microworld_hparams_cpu.yaml``) is the same three steps on a world whose
-demonstrations end with hyperparameter blocks (``microworld.hparam_demos``); the demo then
-also prints the share of each setting the held-out self-edits chose, round by round
-(:func:`hparams_choice_table`).
+Both cores (``jobs=2``, the default on a machine with two or more): the bench does not wait for
+the rounds. A second process (:func:`side_bench`) benches, while the rounds train, first the
+sources that need no round (the base model, the passage, the base policy, the oracle) into
+``<run_dir>/bench-side/own``, then each round's policy as soon as the training has written it
+(``bench-side/round-<k>``, each step copying in the step before: ``seal.bench.run.bench``'s
+``reuse``). Step 3 copies the last step in the same way and computes only what is left (the
+last round's policy). Every evaluation's seed derives from its identity and each source is
+computed whole by one process, so the journals and results equal the one-process demo's
+(``jobs=1``); only the timings differ. The rounds themselves stay on one process: ``seal
+train`` on two (``seal.distributed``) updates the policy data-parallel, which changes its numbers.
 """
 
 from __future__ import annotations
@@ -38,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -288,9 +284,9 @@ def run_demo(
 
     console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
     out, side_dir, side = run_dir / "bench", run_dir / SIDE_BENCH, None
-    if jobs > 1 and not (out / "config.yaml").is_file() and not (side_dir / "report.md").is_file():
-        side = start_side_bench(bench_recipe, overrides, side_dir)
-        console.print(f"benching the sources that need no round in a second process (pid {side.pid}, log {side_dir / 'bench.log'})")
+    if jobs > 1 and not (out / "config.yaml").is_file():
+        side = start_side_bench(bench_recipe, overrides, run_dir, train_config.rl.rounds)
+        console.print(f"benching in a second process while the rounds train (pid {side.pid}, log {side_dir / 'bench.log'})")
     try:
         resume = (run_dir / "run.json").is_file()
         run_train(train_config, run_dir, resume=resume, console=console)
@@ -302,7 +298,7 @@ def run_demo(
                 console.print("waiting for the second process's bench")
             if side.wait() != 0:  # what it journaled before it stopped is still reused
                 console.print(f"[yellow]the second process's bench failed (exit {side.returncode}, see {side_dir / 'bench.log'}); the rest is computed here")
-        reuse = side_dir if (side_dir / "config.yaml").is_file() else None  # also one of an earlier launch
+        reuse = last_side_step(side_dir, train_config.rl.rounds)  # also one of an earlier launch
         if (out / "report.md").is_file():
             console.print(f"bench already finished: {out / 'report.md'}")
         else:
@@ -319,13 +315,63 @@ def run_demo(
     return out
 
 
-def start_side_bench(bench_recipe: str | Path, overrides: list[str], side_dir: Path) -> subprocess.Popen:
-    """Start ``seal bench`` of the bench recipe's own sources (no ``bench.train_run``: they need
-    no round) into ``side_dir`` in a second process, its output in ``side_dir/bench.log``; a
-    bench already there (an interrupted demo) is resumed."""
+def start_side_bench(bench_recipe: str | Path, overrides: list[str], run_dir: Path, rounds: int) -> subprocess.Popen:
+    """Start :func:`side_bench` in a second process (``python -m seal.microworld.demo``), its
+    output in ``<run_dir>/bench-side/bench.log``."""
+    side_dir = run_dir / SIDE_BENCH
     side_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "seal.cli", "bench", str(bench_recipe), *overrides, "--out", str(side_dir)]
-    if (side_dir / "config.yaml").is_file():
-        cmd.append("--resume")
+    cmd = [sys.executable, "-m", "seal.microworld.demo", str(bench_recipe), str(run_dir), str(rounds), *overrides]
     with open(side_dir / "bench.log", "a", encoding="utf-8") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def side_steps(side_dir: Path, rounds: int) -> list[Path]:
+    """The side bench's step directories in order: ``own`` (the recipe's sources), then
+    ``round-<k>`` for the policies of rounds 1 .. ``rounds - 1`` (the last one is step 3's)."""
+    return [side_dir / "own"] + [side_dir / f"round-{k}" for k in range(1, rounds)]
+
+
+def last_side_step(side_dir: Path, rounds: int) -> Path | None:
+    """The latest side bench step that was started (it holds every earlier step's records), or None."""
+    started = [step for step in side_steps(side_dir, rounds) if (step / "config.yaml").is_file()]
+    return started[-1] if started else None
+
+
+def side_bench(bench_recipe: str | Path, run_dir: str | Path, rounds: int, overrides: list[str], poll_s: float = 2.0) -> None:
+    """The second process of a two-job demo: bench what needs no finished training.
+
+    Step ``own``: the bench recipe's own sources (no ``bench.train_run``). Step ``round-<k>``
+    (k = 1 .. ``rounds - 1``): once the training has finished round ``k - 1`` (its row in
+    ``metrics.jsonl``), the bench with ``bench.train_run = run_dir`` of the rounds finished so
+    far, reusing the step before. It stops early once the training has finished every round
+    (step 3 then computes the rest while this core would otherwise wait). An interrupted step
+    is resumed, a finished one kept.
+    """
+    run_dir = Path(run_dir)
+    steps = side_steps(run_dir / SIDE_BENCH, rounds)
+    prev = None
+    for k, step in enumerate(steps):
+        if k > 0:
+            while len(read_jsonl(run_dir / "metrics.jsonl")) < k:
+                time.sleep(poll_s)  # the round's policy is not written yet
+            if len(read_jsonl(run_dir / "metrics.jsonl")) >= rounds:
+                return  # the training is over: step 3 does the rest
+        extra = [f"bench.train_run={run_dir}"] if k > 0 else []
+        recipe = load_recipe(bench_recipe, overrides + extra)
+        if not (step / "report.md").is_file():
+            resume = (step / "config.yaml").is_file()
+            run_bench(recipe, step, resume=resume, reuse=None if resume else prev)
+        prev = step
+
+
+if __name__ == "__main__":  # the second process of start_side_bench
+    import torch
+
+    from seal.preflight import check_recipe
+
+    _recipe, _run_dir, _rounds, *_overrides = sys.argv[1:]
+    _loaded = load_recipe(_recipe, _overrides)
+    check_recipe(_loaded)
+    if _loaded.model.num_threads:  # as seal.cli does: a thread of its own, not all cores
+        torch.set_num_threads(_loaded.model.num_threads)
+    side_bench(_recipe, _run_dir, int(_rounds), _overrides)

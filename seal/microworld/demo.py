@@ -69,8 +69,9 @@ SIDE_BENCH = "bench-side"
 
 
 def default_jobs() -> int:
-    """Processes the demo uses by default: 2 on a machine with two or more cores, else 1."""
-    return min(2, os.cpu_count() or 1)
+    """Processes the demo uses by default: 2 where this process may run on two or more cores, else 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(2, cores or 1)
 
 
 #: Sections that must agree, so that the bench measures what the training rewarded.

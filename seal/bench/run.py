@@ -108,19 +108,24 @@ def reopen_journal(run: RunDir) -> list[dict]:
     return read_jsonl(path)
 
 
-def _copy_bench(other: RunDir, run: RunDir, config: dict) -> list[dict]:
-    """Copy ``other``'s journal (whole lines) and sampled self-edits into the new bench ``run``;
-    returns the journal's records. ``other`` must be a bench of ``config`` but for
-    ``bench.train_run`` (its rows are then the same computations).
+def check_reuse(other: RunDir, config: dict) -> None:
+    """Refuse to reuse a directory without a bench, or one of a recipe that differs from
+    ``config`` in result-changing keys other than ``bench.train_run`` (whose rows would then
+    not be this bench's computations).
 
     Raises:
-        RecipeError: ``other`` holds no bench, or one of a recipe differing in other result-changing keys.
+        RecipeError: no ``config.yaml`` there, or the differing keys.
     """
     if not other.exists():
         raise RecipeError(f"cannot reuse {other.path}: it holds no bench results (no config.yaml)")
     diffs = [k for k in diff_recipes(with_defaults(other.recorded_config()), config) if k not in RESUMABLE_KEYS and k != "bench.train_run"]
     if diffs:
         raise RecipeError(f"cannot reuse {other.path}: its recipe differs from this one in: {', '.join(diffs)}")
+
+
+def _copy_bench(other: RunDir, run: RunDir) -> list[dict]:
+    """Copy ``other``'s journal (whole lines) and sampled self-edits into the new bench ``run``
+    (:func:`check_reuse` first); returns the journal's records."""
     data = other.journal.read_bytes() if other.journal.exists() else b""
     data = data[: data.rfind(b"\n") + 1]  # a partially written last line (a kill mid-append) is dropped
     write_text_atomic(run.journal, data.decode("utf-8"))
@@ -187,6 +192,8 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         check_resume(run, config)
     elif run.exists():
         raise RecipeError(f"{run.path} already holds results; choose another --out, or pass --resume to continue it")
+    elif reuse is not None:
+        check_reuse(RunDir(reuse), config)
 
     # 1. checks -------------------------------------------------------------------------
     protocols = cfg.protocols.enabled()
@@ -224,7 +231,7 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
         console.print(f"resuming {run.path}: {len(records)} journaled records read back")
     else:
         run.start(config, seeds={"seed": recipe.seed, "bench_seed": seed})
-        records = _copy_bench(RunDir(reuse), run, config) if reuse is not None else []
+        records = _copy_bench(RunDir(reuse), run) if reuse is not None else []
         if records:
             console.print(f"{len(records)} records of {reuse} read back")
     for row in records:

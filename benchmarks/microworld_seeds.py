@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _demo(seed: int, size: str, run_dir: Path) -> float:
     """Run the demo in a fresh process (logs beside the run directory); returns wall seconds."""
-    args = [sys.executable, "-m", "seal.cli", "microworld", "demo", *seed_overrides(seed), "--run-dir", str(run_dir)]
+    # one process per demo (its --jobs 1): this script's --jobs puts seeds side by side, one per core
+    args = [sys.executable, "-m", "seal.cli", "microworld", "demo", *seed_overrides(seed), "--run-dir", str(run_dir), "--jobs", "1"]
     args += REDUCED if size == "reduced" else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -195,3 +195,25 @@ def test_resuming_a_finished_bench_computes_nothing(reference, recipe, tmp_path)
     assert (out / "journal.jsonl").read_text() == journal
     resumed, expected = (json.loads((folder / "results.json").read_text()) for folder in (out, reference))
     assert without_timings(resumed) == without_timings(expected)
+
+
+def test_a_new_bench_reuses_another_benchs_journal(reference, recipe, tmp_path):
+    """``bench(..., reuse=DIR)`` (``seal microworld demo --jobs 2``): a new bench copies in what
+    another bench of the same recipe journaled (here: stopped mid-append) and computes only the
+    rest; a bench of another recipe is refused before anything is written."""
+    import shutil
+
+    other = shutil.copytree(reference, tmp_path / "other")
+    lines = (other / "journal.jsonl").read_text().splitlines(keepends=True)
+    (other / "journal.jsonl").write_text("".join(lines[:KILL_AT]) + lines[KILL_AT][:40])
+    with pytest.raises(RecipeError, match="cannot reuse .* differs from this one in: inner.epochs"):
+        bench(load_recipe(recipe, ["inner.epochs=2"]), tmp_path / "refused", reuse=other)
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "bench"
+    with one_thread():
+        bench(load_recipe(recipe), out, console=Console(file=io.StringIO()), reuse=other)
+    assert (out / "journal.jsonl").read_text().splitlines(keepends=True)[:KILL_AT] == lines[:KILL_AT]  # read back, not recomputed
+    assert without_timings(read_jsonl(out / "journal.jsonl")) == without_timings(read_jsonl(reference / "journal.jsonl"))
+    reused, expected = (json.loads((folder / "results.json").read_text()) for folder in (out, reference))
+    assert without_timings(reused) == without_timings(expected)
+    assert "resumed" not in json.loads((out / "run.json").read_text())

@@ -66,7 +66,15 @@ from seal.hparams import journal_choices, round_summary
 from seal.models import load_policy
 from seal.preflight import check_recipe, check_targets, module_names
 from seal.prepare import ensure_model
-from seal.rundir import RunDir, append_jsonl, hold_run_dir, read_json, read_jsonl, write_json_atomic
+from seal.rundir import (
+    RunDir,
+    append_jsonl,
+    hold_run_dir,
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_text_atomic,
+)
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
 from seal.vllm_backend import check_vllm
@@ -102,6 +110,32 @@ def reopen_journal(run: RunDir) -> list[dict]:
     return read_jsonl(path)
 
 
+def check_reuse(other: RunDir, config: dict) -> None:
+    """Refuse to reuse a directory without a bench, or one of a recipe that differs from
+    ``config`` in result-changing keys other than ``bench.train_run`` (whose rows would then
+    not be this bench's computations).
+
+    Raises:
+        RecipeError: no ``config.yaml`` there, or the differing keys.
+    """
+    if not other.exists():
+        raise RecipeError(f"cannot reuse {other.path}: it holds no bench results (no config.yaml)")
+    diffs = [k for k in diff_recipes(with_defaults(other.recorded_config()), config) if k not in RESUMABLE_KEYS and k != "bench.train_run"]
+    if diffs:
+        raise RecipeError(f"cannot reuse {other.path}: its recipe differs from this one in: {', '.join(diffs)}")
+
+
+def _copy_bench(other: RunDir, run: RunDir) -> list[dict]:
+    """Copy ``other``'s journal (whole lines) and sampled self-edits into the new bench ``run``
+    (:func:`check_reuse` first); returns the journal's records."""
+    data = other.journal.read_bytes() if other.journal.exists() else b""
+    data = data[: data.rfind(b"\n") + 1]  # a partially written last line (a kill mid-append) is dropped
+    write_text_atomic(run.journal, data.decode("utf-8"))
+    for path in sorted((other.path / "self_edits").glob("*.json")):
+        write_text_atomic(run.path / "self_edits" / path.name, path.read_text(encoding="utf-8"))
+    return read_jsonl(run.journal)
+
+
 def _note_resume(run: RunDir) -> None:
     """Add this launch's time to ``run.json``'s ``resumed`` list."""
     path = run.path / "run.json"
@@ -128,7 +162,9 @@ def _describe(recipe: Recipe, proto) -> str:
     )
 
 
-def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False) -> Path:
+def bench(
+    recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False, reuse: str | Path | None = None
+) -> Path:
     """:func:`run_bench_in` with ``out_dir`` claimed and locked for the whole bench
     (``seal.rundir.hold_run_dir``: a new or empty directory, or one seal created; with
     ``resume``, it must exist).
@@ -138,20 +174,28 @@ def bench(recipe: Recipe, out_dir: str | Path, console: Console | None = None, r
             missing; RunDirBusyError: another live process holds it. Else as :func:`run_bench_in`.
     """
     with hold_run_dir(out_dir, create=not resume):
-        return run_bench_in(recipe, out_dir, console, resume)
+        return run_bench_in(recipe, out_dir, console, resume, reuse)
 
 
-def run_bench_in(recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False) -> Path:
+def run_bench_in(
+    recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False, reuse: str | Path | None = None
+) -> Path:
     """Run the recipe's ``bench`` section into ``out_dir``; returns the results directory.
 
     ``resume``: continue the bench in ``out_dir``, reading back what its journal holds (see
     the module docstring).
+    ``reuse``: another, finished or stopped, bench directory of the same recipe but for
+    ``bench.train_run`` (``seal microworld demo``'s second process benches the sources that
+    need no training run there while the rounds train): a new bench first copies in its
+    journal and sampled self-edits and reads them back as a resume does, so only the rest is
+    computed and the results equal a bench that computed everything.
 
     Raises:
         RecipeError: no bench section, a protocol asks for more passages than the data
             section loads, a missing policy checkpoint or student, ``out_dir`` already holds
             results (without ``resume``), or (with it) holds none or was started with a recipe
             that differs in result-changing keys.
+            With ``reuse``: that directory holds no bench or another recipe's.
         DataError: a file: source lacks a passage of the evaluation set (named) or has too few self-edits.
         PromptError: unknown template.
     """
@@ -169,6 +213,8 @@ def run_bench_in(recipe: Recipe, out_dir: str | Path, console: Console | None = 
         check_resume(run, config)
     elif run.exists():
         raise RecipeError(f"{run.path} already holds results; choose another --out, or pass --resume to continue it")
+    elif reuse is not None:
+        check_reuse(RunDir(reuse), config)
 
     # 1. checks -------------------------------------------------------------------------
     protocols = cfg.protocols.enabled()
@@ -202,22 +248,25 @@ def run_bench_in(recipe: Recipe, out_dir: str | Path, console: Console | None = 
     journaled: dict[tuple, list[dict]] = defaultdict(list)  # (protocol, student, source label) -> records
     if resume:
         records = reopen_journal(run)
-        for row in records:
-            if row.get("kind") == "baseline":
-                journaled_baselines[row["student"]][row["passage"]] = row
-            else:
-                journaled[(row["kind"], row["student"], row["source_label"])].append(row)
         _note_resume(run)
         console.print(f"resuming {run.path}: {len(records)} journaled records read back")
     else:
         run.start(config, seeds={"seed": recipe.seed, "bench_seed": seed})
+        records = _copy_bench(RunDir(reuse), run) if reuse is not None else []
+        if records:
+            console.print(f"{len(records)} records of {reuse} read back")
+    for row in records:
+        if row.get("kind") == "baseline":
+            journaled_baselines[row["student"]][row["passage"]] = row
+        else:
+            journaled[(row["kind"], row["student"], row["source_label"])].append(row)
     seed_everything(seed)
     t_start = time.perf_counter()
     judge = make_judge(recipe.qa)
     # The libraries' output (warnings, load bars) to the bench's log.txt; the console keeps seal's lines.
     with library_output_to(run.path / "log.txt"), progress_bar(console) as bar:
         # 3. self-edits sampled now -----------------------------------------------------
-        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume)
+        _sample_sources(sources, recipe, passages, n_edits, seed, run, bar, reuse=resume or reuse is not None)
 
         # 4. every student x protocol x source, then every paired learner x its sources ------
         outcomes, base_verdicts = {}, {}

@@ -15,16 +15,26 @@ The README's first demo, as a plain recipe of three steps that each exist on the
 Equivalent commands: ``seal train recipes/microworld_cpu.yaml --run-dir D`` then
 ``seal bench recipes/bench_microworld_cpu.yaml bench.train_run=D --out D/bench``.
 
-The hyperparameter world (``seal microworld demo --hparams``: ``recipes/microworld_hparams_cpu.yaml``
-and ``recipes/bench_microworld_hparams_cpu.yaml``) is the same three steps on a world whose
-demonstrations end with hyperparameter blocks (``microworld.hparam_demos``); the demo then
-also prints the share of each setting the held-out self-edits chose, round by round
-(:func:`hparams_choice_table`).
+Both cores (``jobs=2``, the default on a machine with two or more): the bench does not wait for
+the rounds. A second process (:func:`side_bench`) benches, while the rounds train, first the
+sources that need no round (the base model, the passage, the base policy, the oracle) into
+``<run_dir>/bench-side/own``, then each round's policy as soon as the training has written it
+(``bench-side/round-<k>``, each step copying in the step before: ``seal.bench.run.bench``'s
+``reuse``). It runs niced (:data:`SIDE_NICE`), on cycles the rounds leave; when the rounds end,
+step 3 stops it if it is still running, copies its last step in the same way and computes only
+what is left (on an idle second core: the last round's policy). Every evaluation's seed derives from its identity and each source is
+computed whole by one process, so the journals and results equal the one-process demo's
+(``jobs=1``); only the timings differ. The rounds themselves stay on one process: ``seal
+train`` on two (``seal.distributed``) updates the policy data-parallel, which changes its numbers.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,6 +63,22 @@ def seed_overrides(seed: int, cache_dir: str | Path | None = None) -> list[str]:
     """Overrides of both demo recipes that move the whole demo to world and run seed ``seed``."""
     out = [f"seed={seed}", f"microworld.seed={seed}"]
     return out + ([f"microworld.cache_dir={cache_dir}"] if cache_dir is not None else [])
+
+
+#: Where the second process of a two-job demo benches the training-independent sources.
+SIDE_BENCH = "bench-side"
+
+
+#: Niceness of the second process: it takes a core the rounds leave idle, and next to little
+#: from the rounds where other jobs keep both cores busy (measured: at normal priority it slowed
+#: the rounds by 30 % on cores shared with two other jobs, more than the bench it hid).
+SIDE_NICE = 10
+
+
+def default_jobs() -> int:
+    """Processes the demo uses by default: 2 where this process may run on two or more cores, else 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(2, cores or 1)
 
 
 #: Sections that must agree, so that the bench measures what the training rewarded.
@@ -243,12 +269,15 @@ def run_demo(
     run_dir: str | Path,
     overrides: list[str] | None = None,
     console: Console | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Run the demo into ``run_dir``; returns the bench directory (``<run_dir>/bench``).
 
     ``overrides`` (dotted ``key=value``) apply to both recipes, so ``rl.rounds=3`` or
     ``microworld.seed=1`` change the whole demo consistently. A finished bench is kept and
     reported again; one without ``report.md`` (interrupted) resumes from its journal.
+    ``jobs``: 1 runs everything in this process; 2 or more also benches the training-independent
+    sources in a second process while the rounds train (see the module docstring; same results).
 
     Raises:
         RecipeError: bad recipes or overrides, or the two recipes name different worlds.
@@ -268,19 +297,101 @@ def run_demo(
         console.print(copy_skill_summary(train_config.microworld.entry_dir()))
 
         console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
-        resume = (run_dir / "run.json").is_file()
-        run_train(train_config, run_dir, resume=resume, console=console)
-        print_table(console, diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
+        out, side_dir, side = run_dir / "bench", run_dir / SIDE_BENCH, None
+        if jobs > 1 and not (out / "config.yaml").is_file():
+            side = start_side_bench(bench_recipe, overrides, run_dir, train_config.rl.rounds)
+            console.print(f"benching in a second process while the rounds train (pid {side.pid}, log {side_dir / 'bench.log'})")
+        try:
+            resume = (run_dir / "run.json").is_file()
+            run_train(train_config, run_dir, resume=resume, console=console)
+            print_table(console, diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
 
-        console.rule("3/3 held-out no-passage QA, every round's policy")
-        out = run_dir / "bench"
-        if (out / "report.md").is_file():
-            console.print(f"bench already finished: {out / 'report.md'}")
-        else:
-            # an interrupted bench continues from its journal (seal bench --resume)
-            run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file())
-            console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
+            console.rule("3/3 held-out no-passage QA, every round's policy")
+            if side is not None and side.poll() is None:
+                # it runs niced, on spare cycles: on busy cores it is behind, and what it journaled
+                # is reused while this process, at full priority, computes the rest
+                side.terminate()
+                side.wait()
+                console.print("the second process had not finished: stopped; its journaled evaluations are reused")
+            elif side is not None and side.returncode != 0:
+                console.print(f"[yellow]the second process's bench failed (exit {side.returncode}, see {side_dir / 'bench.log'}); the rest is computed here")
+            reuse = last_side_step(side_dir, train_config.rl.rounds)  # also one of an earlier launch
+            if (out / "report.md").is_file():
+                console.print(f"bench already finished: {out / 'report.md'}")
+            else:
+                # an interrupted bench continues from its journal (seal bench --resume)
+                run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file(), reuse=reuse)
+                console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
+        finally:
+            if side is not None and side.poll() is None:  # this process stopped early: so does its helper
+                side.terminate()
+                side.wait()
         if bench_config.self_edit.hparams.enabled and (out / "results.json").is_file():
             rounds = json.loads((out / "results.json").read_text())["setup"]["rounds"]
             print_table(console, hparams_choice_table(hparams_choices(read_jsonl(out / "journal.jsonl"), rounds)))
     return out
+
+
+def start_side_bench(bench_recipe: str | Path, overrides: list[str], run_dir: Path, rounds: int) -> subprocess.Popen:
+    """Start :func:`side_bench` in a second process (``python -m seal.microworld.demo``), its
+    output in ``<run_dir>/bench-side/bench.log``."""
+    side_dir = run_dir / SIDE_BENCH
+    side_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "seal.microworld.demo", str(bench_recipe), str(run_dir), str(rounds), *overrides]
+    with open(side_dir / "bench.log", "a", encoding="utf-8") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def side_steps(side_dir: Path, rounds: int) -> list[Path]:
+    """The side bench's step directories in order: ``own`` (the recipe's sources), then
+    ``round-<k>`` for the policies of rounds 1 .. ``rounds - 1`` (the last one is step 3's)."""
+    return [side_dir / "own"] + [side_dir / f"round-{k}" for k in range(1, rounds)]
+
+
+def last_side_step(side_dir: Path, rounds: int) -> Path | None:
+    """The side bench step holding the most journaled records (each step starts from a copy of
+    the one before; a step stopped before that copy holds none), or None if none started."""
+    started = [step for step in side_steps(side_dir, rounds) if (step / "config.yaml").is_file()]
+    size = {step: (step / "journal.jsonl").stat().st_size if (step / "journal.jsonl").is_file() else 0 for step in started}
+    return max(reversed(started), key=size.get) if started else None
+
+
+def side_bench(bench_recipe: str | Path, run_dir: str | Path, rounds: int, overrides: list[str], poll_s: float = 2.0) -> None:
+    """The second process of a two-job demo: bench what needs no finished training.
+
+    Step ``own``: the bench recipe's own sources (no ``bench.train_run``). Step ``round-<k>``
+    (k = 1 .. ``rounds - 1``): once the training has finished round ``k - 1`` (its row in
+    ``metrics.jsonl``), the bench with ``bench.train_run = run_dir`` of the rounds finished so
+    far, reusing the step before. It stops early once the training has finished every round
+    (step 3 then computes the rest while this core would otherwise wait). An interrupted step
+    is resumed, a finished one kept.
+    """
+    run_dir = Path(run_dir)
+    steps = side_steps(run_dir / SIDE_BENCH, rounds)
+    prev = None
+    for k, step in enumerate(steps):
+        if k > 0:
+            while len(read_jsonl(run_dir / "metrics.jsonl")) < k:
+                time.sleep(poll_s)  # the round's policy is not written yet
+            if len(read_jsonl(run_dir / "metrics.jsonl")) >= rounds:
+                return  # the training is over: step 3 does the rest
+        extra = [f"bench.train_run={run_dir}"] if k > 0 else []
+        recipe = load_recipe(bench_recipe, overrides + extra)
+        if not (step / "report.md").is_file():
+            resume = (step / "config.yaml").is_file()
+            run_bench(recipe, step, resume=resume, reuse=None if resume else prev)
+        prev = step
+
+
+if __name__ == "__main__":  # the second process of start_side_bench
+    import torch
+
+    from seal.preflight import check_recipe
+
+    _recipe, _run_dir, _rounds, *_overrides = sys.argv[1:]
+    _loaded = load_recipe(_recipe, _overrides)
+    check_recipe(_loaded)
+    if _loaded.model.num_threads:  # as seal.cli does: a thread of its own, not all cores
+        torch.set_num_threads(_loaded.model.num_threads)
+    os.nice(SIDE_NICE)  # spare cycles only: the rounds are the critical path
+    side_bench(_recipe, _run_dir, int(_rounds), _overrides)

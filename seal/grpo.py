@@ -499,10 +499,9 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     Every process calls it (many processes: see the module docstring); the main process alone
     writes metrics, the merged policy and ``grpo/train.json``.
 
-    Raises:
-        RecipeError: fewer passages than ``rl.grpo.prompts_per_step`` (``seal.train.train``
-            refuses a step the processes cannot share, :func:`check_processes`, before it
-            writes anything).
+    ``seal.train.train`` refuses, before it writes anything, fewer passages than
+    ``rl.grpo.prompts_per_step`` (``check_runnable``) and a step the processes cannot share
+    (:func:`check_processes`).
     """
     from transformers import PrinterCallback
     from trl import GRPOTrainer, RLOOTrainer
@@ -510,8 +509,6 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     g = recipe.rl.grpo
     out_dir, policy_dir, adapter_dir = run.path / "grpo", run.path / "grpo" / "policy", run.path / "grpo" / "adapter"
     written = {"merged": [policy_dir], "adapter": [adapter_dir], "both": [adapter_dir, policy_dir]}[recipe.rl.save]
-    if len(passages) < g.prompts_per_step:
-        raise RecipeError(f"rl.grpo.prompts_per_step ({g.prompts_per_step}) exceeds the {len(passages)} training passages")
     if dist.main_decides(lambda: read_json_or_none(out_dir / "train.json") is not None and all(p.exists() for p in written)):
         console.print(f"{recipe.rl.algorithm}: finished earlier, reusing its policy ({written[-1]})")
         return str(written[-1])

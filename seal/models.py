@@ -303,11 +303,6 @@ def load_policy(cfg, name_or_path: str | os.PathLike | None = None, *, for_train
     return load_model(name, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code, revision)
 
 
-def load_model_from_config(cfg) -> tuple:
-    """:func:`load_policy` of ``cfg.name_or_path`` (kept for callers of the older name)."""
-    return load_policy(cfg)
-
-
 def peft_lora_config(lora: LoraConfig):
     """The ``peft.LoraConfig`` (causal LM) of a recipe's LoRA section (:class:`seal.sections.LoraConfig`:
     rank, alpha, dropout, target_modules): the one builder for every PEFT adapter (the ReST-EM

@@ -134,7 +134,7 @@ def check_deepspeed(path: str | None) -> None:
     if not isinstance(config, dict):
         raise RecipeError(f"rl.sft.deepspeed: {p} must hold a JSON object")
     if importlib.util.find_spec("deepspeed") is None:
-        raise RecipeError("rl.sft.deepspeed is set but the deepspeed package is not installed (pip install deepspeed), or unset it")
+        raise RecipeError("rl.sft.deepspeed is set but DeepSpeed is not installed: pip install --no-build-isolation -e '.[deepspeed]', or unset it")
 
 
 def check_judge(qa) -> None:

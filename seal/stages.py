@@ -39,7 +39,7 @@ from seal.hparams import round_summary as hparams_round_summary
 from seal.hparams import split_block
 from seal.inner_loop import adapter_chunks, free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
-from seal.models import load_policy, policy_revision, resolve_attn_implementation, resolve_device
+from seal.models import load_policy, resolve_attn_implementation, resolve_device
 from seal.restem import curate, curation_scores, select_best, sft_rows, update_policy
 from seal.rewards import mean_reward
 from seal.rundir import (
@@ -173,11 +173,6 @@ class Round:
         if self.sharded:
             self.model = shard_model(self.model, target)
             self.console.print(f"{name_or_path}: sharded over {self.dist.world_size} processes (FSDP2, model.shard: fsdp)")
-
-    def revision(self, name_or_path: str | Path) -> str | None:
-        """``model.revision`` when ``name_or_path`` is the recipe's model, else None (a round's
-        policy is a local folder; an adapter chain records its base's revision itself)."""
-        return policy_revision(self.recipe.model, name_or_path)
 
     def unload_model(self) -> None:
         """Drop the round's model and free its memory."""

@@ -95,7 +95,6 @@ its resume, sharding and gathering (``Round``, ``run_stage``). The journal files
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -240,7 +239,7 @@ def load_round_passages(recipe: Recipe) -> list[list[Passage]]:
 
 def check_runnable(recipe: Recipe, passages: list[Passage]) -> None:
     """Refuse, before a run directory exists, a recipe that asks for more passages per GRPO /
-    RLOO step than there are, or a DeepSpeed update without DeepSpeed installed.
+    RLOO step than there are (a DeepSpeed update without DeepSpeed: ``seal.preflight``).
 
     Raises:
         RecipeError: naming the key and the numbers.
@@ -251,8 +250,6 @@ def check_runnable(recipe: Recipe, passages: list[Passage]) -> None:
             f"rl.grpo.prompts_per_step ({g.prompts_per_step}) exceeds the {len(passages)} training passages; "
             f"set rl.grpo.prompts_per_step={len(passages)} or more data.n_train_passages"
         )
-    if recipe.rl.algorithm == "restem" and recipe.rl.sft.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise RecipeError(f"rl.sft.deepspeed ({recipe.rl.sft.deepspeed}) needs DeepSpeed: pip install --no-build-isolation -e '.[deepspeed]'")
 
 
 def check_resume(run: RunDir, config: dict) -> None:

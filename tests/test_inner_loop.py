@@ -124,6 +124,29 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
+def peft_copy(model_dir, init: dict):
+    """A PEFT LoRA model on a fresh copy of the base, its adapter set to ``init`` (our bank's
+    initial weights), and its trainable parameters: the reference our inner loop must match."""
+    from peft import get_peft_model
+
+    fresh, _ = load_model(model_dir, device="cpu")
+    pm = get_peft_model(fresh, peft_lora_config(LORA))  # the builder the policy update and GRPO use
+    with torch.no_grad():
+        for name, (a, b) in init.items():
+            layer = pm.base_model.model.get_submodule(name)
+            layer.lora_A["default"].weight.copy_(a)
+            layer.lora_B["default"].weight.copy_(b)
+    return pm, [p for p in pm.parameters() if p.requires_grad]
+
+
+def assert_matches_peft(ours: dict, pm) -> None:
+    """Our adapter's (A, B) per module equal the PEFT model's, to float rounding."""
+    for name, (a, b) in ours.items():
+        layer = pm.base_model.model.get_submodule(name)
+        assert rel_err(a, layer.lora_A["default"].weight.detach()) < 1e-5
+        assert rel_err(b, layer.lora_B["default"].weight.detach()) < 1e-5
+
+
 def assert_same_weights(wa: dict, wb: dict, tol: float = 1e-5) -> None:
     assert wa.keys() == wb.keys()
     for name in wa:
@@ -183,7 +206,6 @@ def test_epoch_order_is_a_seeded_permutation():
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_single_adapter_matches_peft(loaded, model_dir, batch_size):
-    from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
     model, tok = loaded
@@ -196,14 +218,7 @@ def test_single_adapter_matches_peft(loaded, model_dir, batch_size):
         ours = bank.weights(0)
     assert stats.error is None
 
-    fresh, _ = load_model(model_dir, device="cpu")
-    pm = get_peft_model(fresh, peft_lora_config(LORA))  # the builder the policy update and GRPO use
-    with torch.no_grad():
-        for name, (a, b) in init.items():
-            layer = pm.base_model.model.get_submodule(name)
-            layer.lora_A["default"].weight.copy_(a)
-            layer.lora_B["default"].weight.copy_(b)
-    params = [p for p in pm.parameters() if p.requires_grad]
+    pm, params = peft_copy(model_dir, init)
     rows = tokenize_texts(tok, texts, cfg.max_length)
     steps_per_epoch = -(-len(rows) // batch_size)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -222,11 +237,8 @@ def test_single_adapter_matches_peft(loaded, model_dir, batch_size):
             opt.step()
             sched.step()
             opt.zero_grad()
-    for name, (a, b) in ours.items():
-        layer = pm.base_model.model.get_submodule(name)
-        assert rel_err(a, layer.lora_A["default"].weight.detach()) < 1e-5
-        assert rel_err(b, layer.lora_B["default"].weight.detach()) < 1e-5
-        assert b.abs().sum() > 0
+    assert_matches_peft(ours, pm)
+    assert all(b.abs().sum() > 0 for _, b in ours.values())
 
 
 # ----------------------------------------------------------------------------- 3. padding
@@ -641,7 +653,6 @@ def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_d
     summed, then one clipped AdamW step on a linear schedule over ceil(ceil(n/1)/2) steps per
     epoch (5 texts: the last step of an epoch accumulates one batch). Written out here with PEFT;
     and it equals batch 2 without accumulation (the token mean over both texts)."""
-    from peft import get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
     model, tok = loaded
@@ -658,14 +669,7 @@ def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_d
     (plain,), _ = trained_weights(model, tok, [AdapterJob(texts=texts, prompts=[], seed=seed)], make_cfg(batch_size=1, epochs=2, max_grad_norm=0.5), 1)
     assert max(rel_err(accumulated[n][1], plain[n][1]) for n in plain) > 1e-3  # accumulation changes the update
 
-    fresh, _ = load_model(model_dir, device="cpu")
-    pm = get_peft_model(fresh, peft_lora_config(LORA))
-    with torch.no_grad():
-        for name, (a, b) in init.items():
-            layer = pm.base_model.model.get_submodule(name)
-            layer.lora_A["default"].weight.copy_(a)
-            layer.lora_B["default"].weight.copy_(b)
-    params = [p for p in pm.parameters() if p.requires_grad]
+    pm, params = peft_copy(model_dir, init)
     rows = tokenize_texts(tok, texts, cfg.max_length)
     batches_per_epoch = len(rows)  # batch size 1
     steps_per_epoch = -(-batches_per_epoch // 2)
@@ -685,10 +689,7 @@ def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_d
             opt.step()
             sched.step()
             opt.zero_grad()
-    for name, (a, b) in accumulated.items():
-        layer = pm.base_model.model.get_submodule(name)
-        assert rel_err(a, layer.lora_A["default"].weight.detach()) < 1e-5
-        assert rel_err(b, layer.lora_B["default"].weight.detach()) < 1e-5
+    assert_matches_peft(accumulated, pm)
 
 
 def test_full_fine_tuning_trains_every_weight(loaded, model_dir):

@@ -14,6 +14,15 @@ Usage::
     python benchmarks/microworld_seeds.py [--seeds 0 1 2 3 4] [--sizes reduced full] [--jobs 2]
                                           [--runs runs/seeds] [--output benchmarks/results]
                                           [--results docs/results/microworld_seeds.json]
+    python benchmarks/microworld_seeds.py --hparams [--seeds 0 1 2 3 4] [--runs runs/seeds-hparams]
+                                          [--results docs/results/microworld_hparams_seeds.json]
+
+``--hparams``: the hyperparameter world (``seal microworld demo --hparams``, full size): per
+seed the share of held-out self-edits choosing one of the *better* settings per round (those
+whose round-0 self-edits scored above round 0's mean, ``seal.microworld.demo.better_settings``),
+the last round - round 0 on held-out accuracy, and pooled over seeds: the mean with a
+two-level bootstrap interval (``benchmarks/pooling.py``) and the count of seeds whose
+interval excludes 0.
 
 Prints a table per size and writes ``microworld_seeds.json`` to ``--output`` (and ``--results``),
 with the command, commit, CPU and date (``benchmarks/provenance.py``). Seeds already run
@@ -34,20 +43,29 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from seal.bench.analysis import comparison, round_comparisons
-from seal.microworld.demo import REDUCED, seed_overrides
+from seal.microworld.demo import (
+    HPARAMS_RECIPES,
+    REDUCED,
+    better_settings,
+    better_share,
+    hparams_choices,
+    seed_overrides,
+)
 from seal.rundir import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).parent))
+from pooling import paired, person_scores, pooled, verdicts  # noqa: E402
 from provenance import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _demo(seed: int, size: str, run_dir: Path) -> float:
+def _demo(seed: int, size: str, run_dir: Path, hparams: bool = False) -> float:
     """Run the demo in a fresh process (logs beside the run directory); returns wall seconds."""
     # one process per demo (its --jobs 1): this script's --jobs puts seeds side by side, one per core
     args = [sys.executable, "-m", "seal.cli", "microworld", "demo", *seed_overrides(seed), "--run-dir", str(run_dir), "--jobs", "1"]
     args += REDUCED if size == "reduced" else []
+    args += ["--hparams"] if hparams else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -76,11 +94,12 @@ def summarise(run_dir: Path) -> dict:
     }
 
 
-def world_summary(seed: int) -> dict:
+def world_summary(seed: int, hparams: bool = False) -> dict:
     """Copy skill and pretraining cost of the demo's cached world for ``seed``."""
     from seal.config import load_recipe
 
-    entry = load_recipe(REPO / "recipes" / "microworld_cpu.yaml", seed_overrides(seed)).microworld.entry_dir()
+    recipe = HPARAMS_RECIPES[0] if hparams else "recipes/microworld_cpu.yaml"
+    entry = load_recipe(REPO / recipe, seed_overrides(seed)).microworld.entry_dir()
     meta = json.loads((REPO / entry / "meta.json").read_text())
     c = meta["copy_skill"]
     return {
@@ -94,15 +113,52 @@ def world_summary(seed: int) -> dict:
     }
 
 
-def run_seed(seed: int, sizes: list[str], runs: Path) -> dict:
+def hparams_summary(run_dir: Path) -> dict:
+    """The hyperparameter demo's choices: better-setting share per round on held-out people."""
+    res = json.loads((run_dir / "bench" / "results.json").read_text())
+    choices = hparams_choices(read_jsonl(run_dir / "bench" / "journal.jsonl"), res["setup"]["rounds"])
+    first = choices[min(choices)]["settings"]
+    better = better_settings(first)
+    return {
+        "better_settings": better,
+        "better_share": {str(r): round(100 * better_share(c, better), 2) for r, c in choices.items()},
+        "refused": {str(r): round(100 * c["refused"], 2) for r, c in choices.items()},
+    }
+
+
+def run_seed(seed: int, sizes: list[str], runs: Path, hparams: bool = False) -> dict:
     out: dict = {"seed": seed}
     for size in sizes:
         run_dir = runs / f"seed{seed}-{size}"
         wall = None
         if not (run_dir / "bench" / "report.md").is_file():
-            wall = round(_demo(seed, size, run_dir), 1)
+            wall = round(_demo(seed, size, run_dir, hparams), 1)
         out[size] = {**summarise(run_dir), "wall_seconds": wall}
-    out["world"] = world_summary(seed)
+        if hparams:
+            out[size]["hparams"] = hparams_summary(run_dir)
+    out["world"] = world_summary(seed, hparams)
+    return out
+
+
+def pooled_rounds(rows: list[dict], runs: Path, size: str) -> dict:
+    """Last round - round 0 over seeds: the mean with a two-level bootstrap interval
+    (``pooling.pooled`` on per-person differences from each bench's ``verdicts.csv``), the
+    per-seed range and how many seeds' own intervals exclude 0."""
+    per_seed, diffs = [], []
+    for r in rows:
+        run_dir = runs / f"seed{r['seed']}-{size}"
+        res = json.loads((run_dir / "bench" / "results.json").read_text())
+        rounds = res["setup"]["rounds"]
+        first, last = min(rounds, key=rounds.get), max(rounds, key=rounds.get)
+        scores = verdicts(run_dir / "bench")
+        per_seed.append(paired(person_scores(scores[last]), person_scores(scores[first])))
+        diffs.append(r[size]["last_minus_round0"])
+    out = {"pooled": {k: round(100 * v, 2) if k in ("value", "lo", "hi") else v for k, v in pooled(per_seed).items()}}
+    out.update(
+        per_seed_mean=round(statistics.mean(d[0] for d in diffs), 2), per_seed_min=min(d[0] for d in diffs),
+        per_seed_max=max(d[0] for d in diffs), n_seeds_above_zero=sum(d[1] > 0 for d in diffs),
+        n_seeds_below_zero=sum(d[2] < 0 for d in diffs), n_seeds=len(diffs),
+    )  # fmt: skip
     return out
 
 
@@ -132,14 +188,29 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--sizes", nargs="+", choices=["reduced", "full"], default=["reduced", "full"])
     ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--runs", type=Path, default=REPO / "runs" / "seeds")
+    ap.add_argument("--runs", type=Path, help="run directories (default runs/seeds, --hparams: runs/seeds-hparams)")
+    ap.add_argument("--hparams", action="store_true", help="the hyperparameter world (seal microworld demo --hparams), full size")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--results", type=Path, help="also write the JSON here, e.g. docs/results/microworld_seeds.json (the README's tables)")
     a = ap.parse_args()
+    sizes = ["full"] if a.hparams else a.sizes
+    runs = a.runs or REPO / "runs" / ("seeds-hparams" if a.hparams else "seeds")
     with ThreadPoolExecutor(a.jobs) as pool:
-        rows = list(pool.map(lambda s: run_seed(s, a.sizes, a.runs), a.seeds))
-    print_tables(rows, a.sizes)
-    write_results(a.output / "microworld_seeds.json", {"rows": rows}, published=a.results)
+        rows = list(pool.map(lambda s: run_seed(s, sizes, runs, a.hparams), a.seeds))
+    print_tables(rows, sizes)
+    payload: dict = {"rows": rows}
+    if len(rows) > 1:
+        payload["pooled"] = {size: pooled_rounds(rows, runs, size) for size in sizes}
+        for size in sizes:
+            p = payload["pooled"][size]
+            print(f"{size}: last round - round 0 pooled {p['pooled']['value']:+.1f} [{p['pooled']['lo']:+.1f}, {p['pooled']['hi']:+.1f}], "
+                  f"per seed {p['per_seed_min']:+.1f} .. {p['per_seed_max']:+.1f}, {p['n_seeds_above_zero']}/{p['n_seeds']} seeds above 0")
+    if a.hparams:
+        for r in rows:
+            h = r["full"]["hparams"]
+            print(f"seed {r['seed']}: better-setting share per round {' / '.join(f'{v:.1f}' for v in h['better_share'].values())} ({', '.join(h['better_settings'])})")
+    name = "microworld_hparams_seeds.json" if a.hparams else "microworld_seeds.json"
+    write_results(a.output / name, payload, published=a.results)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+from pooling import paired, person_scores, pooled, verdicts  # noqa: E402
 from provenance import write_results  # noqa: E402
 
 #: (name, recipe, extra overrides) of the three training runs per seed.
@@ -108,57 +108,16 @@ def run_seed(seed: int, runs: Path, results_dir: Path | None) -> dict:
 # ----------------------------------------------------------------------------- pooling
 
 
-def _verdicts(bench_dir: Path) -> dict[str, list[list[float | None]]]:
-    """Source label -> per-person verdicts (protocol single) from a bench's journal."""
-    from seal.bench.run import journaled_verdicts
-
-    return journaled_verdicts(bench_dir, protocol="single")
-
-
-def _person_scores(verdicts: list[list[float | None]]) -> list[float | None]:
-    """Per person: the share of their questions right (macro accuracy's unit); None if unscored."""
-    out = []
-    for qs in verdicts:
-        scored = [v for v in qs if v is not None]
-        out.append(sum(scored) / len(scored) if scored else None)
-    return out
-
-
 def seed_loops(seed: int, runs: Path) -> dict[str, list[float | None]]:
     """Outer-loop name -> per-person held-out scores of its final policy (and round 0), one seed."""
     report = json.loads((runs / f"seed{seed}" / "outer_loops" / "outer_loops.json").read_text())
-    verdicts = _verdicts(Path(report["bench"]))
+    scores = verdicts(Path(report["bench"]))
     names = {"ReST-EM": "restem", "GRPO": "grpo", "RLOO": "grpo"}
-    out = {"round0": _person_scores(verdicts[report["round0"]["label"]])}
+    out = {"round0": person_scores(scores[report["round0"]["label"]])}
     for loop in report["loops"]:
         key = "curated" if loop["name"].startswith("curated") else names[loop["name"]]
-        out[key] = _person_scores(verdicts[loop["policies"][-1]["label"]])
+        out[key] = person_scores(scores[loop["policies"][-1]["label"]])
     return out
-
-
-def _paired(a: list, b: list) -> list[float]:
-    return [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
-
-
-def pooled(per_seed: list[list[float]], n_samples: int = 4000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Mean over seeds of the per-seed mean paired difference, with a two-level percentile
-    bootstrap interval: seeds resampled with replacement, then people within each drawn seed.
-
-    Args:
-        per_seed: one list of per-person paired differences (fractions in [-1, 1]) per seed.
-    Returns:
-        ``{"value", "lo", "hi", "confidence", "n_seeds"}`` (fractions).
-    """
-    rng = random.Random(seed)
-    value = statistics.mean(statistics.mean(d) for d in per_seed)
-    stats = []
-    for _ in range(n_samples):
-        seeds = [per_seed[rng.randrange(len(per_seed))] for _ in per_seed]
-        stats.append(statistics.mean(statistics.mean(rng.choices(d, k=len(d))) for d in seeds))
-    stats.sort()
-    lo = stats[int((1 - confidence) / 2 * n_samples)]
-    hi = stats[min(n_samples - 1, int((1 + confidence) / 2 * n_samples))]
-    return {"value": value, "lo": lo, "hi": hi, "confidence": confidence, "n_seeds": len(per_seed)}
 
 
 def per_seed_difference(report: dict, a: str, b: str) -> dict | None:
@@ -196,7 +155,7 @@ def pool(seeds: list[int], runs: Path) -> dict:
     for key, a, b in PAIRS:
         diffs = [r["differences"][key] for r in rows if r["differences"][key] is not None]
         summary[key] = {
-            "pooled": pooled([_paired(scores[s][a], scores[s][b]) for s in seeds]),
+            "pooled": pooled([paired(scores[s][a], scores[s][b]) for s in seeds]),
             "per_seed_mean": statistics.mean(d["value"] for d in diffs),
             "per_seed_min": min(d["value"] for d in diffs),
             "per_seed_max": max(d["value"] for d in diffs),

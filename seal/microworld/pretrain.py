@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
+from seal.config import SelfEditConfig
 from seal.data import passage_from_json
 from seal.graders import contains
 from seal.hparams import parse_self_edit, split_block
@@ -71,7 +72,11 @@ def sample_on_records(model, tok, records: Sequence[dict], k: int, temperature: 
     """``k`` self-edits per SEAL-format passage record with :func:`seal.self_edits.sample_self_edits`
     (``implications`` template, top-p 0.95, up to 256 tokens; ``temperature=None``: greedy, k=1)."""
     passages = [passage_from_json(r, f"microworld passage {i}") for i, r in enumerate(records)]
-    return sample_self_edits(model, tok, passages, SELF_EDIT_TEMPLATE, k, temperature, 0.95, 256, seed, batch_size=max(1, 64 // k))
+    sampling = SelfEditConfig(
+        template=SELF_EDIT_TEMPLATE, k=k, top_p=0.95, max_new_tokens=256, batch_size=max(1, 64 // k),
+        **({} if temperature is None else {"temperature": temperature}),
+    )  # fmt: skip
+    return sample_self_edits(model, tok, passages, sampling, seed, greedy=temperature is None)
 
 
 def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]], marker: str | None = None) -> dict:

@@ -18,7 +18,7 @@ was never graded), which :mod:`seal.bench.stats` turns into accuracies and inter
 Seeds depend on the bench seed and the evaluation's identity, never on the source or the
 student, so two sources are compared under the same adapter seeds (common random numbers).
 
-Resuming (``seal bench --resume``): every runner's :class:`ProtocolContext` holds ``done``, the journal records this
+Resuming (``seal bench --resume``): every runner takes ``done``, the journal records this
 (protocol, student, source) already holds, and reads them back instead of recomputing them:
 single reuses each journaled adapter, multi each journaled repetition, continual each
 repetition whose every step is journaled (a repetition cut off mid-sequence is recomputed,

@@ -87,3 +87,7 @@ def test_greedy_self_edits_ignore_the_seed_and_allow_one_per_passage(tiny_squad_
     assert a != sample_self_edits(*args, seed=0)  # sampling differs from greedy
     with pytest.raises(ValueError, match="greedy decoding gives one self-edit per passage, not k=2"):
         sample_self_edits(*args, seed=0, k=2, greedy=True)
+    # a call's template and k stand in for the section's: the draws of a section holding them
+    model, tok, passages, config = args
+    rewrite = config.model_copy(update={"template": "rewrite", "k": 2})
+    assert sample_self_edits(*args, seed=3, template="rewrite", k=2) == sample_self_edits(model, tok, passages, rewrite, seed=3)

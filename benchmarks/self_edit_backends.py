@@ -67,7 +67,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "self_edit_backends")
     a = p.parse_args()
 
-    from seal.config import VLLMConfig
+    from seal.config import SelfEditConfig, VLLMConfig
     from seal.data import default_data_root, load_passages
     from seal.models import load_model
     from seal.self_edits import generate_self_edits
@@ -76,14 +76,15 @@ def main() -> None:
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[a.dtype]
     path = a.model or build_random_model(a.model_config, REPO / ".cache" / "self_edit_bench" / f"{a.model_config}-random", dtype)
     passages = load_passages("squad/train_100.json", a.n_passages, default_data_root())
-    common = dict(template="implications", k=a.k, temperature=1.0, top_p=0.95, max_new_tokens=a.max_new_tokens, seed=0)
+    sampling = SelfEditConfig(template="implications", k=a.k, temperature=1.0, top_p=0.95, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size)
+    warm_up = sampling.model_copy(update={"max_new_tokens": 8, "batch_size": 1})
     rows = []
 
     model, tok = load_model(path, dtype=a.dtype, device="cuda")
-    generate_self_edits(model, tok, passages[:1], **{**common, "max_new_tokens": 8}, batch_size=1)  # warm-up
+    generate_self_edits(model, tok, passages[:1], warm_up, seed=0)  # warm-up
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    edits = generate_self_edits(model, tok, passages, **common, batch_size=a.batch_size)
+    edits = generate_self_edits(model, tok, passages, sampling, seed=0)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     rows.append({"backend": "hf", "seconds": seconds, "startup_s": 0.0, "self_edits": a.n_passages * a.k, "tokens": n_tokens(tok, edits)})
@@ -95,10 +96,10 @@ def main() -> None:
         settings = VLLMConfig(gpu_memory_utilization=a.gpu_memory_utilization, max_model_len=4096)
         sampler = VLLMSampler(str(path), settings, dtype=a.dtype)
         t0 = time.perf_counter()
-        sampler.generate(passages[:1], [0], tok, **{**common, "max_new_tokens": 8}, stop_ids=stop)  # engine start + warm-up
+        sampler.generate(passages[:1], [0], tok, warm_up, 0, stop)  # engine start + warm-up
         startup = time.perf_counter() - t0
         t0 = time.perf_counter()
-        edits = sampler.generate(passages, list(range(len(passages))), tok, **common, stop_ids=stop)
+        edits = sampler.generate(passages, list(range(len(passages))), tok, sampling, 0, stop)
         seconds = time.perf_counter() - t0
         sampler.close()
         rows.append({"backend": "vllm", "seconds": seconds, "startup_s": startup, "self_edits": a.n_passages * a.k, "tokens": n_tokens(tok, edits)})

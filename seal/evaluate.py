@@ -104,9 +104,8 @@ def source_self_edits(
 
     def draw(indices: list[int], draw_seed: int) -> list[list[str]]:
         return sample_self_edits(
-            model, tok, [passages[i] for i in indices], template, n, self_edit_config.temperature, self_edit_config.top_p,
-            self_edit_config.max_new_tokens, seed=draw_seed, batch_size=self_edit_config.batch_size,
-            chat=self_edit_config.chat_template, passage_indices=indices, hint=self_edit_hint(self_edit_config, recipe.arc),
+            model, tok, [passages[i] for i in indices], self_edit_config, draw_seed, template=template, k=n,
+            passage_indices=indices, hint=self_edit_hint(self_edit_config, recipe.arc),
         )  # fmt: skip
 
     first_seed = derive_seed(seed, "evaluate", template)

@@ -7,8 +7,9 @@ implications, rewrites or question-answer pairs about a passage (paper Section 3
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from seal.data import Passage
 from seal.prompts import self_edit_prompt
 from seal.seeding import derive_seed
 from seal.sharding import no_grad_for
+
+if TYPE_CHECKING:  # the section's type only: seal.config sits above this module (tests/test_imports.py)
+    from seal.config import SelfEditConfig
 
 
 @dataclass(frozen=True)
@@ -85,37 +89,41 @@ def generate_self_edits(
     model,
     tokenizer,
     passages: Sequence[Passage],
-    template: str,
-    k: int,
-    temperature: float | None,
-    top_p: float,
-    max_new_tokens: int,
+    config: SelfEditConfig,
     seed: int,
-    batch_size: int = 8,
-    chat: bool = False,
+    *,
+    template: str | None = None,
+    k: int | None = None,
+    greedy: bool = False,
     passage_indices: Sequence[int] | None = None,
-    progress: Callable[[int], None] | None = None,
     hint: str = "",
 ) -> list[list[SelfEdit]]:
     """Sample ``k`` self-edits per passage: a list (per passage) of ``k`` :class:`SelfEdit`.
 
-    Passages are generated in chunks of ``batch_size`` (``batch_size * k`` rows per
+    ``config``: the recipe's ``self_edit`` section; its ``template``, ``k``, ``temperature``,
+    ``top_p``, ``max_new_tokens``, ``batch_size`` and ``chat_template`` decide the draws.
+    ``template`` and ``k`` override the section's for this call (``seal evaluate``'s
+    ``prompt:`` sources, a bench source's number of self-edits).
+
+    Passages are generated in chunks of ``config.batch_size`` (``batch_size * k`` rows per
     ``generate`` call, left padding). Each chunk seeds torch from ``seed`` and its first
     passage's global index (``passage_indices``, default ``range(len(passages))``), never the
     clock, so a chunk's samples do not depend on which process or call produced it.
 
-    ``temperature=None`` decodes greedily (then ``k`` must be 1; ``top_p`` is unused).
-    ``progress(n)`` is called after each chunk with its number of passages. ``hint``: see
-    :func:`seal.prompts.self_edit_prompt` ("" for the template alone). A sharded base
-    (``model.shard: fsdp``): every rank must call this with the same arguments.
+    ``greedy=True`` decodes greedily (then ``k`` must be 1; ``temperature`` and ``top_p`` are
+    unused). ``hint``: see :func:`seal.prompts.self_edit_prompt` ("" for the template alone).
+    A sharded base (``model.shard: fsdp``): every rank must call this with the same arguments.
 
     Raises:
         PromptError: unknown template.
         ValueError: greedy decoding with ``k > 1``.
     """
-    if temperature is None and k != 1:
+    template = config.template if template is None else template
+    k = config.k if k is None else k
+    if greedy and k != 1:
         raise ValueError(f"greedy decoding gives one self-edit per passage, not k={k}")
-    decoding = dict(do_sample=False) if temperature is None else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    decoding = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
+    batch_size, chat = config.batch_size, config.chat_template
     indices = list(passage_indices) if passage_indices is not None else list(range(len(passages)))
     out: list[list[SelfEdit]] = []
     device = next(model.parameters()).device
@@ -134,7 +142,7 @@ def generate_self_edits(
                 gen = model.generate(
                     **enc,
                     **decoding,
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=config.max_new_tokens,
                     num_return_sequences=k,
                     pad_token_id=tokenizer.pad_token_id,
                 )
@@ -145,8 +153,6 @@ def generate_self_edits(
                     [SelfEdit(prompt, texts[j].strip(), cut[j]) for j in range(i * k, (i + 1) * k)]
                     for i, prompt in enumerate(prompts)
                 ]
-                if progress:
-                    progress(len(chunk))
         finally:
             tokenizer.padding_side = old_side
         return out

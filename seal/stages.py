@@ -309,15 +309,8 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 
     def draw(unit: list[int], seed: int) -> list[list[SelfEdit]]:
         if sampler is not None:
-            return sampler.generate(
-                [passages[i] for i in unit], unit, round_.tokenizer, config.template, config.k, config.temperature, config.top_p,
-                config.max_new_tokens, seed, stop_ids, chat=config.chat_template, hint=hint,
-            )  # fmt: skip
-        return generate_self_edits(
-            round_.model, round_.tokenizer, [passages[i] for i in unit], config.template, config.k, config.temperature,
-            config.top_p, config.max_new_tokens, seed=seed,
-            batch_size=config.batch_size, chat=config.chat_template, passage_indices=unit, hint=hint,
-        )  # fmt: skip
+            return sampler.generate([passages[i] for i in unit], unit, round_.tokenizer, config, seed, stop_ids, hint=hint)
+        return generate_self_edits(round_.model, round_.tokenizer, [passages[i] for i in unit], config, seed, passage_indices=unit, hint=hint)
 
     def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
         seed = derive_seed(recipe.seed, "round", round_.index)

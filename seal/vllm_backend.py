@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from seal.config import RecipeError
+from seal.config import RecipeError, SelfEditConfig
 from seal.data import Passage
 from seal.models import load_tokenizer
 from seal.prompts import self_edit_prompt
@@ -106,38 +106,41 @@ def build_requests(
     passages: Sequence[Passage],
     passage_indices: Sequence[int],
     tokenizer,
-    template: str,
-    k: int,
-    temperature: float | None,
-    top_p: float,
-    max_new_tokens: int,
+    config: SelfEditConfig,
     seed: int,
     stop_ids: Sequence[int],
-    chat: bool = False,
+    *,
+    template: str | None = None,
+    k: int | None = None,
+    greedy: bool = False,
     hint: str = "",
 ) -> list[Request]:
     """A request per passage (same order): prompt tokens as the HF path's, ``n = k`` samples
     seeded by :func:`request_seed` of the passage's global index.
 
-    ``temperature=None`` is greedy decoding (``temperature 0``; then ``k`` must be 1).
+    ``config`` (the ``self_edit`` section), ``template``, ``k``, ``greedy`` and ``hint``: as
+    :func:`seal.self_edits.generate_self_edits` (``batch_size`` unused: one request per
+    passage). Greedy decoding is ``temperature 0`` (then ``k`` must be 1).
 
     Raises:
         ValueError: greedy decoding with ``k > 1``, or ``passage_indices`` of another length.
     """
-    if temperature is None and k != 1:
+    template = config.template if template is None else template
+    k = config.k if k is None else k
+    if greedy and k != 1:
         raise ValueError(f"greedy decoding gives one self-edit per passage, not k={k}")
     if len(passage_indices) != len(passages):
         raise ValueError(f"{len(passage_indices)} passage indices for {len(passages)} passages")
     out = []
     for passage, index in zip(passages, passage_indices, strict=True):
-        prompt = self_edit_prompt(template, passage.title, passage.context, tokenizer, chat, hint)
-        ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        prompt = self_edit_prompt(template, passage.title, passage.context, tokenizer, config.chat_template, hint)
+        ids = tokenizer(prompt, add_special_tokens=not config.chat_template)["input_ids"]
         sampling = {
             "n": k,
             "seed": request_seed(seed, index),
-            "max_tokens": max_new_tokens,
-            "temperature": 0.0 if temperature is None else float(temperature),
-            "top_p": 1.0 if temperature is None else float(top_p),
+            "max_tokens": config.max_new_tokens,
+            "temperature": 0.0 if greedy else float(config.temperature),
+            "top_p": 1.0 if greedy else float(config.top_p),
             "stop_token_ids": list(stop_ids),
             "skip_special_tokens": True,
         }
@@ -187,11 +190,14 @@ class VLLMSampler:
             )  # fmt: skip
         return self.llm
 
-    def generate(self, passages, passage_indices, tokenizer, template, k, temperature, top_p, max_new_tokens, seed, stop_ids, chat=False, hint="") -> list[list[SelfEdit]]:
+    def generate(
+        self, passages, passage_indices, tokenizer, config: SelfEditConfig, seed: int, stop_ids,
+        *, template: str | None = None, k: int | None = None, greedy: bool = False, hint: str = "",
+    ) -> list[list[SelfEdit]]:  # fmt: skip
         """:func:`build_requests` -> one ``LLM.generate`` call -> :func:`self_edits_from_outputs`."""
         from vllm import SamplingParams
 
-        requests = build_requests(passages, passage_indices, tokenizer, template, k, temperature, top_p, max_new_tokens, seed, stop_ids, chat, hint)
+        requests = build_requests(passages, passage_indices, tokenizer, config, seed, stop_ids, template=template, k=k, greedy=greedy, hint=hint)
         outputs = self._engine().generate(
             [{"prompt_token_ids": r.token_ids} for r in requests], [SamplingParams(**r.sampling) for r in requests], use_tqdm=False
         )
@@ -233,8 +239,7 @@ def sample_texts(model_path: str, passages: Sequence[Passage], recipe, template:
     sampler = VLLMSampler(model_path, config.vllm, model.dtype, model.trust_remote_code, recipe.seed)
     try:
         edits = sampler.generate(
-            passages, list(range(len(passages))), tokenizer, template, k, config.temperature, config.top_p,
-            config.max_new_tokens, seed, stop_token_ids(eos, tokenizer), chat=config.chat_template, hint=hint,
+            passages, list(range(len(passages))), tokenizer, config, seed, stop_token_ids(eos, tokenizer), template=template, k=k, hint=hint
         )  # fmt: skip
     finally:
         sampler.close()

@@ -315,11 +315,11 @@ def test_tiny_arc_round_end_to_end(tiny_squad_model, data_root, tmp_path, monkey
 
     written = ['{"basic": true, "lr": 0.001, "epochs": 1, "loss_on": "answer"}', '{"size": true, "lr": 0.0005, "loss_on": "all"}', "not a configuration"]
 
-    def scripted(model, tokenizer, passages, template, k, *args, hint="", **kwargs):
+    def scripted(model, tokenizer, passages, config, seed, *, hint="", **kwargs):
         from seal.prompts import self_edit_prompt
 
         assert "Write only a JSON object" in hint
-        return [[SelfEdit(self_edit_prompt(template, p.title, p.context, hint=hint), text) for text in written[:k]] for p in passages]
+        return [[SelfEdit(self_edit_prompt(config.template, p.title, p.context, hint=hint), text) for text in written[:config.k]] for p in passages]
 
     monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)
     root = Path(__file__).resolve().parents[1] / "recipes"
@@ -357,10 +357,10 @@ def test_a_resume_over_saved_self_edits_with_a_list_strategy_finishes(tiny_squad
     bad = json.dumps({"training": {"strategy": ["train_using_all_tokens"]}})
     written = ['{"basic": true, "lr": 0.001, "epochs": 1}', bad]
 
-    def scripted(model, tokenizer, passages, template, k, *args, hint="", **kwargs):
+    def scripted(model, tokenizer, passages, config, seed, *, hint="", **kwargs):
         from seal.prompts import self_edit_prompt
 
-        return [[SelfEdit(self_edit_prompt(template, p.title, p.context, hint=hint), text) for text in written[:k]] for p in passages]
+        return [[SelfEdit(self_edit_prompt(config.template, p.title, p.context, hint=hint), text) for text in written[:config.k]] for p in passages]
 
     class Killed(Exception):
         pass

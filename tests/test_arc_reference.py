@@ -243,9 +243,9 @@ def test_paper_recipes_run_end_to_end_on_a_cpu_with_a_tiny_model(tiny_squad_mode
     generate = seal.stages.generate_self_edits
     written = [NESTED, '{"data_generation": {"use_basic_augmentations": true}, "training": {"learning_rate": 0.001}}']
 
-    def policy_then_written(model, tokenizer, passages, template, k, *args, **kwargs):
-        drawn = generate(model, tokenizer, passages, template, k, *args, **kwargs)  # the tiny policy's own
-        if kwargs["seed"] == policy_then_written.first_seed:
+    def policy_then_written(model, tokenizer, passages, config, seed, **kwargs):
+        drawn = generate(model, tokenizer, passages, config, seed, **kwargs)  # the tiny policy's own
+        if seed == policy_then_written.first_seed:
             return drawn
         return [[type(e)(e.prompt, written[j % 2]) for j, e in enumerate(row)] for row in drawn]
 

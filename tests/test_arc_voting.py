@@ -212,9 +212,9 @@ def test_train_rewards_vote(tiny_squad_model, data_root, tmp_path, monkeypatch):
     from seal.self_edits import SelfEdit
     from seal.train import load_train_passages, train
 
-    def scripted(model, tokenizer, passages, template, k, *args, hint="", **kwargs):
+    def scripted(model, tokenizer, passages, config, seed, *, hint="", **kwargs):
         text = '{"basic": true, "lr": 0.001, "epochs": 1, "loss_on": "answer"}'
-        return [[SelfEdit(self_edit_prompt(template, p.title, p.context, hint=hint), text)] * k for p in passages]
+        return [[SelfEdit(self_edit_prompt(config.template, p.title, p.context, hint=hint), text)] * config.k for p in passages]
 
     monkeypatch.setattr(seal.stages, "generate_self_edits", scripted)
     overrides = [f"model.name_or_path={tiny_squad_model}", "model.build_tiny=null", f"data.root={data_root}", "arc.task_ids=[6150a2bd]",

@@ -165,7 +165,13 @@ def _base(tiny, passages, qa):
 
 
 def test_multi_protocol_pools_every_passage_into_one_adapter(tiny, val3, tmp_path, tiny_squad_model, data_root):
-    from seal.bench.protocols import pooled_jobs, protocol_recipe, run_multi, split_answers
+    from seal.bench.protocols import (
+        ProtocolContext,
+        pooled_jobs,
+        protocol_recipe,
+        run_multi,
+        split_answers,
+    )
     from seal.scoring import question_prompts
     from seal.self_edits import train_texts
 
@@ -181,7 +187,7 @@ def test_multi_protocol_pools_every_passage_into_one_adapter(tiny, val3, tmp_pat
     assert pooled_jobs([[], [], []], val3, 2, 0) == []
 
     records = []
-    out = run_multi(*tiny, pr, "file:x", val3, edits, _base(tiny, val3, pr.qa), seed=0, key={"kind": "multi"}, on_record=records.append)
+    out = run_multi(ProtocolContext(*tiny, pr, seed=0, key={"kind": "multi"}, on_record=records.append), "file:x", val3, edits, _base(tiny, val3, pr.qa))
     assert [r["repetition"] for r in records] == [0, 1]
     assert all(r["n_train_texts"] == 6 and r["error"] is None and len(r["epoch_losses"]) == 1 for r in records)
     assert [len(pp["answers"]) for pp in records[0]["per_passage"]] == [len(p.questions) for p in val3]
@@ -191,7 +197,12 @@ def test_multi_protocol_pools_every_passage_into_one_adapter(tiny, val3, tmp_pat
 def test_continual_protocol_matrix_shape_and_bookkeeping(tiny, val3, tmp_path, tiny_squad_model, data_root):
     import torch
 
-    from seal.bench.protocols import continual_summary, protocol_recipe, run_continual
+    from seal.bench.protocols import (
+        ProtocolContext,
+        continual_summary,
+        protocol_recipe,
+        run_continual,
+    )
 
     recipe = load_recipe(_recipe(tmp_path, tiny_squad_model, data_root, {"sources": ["none"], "protocols": {"continual": {"n_passages": 3}}}))
     pr = protocol_recipe(recipe, "continual", recipe.bench.protocols.continual)
@@ -199,7 +210,7 @@ def test_continual_protocol_matrix_shape_and_bookkeeping(tiny, val3, tmp_path, t
     before = {k: v.clone() for k, v in model.state_dict().items()}
     base = _base(tiny, val3, pr.qa)
     records = []
-    out = run_continual(model, tok, pr, "passage", val3, [[None]] * 3, base, seed=0, on_record=records.append)
+    out = run_continual(ProtocolContext(model, tok, pr, seed=0, on_record=records.append), "passage", val3, [[None]] * 3, base)
     m = np.array(out.matrix, dtype=float)
     assert m.shape == (3, 3)
     assert np.isnan(m[np.triu_indices(3, 1)]).all() and np.isfinite(m[np.tril_indices(3)]).all()
@@ -212,7 +223,7 @@ def test_continual_protocol_matrix_shape_and_bookkeeping(tiny, val3, tmp_path, t
     # merges happen on a copy: the benchmark's model is untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # 'none' trains nothing: every row is the baseline
-    none = run_continual(model, tok, pr, "none", val3, [[]] * 3, base, seed=0)
+    none = run_continual(ProtocolContext(model, tok, pr, seed=0), "none", val3, [[]] * 3, base)
     assert none.matrix[2] == [b["accuracy"] for b in base] and math.isnan(none.matrix[0][1])
     s = continual_summary([[0.5, math.nan], [0.2, 0.6]])
     assert s == {"final": pytest.approx(0.4), "acquired": pytest.approx(0.55), "forgetting": pytest.approx(0.3)}

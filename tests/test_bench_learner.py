@@ -52,7 +52,7 @@ def test_a_source_learned_by_its_own_policy(tmp_path, tiny_squad_model, policy_d
     """learner: self -> the policy checkpoint (not the student) learns the row, answers, and is
     its baseline; learner: <path> does the same for any source; per-source inner overrides apply
     to that source only."""
-    from seal.bench.protocols import protocol_recipe, run_single
+    from seal.bench.protocols import ProtocolContext, protocol_recipe, run_single
     from seal.bench.run import bench, learner_key
     from seal.models import load_model
     from seal.scoring import baselines
@@ -85,7 +85,7 @@ def test_a_source_learned_by_its_own_policy(tmp_path, tiny_squad_model, policy_d
     assert {r["student"] for r in rows["round 1, base learner"]} == {student}
     edits = [row["completions"] for row in json.loads((out / "self_edits/round_1__own_learner.json").read_text())]
     pr = protocol_recipe(recipe, "single", recipe.bench.protocols.single)
-    on_policy = run_single(*policy, pr, f"policy:{policy_dir}", passages, edits, baselines(*policy, passages, pr.qa), seed=0)
+    on_policy = run_single(ProtocolContext(*policy, pr, seed=0), f"policy:{policy_dir}", passages, edits, baselines(*policy, passages, pr.qa))
     journaled = [r["scores"] for r in sorted(rows["round 1, own learner"], key=lambda r: r["passage"])]
     assert journaled == [v for v in on_policy.verdicts]
     assert [r["answers"] for r in rows["round 1, own learner"]] != [r["answers"] for r in rows["round 1, base learner"]]
@@ -123,7 +123,12 @@ def test_learner_self_needs_a_policy_and_train_run_rows_take_the_setting(tmp_pat
 def test_continual_random_sequences_written_by_the_current_model(tmp_path, tiny_squad_model, data_root):
     """order random: runs x sequences sequences of n_passages distinct pool passages, the same for
     every source; writer current: each step's self-edit is sampled from the merged model so far."""
-    from seal.bench.protocols import continual_sequences, protocol_recipe, run_continual
+    from seal.bench.protocols import (
+        ProtocolContext,
+        continual_sequences,
+        protocol_recipe,
+        run_continual,
+    )
     from seal.inner_loop import train_and_merge
     from seal.models import load_model
     from seal.scoring import baselines
@@ -142,7 +147,7 @@ def test_continual_random_sequences_written_by_the_current_model(tmp_path, tiny_
     base = baselines(model, tok, pool, pr.qa)
     records = []
     source = f"policy:{tiny_squad_model}"
-    out = run_continual(model, tok, pr, source, pool, [["unused"]] * 3, base, seed=0, on_record=records.append)
+    out = run_continual(ProtocolContext(model, tok, pr, seed=0, on_record=records.append), source, pool, [["unused"]] * 3, base)
     assert [(r["sequence"], r["step"], r["passage"]) for r in records] == [(q, i, p) for q, s in enumerate(seqs) for i, p in enumerate(s)]
     assert all(len(r["self_edits"]) == 1 and r["self_edits"][0] != "unused" for r in records)
     assert np.array(out.matrix, dtype=float).shape == (2, 2) and out.extra["sequences"] == seqs and out.n_runs == 4
@@ -154,7 +159,7 @@ def test_continual_random_sequences_written_by_the_current_model(tmp_path, tiny_
 
     def write(m, p, step):
         seed = derive_seed(derive_seed(0, "bench-continual-random", 0, 0, step), "write")
-        return sample_self_edits(m, tok, [pool[p]], pr.self_edit.template, 1, pr.self_edit.temperature, pr.self_edit.top_p, pr.self_edit.max_new_tokens, seed=seed, batch_size=1)[0]
+        return sample_self_edits(m, tok, [pool[p]], pr.self_edit, seed, k=1)[0]
 
     first, second = records[0], records[1]
     assert first["self_edits"] == write(model, seqs[0][0], 0)
@@ -180,7 +185,7 @@ def test_continual_settings_are_checked():
 def test_multi_protocol_full_fine_tuning(tmp_path, tiny_squad_model, data_root):
     """bench.protocols.multi.update: full: a copy of the student trains on every weight and
     answers; the student itself is untouched; 'lora' (the default) gives other answers."""
-    from seal.bench.protocols import protocol_recipe, run_multi
+    from seal.bench.protocols import ProtocolContext, protocol_recipe, run_multi
     from seal.models import load_model
     from seal.scoring import baselines
 
@@ -193,7 +198,7 @@ def test_multi_protocol_full_fine_tuning(tmp_path, tiny_squad_model, data_root):
         recipe = _recipe(tmp_path, tiny_squad_model, data_root, {"sources": ["none"], "protocols": {"multi": {"update": update, "inner": {"epochs": 2, "lr": 0.05}}}})
         pr = protocol_recipe(recipe, "multi", recipe.bench.protocols.multi)
         records = []
-        run_multi(model, tok, pr, "file:x", passages, edits, baselines(model, tok, passages, pr.qa), seed=0, on_record=records.append)
+        run_multi(ProtocolContext(model, tok, pr, seed=0, on_record=records.append), "file:x", passages, edits, baselines(model, tok, passages, pr.qa))
         (out[update],) = records
     full = out["full"]
     assert full["error"] is None and len(full["epoch_losses"]) == 2 and full["epoch_losses"][1] < full["epoch_losses"][0]

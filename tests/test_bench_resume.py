@@ -143,7 +143,7 @@ def test_each_protocol_reads_back_part_of_a_cell(protocol, recipe, tiny_squad_mo
     """A cell cut after its first record: the runner reads it back, computes and records the
     rest only, and returns the outcome of the whole run (continual: the cut repetition is
     recomputed from its start, its journaled step not recorded again)."""
-    from seal.bench.protocols import PROTOCOL_RUNNERS, protocol_recipe
+    from seal.bench.protocols import PROTOCOL_RUNNERS, ProtocolContext, protocol_recipe
     from seal.evaluate import load_eval_passages
     from seal.models import load_model
     from seal.scoring import baselines
@@ -155,10 +155,10 @@ def test_each_protocol_reads_back_part_of_a_cell(protocol, recipe, tiny_squad_mo
         model, tok = load_model(tiny_squad_model, "float32", "cpu")
         base = baselines(model, tok, passages, proto.qa)
         runner = PROTOCOL_RUNNERS[protocol]
-        args = (model, tok, proto, "passage", passages, [[None]] * len(passages), base, 0)
+        args = ("passage", passages, [[None]] * len(passages), base)
         full, rest, steps = [], [], []
-        whole = runner(*args, on_record=full.append)
-        part = runner(*args, on_record=rest.append, progress=steps.append, done=full[:1])
+        whole = runner(ProtocolContext(model, tok, proto, 0, on_record=full.append), *args)
+        part = runner(ProtocolContext(model, tok, proto, 0, on_record=rest.append, progress=steps.append, done=full[:1]), *args)
     assert len(full) == (2 if protocol == "multi" else 4)
     assert without_timings(rest) == without_timings(full[1:])
     assert sum(steps) == len(full)

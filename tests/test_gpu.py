@@ -183,13 +183,14 @@ def test_vllm_self_edits_are_seeded_per_passage_and_memory_is_handed_back(vllm_m
     """seal.vllm_backend on the engine: a passage's k samples depend on its identity only (the
     same whether it is sampled with three other passages or alone, in a second engine), the
     counts follow the request, and close() gives the GPU memory back."""
-    from seal.config import VLLMConfig
+    from seal.config import SelfEditConfig, VLLMConfig
     from seal.vllm_backend import VLLMSampler, stop_token_ids
 
     tok = load_tokenizer(vllm_model)
     settings = VLLMConfig(gpu_memory_utilization=0.2, max_model_len=1024, enforce_eager=True)
     free_before = torch.cuda.mem_get_info()[0]
-    args = dict(tokenizer=tok, template="implications", k=3, temperature=1.0, top_p=0.95, max_new_tokens=48, seed=5, stop_ids=stop_token_ids(None, tok))
+    sampling = SelfEditConfig(template="implications", k=3, temperature=1.0, top_p=0.95, max_new_tokens=48)
+    args = dict(tokenizer=tok, config=sampling, seed=5, stop_ids=stop_token_ids(None, tok))
     sampler = VLLMSampler(vllm_model, settings, dtype="float32")
     four = sampler.generate(squad_train[:4], [0, 1, 2, 3], **args)
     again = sampler.generate(squad_train[2:3], [2], **args)

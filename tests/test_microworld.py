@@ -48,9 +48,10 @@ def test_world_is_deterministic_per_seed():
     ra = [passage_record(e, random.Random(3)) for e in a.eval[:5]]
     rb = [passage_record(e, random.Random(3)) for e in b.eval[:5]]
     assert ra == rb
-    for docs in (lambda w: copy_docs(w, 1, 0, 30, 10), lambda w: memory_epoch(w, 1, 0, 10, 1, 20)):
+    cfg = PretrainConfig(seed=1, n_memory=10, memory_epochs=1, n_demos=20)
+    for docs in (lambda w: copy_docs(w, cfg, 0, 30), lambda w: memory_epoch(w, cfg, 0)):
         assert [d.text for d in docs(a)] == [d.text for d in docs(b)]
-    assert [d.text for d in copy_docs(a, 1, 0, 30, 10)] != [d.text for d in copy_docs(a, 1, 1, 30, 10)]
+    assert [d.text for d in copy_docs(a, cfg, 0, 30)] != [d.text for d in copy_docs(a, cfg, 1, 30)]
 
 
 def test_pools_are_disjoint_and_pretraining_never_sees_heldout_people():
@@ -60,7 +61,8 @@ def test_pools_are_disjoint_and_pretraining_never_sees_heldout_people():
     assert not (pre & tr) and not (pre & ev) and not (tr & ev)
     held_out = {f"{f} {s}" for f, s in tr | ev}
     memory = {f"{f} {s}" for f, s in w.pretrain_names[:50]}
-    chunks = [memory_epoch(w, 0, ep, 50, 2, 200) for ep in range(2)] + [copy_docs(w, 0, 0, 500, 50)]
+    cfg = PretrainConfig(seed=0, n_memory=50, memory_epochs=2, n_demos=200)
+    chunks = [memory_epoch(w, cfg, ep) for ep in range(2)] + [copy_docs(w, cfg, 0, 500)]
     for chunk in chunks:
         for d in chunk:
             assert not any(n in d.text for n in held_out)

@@ -32,8 +32,15 @@ def _fingerprint(docs) -> str:
     return hashlib.sha256("\x00".join(d.text + f"|{d.prompt_chars}|{d.kind}|{d.style}" for d in docs).encode()).hexdigest()[:16]
 
 
-def _corpus(w, spec=None):
-    return copy_docs(w, 3, 0, 60, 20, hparams=spec) + memory_epoch(w, 3, 1, 20, 2, 40, hparams=spec)
+def _settings(hparams_from: PretrainConfig | None = None, **fields) -> PretrainConfig:
+    """A small seed-3 corpus's settings; the hyperparameter demonstrations (``hparam_*``) as ``hparams_from``'s."""
+    demos = {k: v for k, v in hparams_from.model_dump().items() if k.startswith("hparam_")} if hparams_from else {}
+    return PretrainConfig(**{"seed": 3, "n_memory": 20, "memory_epochs": 2, "n_demos": 40, **fields, **demos})
+
+
+def _corpus(w, hparams_from: PretrainConfig | None = None):
+    cfg = _settings(hparams_from)
+    return copy_docs(w, cfg, 0, 60) + memory_epoch(w, cfg, 1)
 
 
 def test_default_world_key_and_corpus_are_unchanged():
@@ -53,7 +60,7 @@ def test_switched_on_demonstrations_carry_blocks_in_the_declared_space():
     space, world = recipe.self_edit.hparams, recipe.microworld
     assert world.hparam_demos and space.enabled and space.required
     w = make_world(WorldConfig(seed=3, n_train=20, n_eval=20))
-    plain, docs = _corpus(w), _corpus(w, world.pretrain_config().hparam_spec())
+    plain, docs = _corpus(w), _corpus(w, world.pretrain_config())
     chosen = Counter()
     for before, doc in zip(plain, docs, strict=True):
         if doc.kind != "demo":  # passages, QA and open-book documents stay as they were
@@ -66,7 +73,7 @@ def test_switched_on_demonstrations_carry_blocks_in_the_declared_space():
         chosen[(parsed.settings.lr, parsed.settings.epochs)] += 1
     assert len(chosen) == 9  # the whole spread, good and bad settings
     # about uniform: 900 demonstrations, 100 expected per setting
-    many = memory_epoch(w, 3, 0, 20, 1, 900, hparams=world.pretrain_config().hparam_spec())
+    many = memory_epoch(w, _settings(world.pretrain_config(), memory_epochs=1, n_demos=900), 0)
     counts = Counter(split_block(d.text, space.marker)[1] for d in many if d.kind == "demo")
     assert len(counts) == 9 and min(counts.values()) > 60 and max(counts.values()) < 140
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from seal.config import SelfEditConfig
 from seal.data import QA, Passage
 from seal.prompts import TEMPLATES, PromptError, qa_prompt, self_edit_prompt
 from seal.self_edits import split_self_edit, train_texts
@@ -80,9 +81,13 @@ def test_greedy_self_edits_ignore_the_seed_and_allow_one_per_passage(tiny_squad_
     from seal.self_edits import sample_self_edits
 
     model, tok = load_model(tiny_squad_model, device="cpu")
-    args = (model, tok, squad_train[:2], "implications")
-    a = sample_self_edits(*args, 1, None, 0.95, 12, seed=0)
-    assert a == sample_self_edits(*args, 1, None, 0.95, 12, seed=1)
-    assert a != sample_self_edits(*args, 1, 1.0, 0.95, 12, seed=0)  # sampling differs from greedy
+    args = (model, tok, squad_train[:2], SelfEditConfig(template="implications", k=1, top_p=0.95, max_new_tokens=12))
+    a = sample_self_edits(*args, seed=0, greedy=True)
+    assert a == sample_self_edits(*args, seed=1, greedy=True)
+    assert a != sample_self_edits(*args, seed=0)  # sampling differs from greedy
     with pytest.raises(ValueError, match="greedy decoding gives one self-edit per passage, not k=2"):
-        sample_self_edits(*args, 2, None, 0.95, 12, seed=0)
+        sample_self_edits(*args, seed=0, k=2, greedy=True)
+    # a call's template and k stand in for the section's: the draws of a section holding them
+    model, tok, passages, config = args
+    rewrite = config.model_copy(update={"template": "rewrite", "k": 2})
+    assert sample_self_edits(*args, seed=3, template="rewrite", k=2) == sample_self_edits(model, tok, passages, rewrite, seed=3)

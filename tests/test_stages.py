@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from train_helpers import tiny_recipe
 
-from seal.config import QAConfig
+from seal.config import QAConfig, SelfEditConfig
 from seal.display import percent, progress_bar
 from seal.distributed import get_dist
 from seal.inner_loop import AdapterResult, adapter_chunks, run_in_halves
@@ -120,9 +120,9 @@ def test_self_edits_keep_their_prompt_and_truncation_and_read_back_the_same(tiny
     )
 
     model, tok = load_model(tiny_squad_model, device="cpu")
-    args = (model, tok, squad_train[:3], "implications", 2, 1.0, 0.95, 6)
-    drawn = generate_self_edits(*args, seed=4, batch_size=2)
-    assert [[e.text for e in edits] for edits in drawn] == sample_self_edits(*args, seed=4, batch_size=2)
+    args = (model, tok, squad_train[:3], SelfEditConfig(template="implications", k=2, temperature=1.0, top_p=0.95, max_new_tokens=6, batch_size=2))
+    drawn = generate_self_edits(*args, seed=4)
+    assert [[e.text for e in edits] for edits in drawn] == sample_self_edits(*args, seed=4)
     for passage, edits in zip(squad_train[:3], drawn, strict=True):
         assert [e.prompt for e in edits] == [self_edit_prompt("implications", passage.title, passage.context)] * 2
     assert {type(e.truncated) for edits in drawn for e in edits} == {bool}

@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from train_helpers import RECIPE, tiny_recipe
 
-from seal.config import RecipeError, load_recipe
+from seal.config import RecipeError, SelfEditConfig, load_recipe
 from seal.grpo import trl_config
 from seal.models import load_tokenizer
 from seal.prompts import self_edit_prompt
@@ -27,10 +27,9 @@ from seal.vllm_backend import (
 )
 
 
-def requests_for(tokenizer, passages, indices, **kw):
-    args = dict(template="implications", k=3, temperature=1.0, top_p=0.95, max_new_tokens=32, seed=7, stop_ids=[2])
-    args.update(kw)
-    return build_requests(passages, indices, tokenizer, **args)
+def requests_for(tokenizer, passages, indices, seed=7, **kw):
+    config = SelfEditConfig(template="implications", k=3, temperature=1.0, top_p=0.95, max_new_tokens=32)
+    return build_requests(passages, indices, tokenizer, config, seed, [2], **kw)
 
 
 def test_requests_carry_the_hf_paths_tokens_and_a_seed_per_passage(tiny_squad_model, squad_train):
@@ -53,10 +52,10 @@ def test_requests_carry_the_hf_paths_tokens_and_a_seed_per_passage(tiny_squad_mo
 
 def test_greedy_requests_and_their_refusals(tiny_squad_model, squad_train):
     tok = load_tokenizer(tiny_squad_model)
-    greedy = requests_for(tok, squad_train[:1], [0], k=1, temperature=None)[0]
+    greedy = requests_for(tok, squad_train[:1], [0], k=1, greedy=True)[0]
     assert greedy.sampling["temperature"] == 0.0 and greedy.sampling["n"] == 1
     with pytest.raises(ValueError, match="greedy"):
-        requests_for(tok, squad_train[:1], [0], k=2, temperature=None)
+        requests_for(tok, squad_train[:1], [0], k=2, greedy=True)
     with pytest.raises(ValueError, match="indices"):
         requests_for(tok, squad_train[:2], [0])
 

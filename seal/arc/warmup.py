@@ -165,11 +165,7 @@ def parse_share(model, tokenizer, tasks: Sequence[ArcTask], recipe, k: int, seed
     config = recipe.self_edit
     texts = [
         t
-        for row in sample_self_edits(
-            model, tokenizer, [task_passage(t) for t in tasks], config.template, k, config.temperature, config.top_p,
-            config.max_new_tokens, seed=seed, batch_size=config.batch_size, chat=config.chat_template,
-            hint=self_edit_hint(config, recipe.arc),
-        )  # fmt: skip
+        for row in sample_self_edits(model, tokenizer, [task_passage(t) for t in tasks], config, seed, k=k, hint=self_edit_hint(config, recipe.arc))
         for t in row
     ]
     parsed = [c for c, _ in (read_configuration(t, config.hparams, recipe.arc) for t in texts) if c is not None]

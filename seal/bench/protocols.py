@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
+from typing import Any
 
 from seal.bench.config import ContinualConfig, ProtocolConfig, SourceSpec, merged_inner
 from seal.config import Recipe, parse_source
@@ -78,6 +79,37 @@ class Outcome:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
     baseline: Verdicts | None = None  # a row with its own learner: that learner's un-adapted verdicts (else the student's)
+
+
+@dataclass
+class ProtocolContext:
+    """What a protocol runner needs besides one row's data (source, passages, self-edits,
+    baselines): who learns, under which recipe and seed, who grades, and the journal's hooks.
+
+    Attributes:
+        model, tokenizer: the student (or a row's own learner); never changed (continual
+            merges into copies).
+        recipe: the protocol's recipe (:func:`protocol_recipe`, then the source's overrides);
+            ``inner.eval_times`` is the number of repetitions.
+        seed: the bench seed; every adapter's seed derives from it and the evaluation's
+            identity, never from the source or the student.
+        judge: the LLM judge client (``qa.grader: judge``), else None.
+        key: extra fields of every journal record (protocol, student, source label).
+        on_record: called with each record as it is computed (the journal's append).
+        progress: called with a number of steps done (adapters, repetitions, merge steps).
+        done: the journaled records of this (protocol, student, source) (a resume): read
+            back, not recomputed.
+    """
+
+    model: Any
+    tokenizer: Any
+    recipe: Recipe
+    seed: int
+    judge: Any = None
+    key: dict | None = None
+    on_record: OnRecord | None = None
+    progress: Callable[[int], None] | None = None
+    done: Sequence[dict] = ()
 
 
 def protocol_recipe(recipe: Recipe, name: str, proto: ProtocolConfig) -> Recipe:
@@ -125,29 +157,21 @@ def _texts_per_passage(source: str, passages: list[Passage], edits, recipe: Reci
 
 
 def run_single(
-    model,
-    tokenizer,
-    recipe: Recipe,
+    ctx: ProtocolContext,
     source: str,
     passages: list[Passage],
     edits: list[list[str | None]],
     baseline: list[dict],
-    seed: int,
-    judge=None,
-    key: dict | None = None,
-    on_record: OnRecord | None = None,
-    progress: Callable[[int], None] | None = None,
-    done: Sequence[dict] = (),
 ) -> Outcome:
     """Protocol 1 on ``passages``: one adapter per (passage, self-edit, repetition).
 
     Args:
-        recipe: the protocol's recipe (:func:`protocol_recipe`); ``inner.eval_times`` = repetitions.
+        ctx: the learner, recipe (``inner.eval_times`` = repetitions), seed, judge and journal hooks.
         edits: per passage, the self-edits to use (already cut to the protocol's n_self_edits).
         baseline: :func:`seal.scoring.baselines` of this model on ``passages`` (the ``none`` answer).
-        key: extra fields of every journal record (protocol, student).
-        done: journaled records of this run (a resume): those evaluations are read back, not rerun.
     """
+    model, tokenizer, recipe, seed, judge = ctx.model, ctx.tokenizer, ctx.recipe, ctx.seed, ctx.judge
+    key, on_record, progress, done = ctx.key, ctx.on_record, ctx.progress, ctx.done
     evaluations = evaluations_for(source, passages, edits, recipe, seed)
     for evaluation in evaluations:
         evaluation.key = {**(key or {}), **evaluation.key}
@@ -212,26 +236,20 @@ def split_answers(answers: Sequence[str], passages: Sequence[Passage]) -> list[l
 
 
 def run_multi(
-    model,
-    tokenizer,
-    recipe: Recipe,
+    ctx: ProtocolContext,
     source: str,
     passages: list[Passage],
     edits: list[list[str | None]],
     baseline: list[dict],
-    seed: int,
-    judge=None,
-    key: dict | None = None,
-    on_record: OnRecord | None = None,
-    progress: Callable[[int], None] | None = None,
-    done: Sequence[dict] = (),
 ) -> Outcome:
     """Protocol 2: one adapter per repetition trained on the pooled texts of all ``passages``.
 
     ``recipe.inner.eval_times`` is the number of repetitions (independent adapter seeds).
     One journal record per repetition, with every passage's answers and scores; journaled
-    repetitions (``done``) are read back, not retrained.
+    repetitions (``ctx.done``) are read back, not retrained.
     """
+    model, tokenizer, recipe, seed, judge = ctx.model, ctx.tokenizer, ctx.recipe, ctx.seed, ctx.judge
+    key, on_record, progress, done = ctx.key, ctx.on_record, ctx.progress, ctx.done
     texts = _texts_per_passage(source, passages, edits, recipe)
     jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template)
     if not jobs:
@@ -334,19 +352,11 @@ def continual_sequences(cfg: ContinualConfig, n_pool: int, seed: int) -> list[li
 
 
 def run_continual(
-    model,
-    tokenizer,
-    recipe: Recipe,
+    ctx: ProtocolContext,
     source: str,
     passages: list[Passage],
     edits: list[list[str | None]],
     baseline: list[dict],
-    seed: int,
-    judge=None,
-    key: dict | None = None,
-    on_record: OnRecord | None = None,
-    progress: Callable[[int], None] | None = None,
-    done: Sequence[dict] = (),
 ) -> Outcome:
     """Protocol 3: merge each step's self-edit update into the model; after step i score the
     sequence's passages 0..i.
@@ -365,9 +375,10 @@ def run_continual(
     ``passages``, its scores after the last step of each sequence that holds it, averaged
     (None for a passage no sequence drew). ``extra['sequences']``: the sequences.
     One journal record per (sequence, repetition, step). A (sequence, repetition) whose every
-    step is journaled (``done``) is read back; one cut off mid-sequence is recomputed from its
+    step is journaled (``ctx.done``) is read back; one cut off mid-sequence is recomputed from its
     start, and only its steps missing from the journal are recorded.
     """
+    recipe, seed, progress, done = ctx.recipe, ctx.seed, ctx.progress, ctx.done
     cfg = continual_config(recipe)
     sequences = continual_sequences(cfg, len(passages), seed)
     length = len(sequences[0])
@@ -396,8 +407,7 @@ def run_continual(
                     progress(length)
             else:
                 steps = _continual_repetition(
-                    model, tokenizer, recipe, source, passages, seq, texts, edits, template, q, rep,
-                    _step_seeds(cfg, seed, q, rep, length), judge, key, on_record, progress, journaled,
+                    ctx, source, passages, seq, texts, edits, template, q, rep, _step_seeds(cfg, seed, q, rep, length), journaled
                 )  # fmt: skip
             for i, step in enumerate(steps):
                 n_runs += step["n_train_texts"] > 0 or step["error"] is not None
@@ -426,9 +436,8 @@ def _step_seeds(cfg: ContinualConfig, seed: int, q: int, rep: int, length: int) 
 
 
 def _continual_repetition(
-    model, tokenizer, recipe: Recipe, source: str, passages: list[Passage], seq: list[int], texts: list[list[str]],
-    edits: list[list[str | None]], template: str | None, q: int, rep: int, seeds: list[int],
-    judge, key: dict | None, on_record: OnRecord | None, progress: Callable[[int], None] | None, journaled: dict,
+    ctx: ProtocolContext, source: str, passages: list[Passage], seq: list[int], texts: list[list[str]],
+    edits: list[list[str | None]], template: str | None, q: int, rep: int, seeds: list[int], journaled: dict,
 ) -> list[dict]:
     """One repetition of one sequence of protocol 3 on a copy of ``model``: its step records, in order.
 
@@ -437,6 +446,8 @@ def _continual_repetition(
     ``(sequence, repetition, step)``) are recomputed, since the later steps need the merged
     model, but not recorded again.
     """
+    model, tokenizer, recipe, judge = ctx.model, ctx.tokenizer, ctx.recipe, ctx.judge
+    key, on_record, progress = ctx.key, ctx.on_record, ctx.progress
     current = copy.deepcopy(model)
     steps = []
     for i, p in enumerate(seq):
@@ -475,10 +486,7 @@ def _continual_repetition(
 def _write_now(model, tokenizer, recipe: Recipe, passage: Passage, template: str, k: int, seed: int) -> list[str]:
     """``k`` self-edits for ``passage`` sampled now from ``model`` (the recipe's self_edit settings)."""
     cfg = recipe.self_edit
-    (texts,) = sample_self_edits(
-        model, tokenizer, [passage], template, k, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed=seed,
-        batch_size=1, chat=cfg.chat_template, hint=self_edit_hint(cfg, recipe.arc),
-    )  # fmt: skip
+    (texts,) = sample_self_edits(model, tokenizer, [passage], cfg, seed, template=template, k=k, hint=self_edit_hint(cfg, recipe.arc))
     return texts
 
 

@@ -38,6 +38,7 @@ from seal.bench.config import StudentSpec
 from seal.bench.plots import write_plots
 from seal.bench.protocols import (
     PROTOCOL_RUNNERS,
+    ProtocolContext,
     n_steps,
     protocol_recipe,
     protocol_size,
@@ -369,12 +370,13 @@ def _learn(model, tok, who: str, sources, protocols, recipes, sizes, passages, r
         total = sum(n_steps(name, source.spec.source, passages[:n], cut[source.name], own[source.name]) for source in rows)
         task = bar.add_task(f"{who}: {name}", total=max(total, 1))
         for source in rows:
-            found[(name, source.name)] = PROTOCOL_RUNNERS[name](
-                model, tok, own[source.name], source.spec.source, passages[:n], cut[source.name], base[:n], seed, judge,
+            ctx = ProtocolContext(
+                model, tok, own[source.name], seed, judge,
                 key={"kind": name, "student": who, "source_label": source.name},
                 on_record=lambda record: append_jsonl(run.journal, record),
                 progress=lambda k, task=task: bar.advance(task, k), done=journaled[(name, who, source.name)],
             )  # fmt: skip
+            found[(name, source.name)] = PROTOCOL_RUNNERS[name](ctx, source.spec.source, passages[:n], cut[source.name], base[:n])
         bar.update(task, completed=max(total, 1))
     return found, base
 

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from seal.microworld.world import (
     STYLES,
@@ -52,6 +52,9 @@ from seal.microworld.world import (
 )
 from seal.prompts import qa_answer_text, qa_prompt, self_edit_prompt
 from seal.seeding import derive_seed
+
+if TYPE_CHECKING:  # the type only: seal.microworld.config imports this module
+    from seal.microworld.config import PretrainConfig
 
 SELF_EDIT_TEMPLATE = "implications"
 #: The microworld's no-passage QA prompt: one ``Q: ... A:`` line, the form of a ``qa``-style
@@ -148,31 +151,26 @@ def qa_doc(e: Entity, rng: random.Random, qa_template: str = QA_TEMPLATE_NAME) -
     ]
 
 
-def copy_docs(
-    world: World,
-    seed: int,
-    block: int,
-    n_docs: int,
-    n_memory: int,
-    min_facts: int = 1,
-    max_facts: int = 3,
-    openbook_share: float = 0.45,
-    hparams: HparamDemos | None = None,
-) -> list[Doc]:
+def copy_docs(world: World, cfg: PretrainConfig, block: int, n_docs: int, openbook_share: float = 0.45) -> list[Doc]:
     """Block ``block`` of the copy curriculum: ``n_docs`` documents about fresh people (new random
     facts every time, so nothing can be memorised and every value must be found in the context).
 
-    People come from the pretraining names after the first ``n_memory`` (the memory people).
+    ``cfg``: the world's settings (:class:`seal.microworld.config.PretrainConfig`); read are
+    ``seed``, ``n_memory``, ``copy_min_facts``, ``copy_max_facts`` and the hyperparameter
+    demonstrations (``hparam_spec()``).
+
+    People come from the pretraining names after the first ``cfg.n_memory`` (the memory people).
     A share ``openbook_share`` are open-book QA documents, the rest self-edit demonstrations in
-    the copy-dense ``WARMUP_STYLE_WEIGHTS``. People state ``min_facts..max_facts`` facts: with
-    one fact, the value to copy is the only value in the passage, which gives the attention
-    pattern a strong first gradient; with two or three it must also match the attribute.
+    the copy-dense ``WARMUP_STYLE_WEIGHTS``. People state ``copy_min_facts..copy_max_facts``
+    facts: with one fact, the value to copy is the only value in the passage, which gives the
+    attention pattern a strong first gradient; with two or three it must also match the attribute.
 
-    ``hparams``: every demonstration ends with a hyperparameter block (:func:`with_hparams`).
+    With ``cfg.hparam_demos`` every demonstration ends with a hyperparameter block (:func:`with_hparams`).
 
-    A pure function of ``(seed, block)``: the copy phase draws block after block until the
+    A pure function of ``(cfg.seed, block)``: the copy phase draws block after block until the
     copy gate opens, so how many blocks a pretraining used decides its corpus.
     """
+    seed, n_memory, min_facts, max_facts, hparams = cfg.seed, cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts, cfg.hparam_spec()
     rng = random.Random(derive_seed(seed, "microworld", "corpus", "copy", block))
     hp_rng = _hparam_rng(seed, "copy", block)
     names = world.pretrain_names[n_memory:]  # never a memory person: their facts are fixed
@@ -188,31 +186,21 @@ def copy_docs(
     return docs
 
 
-def memory_epoch(
-    world: World,
-    seed: int,
-    epoch: int,
-    n_memory: int,
-    memory_epochs: int,
-    n_demos: int,
-    style_weights: Sequence[float] | None = None,
-    qa_fraction: float = 1.0,
-    qa_template: str = QA_TEMPLATE_NAME,
-    hparams: HparamDemos | None = None,
-) -> list[Doc]:
+def memory_epoch(world: World, cfg: PretrainConfig, epoch: int) -> list[Doc]:
     """Epoch ``epoch`` of the knowledge phase, shuffled: every memory person's passage (a fresh
-    rendering) and QA documents, plus ``n_demos / memory_epochs`` demonstrations about fresh
-    people in the styles ``style_weights`` (default uniform over ``STYLES``), each ending with
-    a hyperparameter block when ``hparams`` is given (:func:`with_hparams`).
+    rendering) and QA documents (for the first ``cfg.qa_fraction`` of them, in the
+    ``cfg.qa_template`` format), plus ``cfg.n_demos / cfg.memory_epochs`` demonstrations about
+    fresh people in the styles ``cfg.style_weights``, each ending with a hyperparameter block
+    when ``cfg.hparam_demos`` is on (:func:`with_hparams`).
 
-    Raises ``ValueError`` for a wrong number of style weights or too many memory people.
+    ``cfg``: the world's settings (:class:`seal.microworld.config.PretrainConfig`, which checks
+    the style weights). Raises ``ValueError`` for more memory people than pretraining names.
     """
-    weights = list(style_weights) if style_weights is not None else [1.0] * len(STYLES)
-    if len(weights) != len(STYLES):
-        raise ValueError(f"style_weights needs {len(STYLES)} entries ({', '.join(STYLES)})")
+    seed, n_memory, memory_epochs, n_demos = cfg.seed, cfg.n_memory, cfg.memory_epochs, cfg.n_demos
+    weights, qa_fraction, qa_template, hparams = list(cfg.style_weights), cfg.qa_fraction, cfg.qa_template, cfg.hparam_spec()
     mem = memory_people(world, n_memory, seed)
     demo_names = world.pretrain_names[n_memory:]
-    cfg = world.config
+    facts = world.config  # fresh demonstration people state as many facts as the world's
     n_qa = round(qa_fraction * len(mem))
     rng = random.Random(derive_seed(seed, "microworld", "corpus", epoch))
     hp_rng = _hparam_rng(seed, "epoch", epoch)
@@ -224,7 +212,7 @@ def memory_epoch(
     lo, hi = epoch * n_demos // memory_epochs, (epoch + 1) * n_demos // memory_epochs
     for _ in range(lo, hi):
         f, s = rng.choice(demo_names)
-        e = make_entity(rng, f, s, cfg.min_facts, cfg.max_facts)
+        e = make_entity(rng, f, s, facts.min_facts, facts.max_facts)
         doc = demo_doc(e, rng.choices(STYLES, weights)[0], rng)
         docs.append(with_hparams(doc, hparams, hp_rng) if hparams else doc)
     rng.shuffle(docs)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
+from seal.config import SelfEditConfig
 from seal.data import passage_from_json
 from seal.graders import contains
 from seal.hparams import parse_self_edit, split_block
@@ -71,7 +72,11 @@ def sample_on_records(model, tok, records: Sequence[dict], k: int, temperature: 
     """``k`` self-edits per SEAL-format passage record with :func:`seal.self_edits.sample_self_edits`
     (``implications`` template, top-p 0.95, up to 256 tokens; ``temperature=None``: greedy, k=1)."""
     passages = [passage_from_json(r, f"microworld passage {i}") for i, r in enumerate(records)]
-    return sample_self_edits(model, tok, passages, SELF_EDIT_TEMPLATE, k, temperature, 0.95, 256, seed, batch_size=max(1, 64 // k))
+    sampling = SelfEditConfig(
+        template=SELF_EDIT_TEMPLATE, k=k, top_p=0.95, max_new_tokens=256, batch_size=max(1, 64 // k),
+        **({} if temperature is None else {"temperature": temperature}),
+    )  # fmt: skip
+    return sample_self_edits(model, tok, passages, sampling, seed, greedy=temperature is None)
 
 
 def copy_metrics(records: Sequence[dict], samples: Sequence[Sequence[str]], marker: str | None = None) -> dict:
@@ -349,7 +354,7 @@ def copy_phase(pt: Pretrainer, world: World, check_recs: list[dict]) -> list[dic
     block = 0
     while True:
         pt.train_on(
-            copy_docs(world, cfg.seed, block, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts, hparams=cfg.hparam_spec()),
+            copy_docs(world, cfg, block, _docs_per_block(cfg)),
             lr_at,
         )
         block += 1
@@ -380,7 +385,7 @@ def knowledge_phase(pt: Pretrainer, world: World) -> None:
     """
     cfg = pt.cfg
     epochs = [
-        memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template, cfg.hparam_spec())
+        memory_epoch(world, cfg, ep)
         for ep in range(cfg.memory_epochs)
     ]
     first = pt.step
@@ -393,7 +398,7 @@ def knowledge_phase(pt: Pretrainer, world: World) -> None:
 
     for ep, docs in enumerate(epochs):
         # Copy blocks numbered after any the copy phase can draw, so none is seen twice.
-        extra = copy_docs(world, cfg.seed, 10_000 + ep, cfg.main_copy_docs, cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts, hparams=cfg.hparam_spec())
+        extra = copy_docs(world, cfg, 10_000 + ep, cfg.main_copy_docs)
         mixed = docs + extra
         random.Random(derive_seed(cfg.seed, "microworld", "mix", ep)).shuffle(mixed)
         pt.train_on(mixed, lr_at)
@@ -401,9 +406,9 @@ def knowledge_phase(pt: Pretrainer, world: World) -> None:
 
 def _train_tokenizer(world: World, cfg: PretrainConfig):
     """A byte-level BPE trained on the first copy block and the first two knowledge epochs."""
-    docs = copy_docs(world, cfg.seed, 0, _docs_per_block(cfg), cfg.n_memory, cfg.copy_min_facts, cfg.copy_max_facts, hparams=cfg.hparam_spec())
+    docs = copy_docs(world, cfg, 0, _docs_per_block(cfg))
     for ep in range(min(2, cfg.memory_epochs)):
-        docs += memory_epoch(world, cfg.seed, ep, cfg.n_memory, cfg.memory_epochs, cfg.n_demos, cfg.style_weights, cfg.qa_fraction, cfg.qa_template, cfg.hparam_spec())
+        docs += memory_epoch(world, cfg, ep)
     rng = random.Random(derive_seed(cfg.seed, "microworld", "tokenizer"))
     return train_tokenizer((doc.text for doc in rng.sample(docs, min(len(docs), 20000))), cfg.vocab_size)
 

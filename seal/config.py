@@ -2,7 +2,7 @@
 
 A recipe is a YAML file (see ``recipes/``) whose sections map one-to-one onto the
 classes below and those they import: :mod:`seal.sections` (the base class and the sections
-shared with ``bench``), :mod:`seal.bench.config`, :mod:`seal.microworld.config`. Unknown or mistyped keys are errors that name the key and the file;
+shared with ``bench``), :mod:`seal.bench.config`, :mod:`seal.tasks.sections` (the task and its section). Unknown or mistyped keys are errors that name the key and the file;
 command-line overrides use dotted paths (``inner.lora.rank=16``).
 
 Defaults are the paper's (Zweiger et al. 2025, Section 4.2 and Appendix B) unless a
@@ -164,13 +164,13 @@ class QAConfig(Section):
 
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(64, ge=1, description="Question rows per generate() call.")
-    grader: Literal["exact", "f1", "contains", "judge", "grid"] = Field(
+    grader: str = Field(
         "contains",
-        description="exact: SQuAD exact match; f1: token F1 (a score in [0, 1]); contains: normalized gold answer in the prediction; judge: LLM judge; grid: the answer's leading grid equals the gold ARC grid exactly (seal.arc.grids).",
+        description="exact: exact match of the normalised answer; f1: token F1 (a score in [0, 1]); contains: normalized gold answer in the prediction; judge: LLM judge; or a grader of the recipe's task (seal.tasks: task arc's grid, the answer's leading grid equals the gold grid exactly).",
     )
     reward: Literal["gain", "accuracy"] = Field(
         "gain",
-        description="A self-edit's reward: 'gain' (adapted minus baseline accuracy, the knowledge-incorporation reward, paper Section 4.2) or 'accuracy' (the adapted model's accuracy alone: ARC's 1 if solved else 0, Section 4.1; the baseline is still recorded).",
+        description="A self-edit's reward: 'gain' (adapted minus baseline accuracy, the knowledge-incorporation reward, paper Section 4.2) or 'accuracy' (the adapted model's accuracy alone: few-shot tasks' 1 if solved else 0, Section 4.1; the baseline is still recorded).",
     )
     ungraded: Literal["skip", "wrong"] = Field(
         "skip",
@@ -179,7 +179,7 @@ class QAConfig(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     template: str = Field(
         "reference",
-        description="No-passage QA prompt (seal.prompts.QA_TEMPLATES): 'reference' (the reference implementation's) or 'qa-line' (the microworld's).",
+        description="No-passage QA prompt (seal.prompts.QA_TEMPLATES): 'reference' (the reference implementation's) or 'qa-line' (one 'Q: ... A:' line, the synthetic world's).",
     )
 
     @field_validator("template")
@@ -330,7 +330,7 @@ class DiagnosticsConfig(Section):
         0.9,
         ge=0,
         le=1,
-        description="Style-collapse warning when one format (a microworld style, or a line format elsewhere) holds more than this share of a round's (or GRPO step's) self-edits, unless it already did in the run's first round or step. 1: off.",
+        description="Style-collapse warning when one format (a task's exact style, or a line format) holds more than this share of a round's (or GRPO step's) self-edits, unless it already did in the run's first round or step. 1: off.",
     )
     max_pairs: int = Field(
         2000, ge=1, description="Pairs of self-edits of different passages compared at most (a fixed-seed subsample beyond)."

@@ -126,7 +126,7 @@ _SENTENCE_END = re.compile(r"[.!;][\"')\]]*$")
 
 
 def line_format(line: str) -> str:
-    """The format of one non-blank line of a self-edit, for any domain (SQuAD's):
+    """The format of one non-blank line of a self-edit, for any domain:
 
     * ``qa``: a question-answer line: starts with ``Q:``, ``A:``, ``Question:``, ``Answer 2.``
       (any case), or ends with ``?``;

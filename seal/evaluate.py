@@ -35,9 +35,10 @@ from seal.rundir import RunDir, append_jsonl, hold_run_dir, write_json_atomic
 from seal.scoring import (
     Evaluation,
     EvaluationRecord,
+    Scorer,
+    SourceKey,
     baselines,
     make_judge,
-    score_evaluations,
 )
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
@@ -121,7 +122,7 @@ def evaluations_for(
     template = parse_source(source)[1] if source.startswith("prompt:") else recipe.self_edit.template
     return [
         task.evaluation(
-            key={"source": source, "passage": p, "self_edit": e, "repetition": rep},
+            key=SourceKey(source, p, e, rep),
             passage=passages[p],
             completion=c,
             seed=derive_seed(seed, "adapter", p, e, rep),
@@ -170,9 +171,8 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
         judge, task = make_judge(recipe.qa), make_task(recipe)
         base_acc = [row["accuracy"] for row in baselines(model, tok, passages, recipe.qa, judge, task)]
         evaluations = evaluations_for(config.source, passages, edits, recipe, recipe.seed, base_acc)
-        records = score_evaluations(
-            model, tok, evaluations, recipe.inner, recipe.qa, judge, on_record=lambda record: append_jsonl(run.journal, record.to_json()), task=task
-        )
+        journal = lambda record: append_jsonl(run.journal, record.to_json())  # noqa: E731
+        records = Scorer(model, tok, recipe.inner, recipe.qa, task, judge, journal).score(evaluations)
         adapted = per_passage_accuracy(records, len(passages)) if evaluations else base_acc
         valid = [(a, b) for a, b in zip(adapted, base_acc, strict=True) if a is not None and b is not None]
         summary = {

@@ -20,10 +20,10 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.progress import Progress
@@ -36,7 +36,7 @@ from seal.distributed import Dist
 from seal.errors import RoundFailedError
 from seal.hparams import round_summary as hparams_round_summary
 from seal.hparams import split_block
-from seal.inner_loop import adapter_chunks, free_memory
+from seal.inner_loop import free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
 from seal.models import load_policy, resolve_attn_implementation, resolve_device
 from seal.restem import curate, curation_scores, select_best, sft_rows, update_policy
@@ -55,10 +55,11 @@ from seal.scoring import (
     BaselineRecord,
     Evaluation,
     EvaluationRecord,
+    RoundKey,
+    Scorer,
     baselines,
     make_judge,
     n_prompts,
-    score_evaluations,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
@@ -71,6 +72,9 @@ from seal.sharding import shard_model
 from seal.tasks.registry import Task, make_task
 from seal.tracking import Tracking
 from seal.vllm_backend import VLLMSampler, stop_token_ids
+
+if TYPE_CHECKING:  # annotations only: seal.models imports transformers already
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Unit = TypeVar("Unit", bound=Sequence)
 Key = TypeVar("Key", bound=Hashable)
@@ -88,7 +92,9 @@ class Round:
             same every round, or new ones with ``data.passage_schedule: fresh``).
         dist: this process's view of the process group (``seal.distributed``).
         console: where messages go (quiet on ranks other than the main one); bar: the progress display.
-        model, tokenizer: the model loaded now (the policy, then the learner; None after the round's scoring).
+        model, tokenizer: the model loaded now (the policy, then the learner; None after the
+            round's scoring): loaded and freed by the round's script (:func:`load_writer`,
+            :func:`load_learner`, :func:`free_models`).
         judge: the LLM judge when ``qa.grader == 'judge'``, else None.
         journal: this round's journal records read at its start (finished work of earlier launches).
         timing: this launch's wall seconds per stage on the main process (a timing field of the
@@ -105,8 +111,8 @@ class Round:
     dist: Dist
     console: Console
     bar: Progress
-    model: Any = None
-    tokenizer: Any = None
+    model: PreTrainedModel | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     judge: Any = None
     journal: list[dict] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)
@@ -269,16 +275,41 @@ def finished_round(round_: Round) -> str | None:
 
 
 def open_round(round_: Round) -> None:
-    """Seed the round, load its policy and the judge, read its journal records (main process)
-    and end this rank's journal file on a whole line."""
+    """Seed the round, make its judge, read its journal records (main process) and end this
+    rank's journal file on a whole line. Loads no model (:func:`load_writer`)."""
     round_.started = time.perf_counter()
     seed_everything(derive_seed(round_.recipe.seed, "round", round_.index))
-    round_.load_model(round_.policy)
     round_.judge = make_judge(round_.recipe.qa)
     if round_.judge is not None and round_.sharded and not round_.dist.is_main:
         round_.judge = AbstainingJudge()  # the main process's grades are the ones kept (run_stage)
     round_.journal = round_.dist.main_decides(lambda: [row for row in read_journal(round_.run) if row.get("round") == round_.index])
     seal_partial_line(round_.journal_file)  # before this rank appends to its file
+
+
+# ----------------------------------------------------------------------------- the round's models
+
+
+def load_writer(round_: Round) -> None:
+    """Load the round's policy (:attr:`Round.policy`), the model that writes its self-edits."""
+    round_.load_model(round_.policy)
+
+
+def load_learner(round_: Round) -> None:
+    """Make the model loaded now the round's learner (the model the inner loop adapts and that
+    answers): with ``inner.learner: base`` and a policy other than the recipe's model, the
+    policy only writes and the round-0 model learns and answers (teacher-student), so it
+    replaces the policy; otherwise the policy is the learner and stays. Loads it when none is."""
+    recipe = round_.recipe
+    learner = recipe.model.name_or_path if recipe.inner.learner == "base" else round_.policy
+    if round_.model is not None and str(learner) == str(round_.policy):
+        return
+    round_.unload_model()
+    round_.load_model(learner)
+
+
+def free_models(round_: Round) -> None:
+    """Release the round's models once its evaluations are scored (the policy update loads its own)."""
+    round_.unload_model()
 
 
 # ----------------------------------------------------------------------------- 1. self-edits
@@ -358,16 +389,10 @@ def baseline_chunks(passages: list[Passage], max_questions: int, n_prompts: Call
 @timed("baselines_s")
 def baselines_stage(round_: Round) -> list[BaselineRecord]:
     """Step 2: the baseline record (answers, scores, accuracy) of every passage, in passage
-    order, journaled once per round.
-
-    First the learner is loaded: with ``inner.learner: base`` and a policy other than the
-    recipe's model, the policy only writes, and the round-0 model learns and answers
-    (teacher-student). Units: :func:`baseline_chunks` of ``qa.batch_size`` questions.
+    order, journaled once per round, by the learner (:func:`load_learner`). Units:
+    :func:`baseline_chunks` of ``qa.batch_size`` questions.
     """
     recipe, passages = round_.recipe, round_.passages
-    if recipe.inner.learner == "base" and str(round_.policy) != recipe.model.name_or_path:
-        round_.unload_model()
-        round_.load_model(recipe.model.name_or_path)
     finished = {row["passage"]: BaselineRecord.from_json(row) for row in round_.journal if row.get("kind") == "baseline"}
 
     def answer(unit: list[int]) -> dict[int, BaselineRecord]:
@@ -388,16 +413,20 @@ def baselines_stage(round_: Round) -> list[BaselineRecord]:
 
 
 def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[Evaluation]:
-    """Every (passage, self-edit, repetition) of the round, in identity order, with its
-    training texts, adapter seed and baseline accuracy."""
-    recipe, passages = round_.recipe, round_.passages
+    """Every (passage, self-edit, repetition) of the round, in identity order, built by the
+    task (``Task.evaluation``: training texts, settings) with its adapter seed, baseline
+    accuracy and whether its self-edit was truncated."""
+    recipe, passages, task = round_.recipe, round_.passages, round_.task
     return [
-        round_.task.evaluation(
-            key={"kind": "evaluation", "round": round_.index, "passage": p, "self_edit": e, "repetition": repetition},
-            passage=passages[p],
-            completion=self_edit.text,
-            seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
-            baseline_accuracy=baseline_records[p].accuracy,
+        replace(
+            task.evaluation(
+                key=RoundKey(round_.index, p, e, repetition),
+                passage=passages[p],
+                completion=self_edit.text,
+                seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
+                baseline_accuracy=baseline_records[p].accuracy,
+            ),
+            truncated=self_edit.truncated,
         )
         for p in range(len(passages))
         for e, self_edit in enumerate(self_edits[p])
@@ -405,40 +434,33 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
     ]
 
 
+def scorer(round_: Round) -> Scorer:
+    """The round's :class:`seal.scoring.Scorer`: its learner, task and judge, each record
+    journaled to this rank's file (:meth:`Round.record`), a failed chunk retried in halves."""
+    recipe = round_.recipe
+    return Scorer(
+        round_.model, round_.tokenizer, recipe.inner, recipe.qa, round_.task, round_.judge,
+        journal=lambda record: round_.record(record.to_json()), retry_in_halves=True, console=round_.console,
+    )  # fmt: skip
+
+
 @timed("evaluations_s")
 def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[EvaluationRecord]:
     """Step 3: the record of every evaluation (identity order), those not journaled yet
-    computed now. Units: ``inner.batch_adapters`` consecutive evaluations (one batched inner
-    loop, retried in halves on failure). Then the main process merges the round's journal
-    files, and failures are reported."""
-    recipe = round_.recipe
+    computed now (:class:`seal.scoring.Scorer`: chunks of ``inner.batch_adapters``, dealt to
+    the ranks by :func:`run_stage`, retried in halves on failure). Then the main process
+    merges the round's journal files, and failures are reported."""
     finished = {
-        record.identity: record
-        for record in (EvaluationRecord.from_json(row) for row in round_.journal if row.get("kind") == "evaluation")
+        RoundKey.id_of(row): EvaluationRecord.from_json(row) for row in round_.journal if row.get("kind") == "evaluation"
     }
 
-    def score(unit: list[Evaluation]) -> dict[tuple, EvaluationRecord]:
-        new = {}
-
-        def journal(record: EvaluationRecord) -> None:
-            if record.identity in finished:
-                return  # a finished member of a pending unit: computed again, not recorded
-            passage, self_edit, _ = record.identity
-            record.truncated = self_edits[passage][self_edit].truncated
-            round_.record(record.to_json())
-            new[record.identity] = record
-
-        score_evaluations(
-            round_.model, round_.tokenizer, unit, recipe.inner, recipe.qa, round_.judge, on_record=journal,
-            retry_in_halves=True, console=round_.console, task=round_.task,
+    def deal(chunks, score_chunk):
+        done, round_.timing["evaluations_computed_by_rank"] = run_stage(
+            round_, chunks, score_chunk, {}, unit_keys=lambda chunk: [evaluation.key.id for evaluation in chunk], progress="inner-loop evaluations"
         )  # fmt: skip
-        return new
+        return done
 
-    units = adapter_chunks(round_evaluations(round_, self_edits, baseline_records), recipe.inner.batch_adapters)
-    done, round_.timing["evaluations_computed_by_rank"] = run_stage(
-        round_, units, score, finished, unit_keys=lambda unit: [evaluation.identity for evaluation in unit], progress="inner-loop evaluations"
-    )
-    records = [done[k] for k in sorted(done)]
+    records = scorer(round_).score(round_evaluations(round_, self_edits, baseline_records), finished, deal)
     if round_.dist.is_main:
         merge_journal(round_.run, [record.to_json() for record in [*baseline_records, *records]])
     round_.dist.barrier()
@@ -520,8 +542,7 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
     """Step 4: keep the best self-edit(s) per passage (by reward, or by ``rl.curation``'s
     scores: ``seal.restem.curate``) and write ``round_k/sft_rows.jsonl`` (with
     ``rl.curation`` other than ``gain``, each row also records its ``curation`` scores; the
-    policy update learns from prompt and completion only); the round's model is released (the
-    policy update loads its own)."""
+    policy update learns from prompt and completion only)."""
     config = round_.recipe.rl
     rewards = self_edit_rewards(records, [len(edits) for edits in self_edits])
     texts = {p: [e.text for e in edits] for p, edits in enumerate(self_edits)}
@@ -542,7 +563,6 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
             pairs = [(p, i) for p in sorted(kept) for i in kept[p]]  # sft_rows' order
             recorded = [row | {"curation": scores[p][i]} for row, (p, i) in zip(rows, pairs, strict=True)]
         write_jsonl_atomic(round_.dir / "sft_rows.jsonl", recorded)
-    round_.unload_model()
     return Selection(rewards, kept, rows)
 
 

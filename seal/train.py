@@ -127,6 +127,9 @@ from seal.stages import (
     diagnostics_stage,
     evaluations_stage,
     finished_round,
+    free_models,
+    load_learner,
+    load_writer,
     metrics_stage,
     open_round,
     policy_update_stage,
@@ -265,10 +268,13 @@ def run_round(
     if reused is not None:
         return reused
     open_round(round_)
+    load_writer(round_)
     self_edits = sample_stage(round_)
+    load_learner(round_)
     baseline_records = baselines_stage(round_)
     records = evaluations_stage(round_, self_edits, baseline_records)
     check_round_usable(round_, records)
+    free_models(round_)
     selection = selection_stage(round_, self_edits, records)
     sft_stats, next_policy = policy_update_stage(round_, selection.rows)
     diagnostics = diagnostics_stage(round_, self_edits, selection)

@@ -284,13 +284,14 @@ def test_arc_evaluation_builds_the_training_set_and_masks_outputs(arc_tasks, tin
     from seal.config import SelfEditConfig
     from seal.inner_loop import tokenize_with_loss
     from seal.models import load_tokenizer
+    from seal.scoring import SourceKey
     from seal.sections import InnerLoopConfig
     from seal.tasks.arc import arc_evaluation
 
     passage = task_passage(next(t for t in arc_tasks if t.id == "5582e5ca"))
     self_edit = SelfEditConfig(template="arc-config", hparams=SPACE)
     inner = InnerLoopConfig(answer_marker="Test output:")
-    key = {"passage": 0, "self_edit": 0, "repetition": 0}
+    key = SourceKey("text:x", 0, 0, 0)
     ev = arc_evaluation(key, passage, '{"basic": true, "loss_on": "answer"}', self_edit, inner, 7, ArcSection(max_train_texts=5))
     assert ev.invalid is None and len(ev.texts) == 5 and ev.hparams["families"] == ["basic"] and ev.hparams["loss_on"] == "answer"
     bad = arc_evaluation(key, passage, "nonsense", self_edit, inner, 7, ArcSection())

@@ -30,6 +30,7 @@ from seal.hparams import AdapterSettings
 from seal.inner_loop import _learning_rates, train_bank
 from seal.multi_lora import adapter_bank
 from seal.prompts import PromptError, self_edit_prompt
+from seal.scoring import SourceKey
 from seal.tasks.arc import arc_evaluation
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -208,7 +209,7 @@ def test_missing_keys_and_step_guard_in_an_evaluation(data_root):
     passage = task_passage(load_arc_tasks(TRAIN, root=data_root, task_ids=["5582e5ca"])[0])
     self_edit = SelfEditConfig(template="arc-config", hparams=SPACE)
     inner = InnerLoopConfig(batch_size=2)
-    key = {"passage": 0, "self_edit": 0, "repetition": 0}
+    key = SourceKey("text:x", 0, 0, 0)
     partial = '{"basic": true, "lr": 0.001}'
     ev = arc_evaluation(key, passage, partial, self_edit, inner, 1, ArcSection(missing_keys="reference", max_train_texts=20))
     assert ev.invalid is None and ev.hparams["epochs"] == 0 and ev.hparams["untrained"].startswith("missing key")

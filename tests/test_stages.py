@@ -13,9 +13,16 @@ from train_helpers import tiny_recipe
 from seal.config import QAConfig
 from seal.display import percent, progress_bar
 from seal.distributed import get_dist
-from seal.inner_loop import AdapterResult, adapter_chunks, run_in_halves
+from seal.inner_loop import AdapterResult, adapter_chunks
 from seal.rundir import RunDir, read_json_or_none, write_json_atomic
-from seal.scoring import BaselineRecord, Evaluation, EvaluationRecord, baselines
+from seal.scoring import (
+    BaselineRecord,
+    Evaluation,
+    EvaluationRecord,
+    RoundKey,
+    baselines,
+    run_in_halves,
+)
 from seal.stages import Round, run_stage
 
 # The journal schema of an evaluation, in the order written since the first release.
@@ -26,7 +33,7 @@ JOURNAL_FIELDS = [
 
 
 def an_evaluation(passage, baseline: float | None = 0.25) -> Evaluation:
-    key = {"kind": "evaluation", "round": 1, "passage": 3, "self_edit": 2, "repetition": 0}
+    key = RoundKey(1, 3, 2, 0)
     return Evaluation(key=key, passage=passage, texts=["a", "b", "c"], seed=7, baseline_accuracy=baseline)
 
 

@@ -120,11 +120,17 @@ class ArcSection(Section):
         whole recipe, a ``seal.config.Recipe``).
 
         Raises:
-            ValueError: ``data.round_train_files`` (fresh rounds take slices of the tasks file);
+            ValueError: ``invalid: resample`` with GRPO / RLOO (TRL samples, nothing can be
+                redrawn); ``data.round_train_files`` (fresh rounds take slices of the tasks file);
                 ``loss_on: answer`` with another ``inner.answer_marker`` than this text format's
                 (ARC's 'loss on outputs only' is the mask at the query's answer line);
                 ``inference: vote`` with a grader other than ``grid`` (a vote compares grids).
         """
+        if self.invalid == "resample" and recipe.rl.algorithm != "restem":
+            raise ValueError(
+                f"arc.invalid 'resample' redraws configurations before scoring; rl.algorithm {recipe.rl.algorithm} scores what TRL samples. "
+                "Set arc.invalid: fail (an invalid configuration gets inner.failure_reward)"
+            )
         if recipe.data.round_train_files is not None:
             raise ValueError("data.round_train_files is for SEAL-format passage files; with an arc section, fresh takes slices of data.train_file")
         answer = recipe.inner.loss_on == "answer" or "answer" in (recipe.self_edit.hparams.loss_on or [])

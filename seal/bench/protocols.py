@@ -33,7 +33,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import fmean
 
 from seal.bench.config import ContinualConfig, ProtocolConfig, SourceSpec, merged_inner
@@ -96,10 +96,6 @@ def protocol_recipe(recipe: Recipe, name: str, proto: ProtocolConfig) -> Recipe:
     return recipe.model_copy(update={"inner": inner, "self_edit": self_edit})
 
 
-def _single_key(row: dict) -> tuple:
-    return row["passage"], row["self_edit"], row["repetition"]
-
-
 def mean_question_scores(runs: Sequence[Sequence[float | None]], n_questions: int, ungraded: str) -> list[float | None]:
     """Per question, the mean of its scores over runs (self-edits x repetitions).
 
@@ -118,7 +114,7 @@ def _texts_per_passage(source: str, passages: list[Passage], edits, recipe: Reci
     one = recipe.model_copy(update={"inner": recipe.inner.model_copy(update={"eval_times": 1})})
     out: list[list[str]] = [[] for _ in passages]
     for evaluation in evaluations_for(source, passages, edits, one, seed=0):
-        out[evaluation.key["passage"]] += evaluation.texts
+        out[evaluation.key.passage] += evaluation.texts
     return out
 
 
@@ -149,21 +145,13 @@ def run_single(
         key: extra fields of every journal record (protocol, student).
         done: journaled records of this run (a resume): those evaluations are read back, not rerun.
     """
-    evaluations = evaluations_for(source, passages, edits, recipe, seed)
-    for evaluation in evaluations:
-        evaluation.key = {**(key or {}), **evaluation.key}
+    evaluations = [replace(e, key=replace(e.key, context=tuple((key or {}).items()))) for e in evaluations_for(source, passages, edits, recipe, seed)]
     if not evaluations:  # source 'none': the un-adapted model answers
         return Outcome([list(base["scores"]) for base in baseline])
-    journaled = {_single_key(row): row for row in done}
-    todo = [evaluation for evaluation in evaluations if _single_key(evaluation.key) not in journaled]
-    if progress and len(todo) < len(evaluations):
-        progress(len(evaluations) - len(todo))
-    computed = run_evaluations(
-        model, tokenizer, todo, lambda evaluation: baseline[evaluation.key["passage"]]["accuracy"], recipe.inner, recipe.qa, judge,
-        on_record=on_record, progress=progress, task=make_task(recipe),
+    records = run_evaluations(
+        model, tokenizer, evaluations, lambda evaluation: baseline[evaluation.key.passage]["accuracy"], recipe.inner, recipe.qa, judge,
+        on_record=on_record, progress=progress, task=make_task(recipe), finished=done,
     )  # fmt: skip
-    by_key = {**journaled, **{_single_key(row): row for row in computed}}
-    records = [by_key[_single_key(evaluation.key)] for evaluation in evaluations]
     runs: list[list[list[float | None]]] = [[] for _ in passages]
     for record in records:
         if record["error"] is None:

@@ -48,6 +48,9 @@ TASKS: dict[str, TaskInfo] = {
     # ---- helper B: "documents": TaskInfo("documents", "documents", DocumentsSection), ----
 }
 
+#: The graders of every task (``seal.graders``); a task may add its own (:attr:`TaskInfo.graders`).
+GRADERS = ("exact", "f1", "contains", "judge")
+
 #: The task of a recipe that names none: the first of these sections it has (else ``squad``).
 INFERRED_FROM = ("arc", "microworld")
 
@@ -95,9 +98,12 @@ class TaskSections(BaseModel):
             owner = next((i.section for i in TASKS.values() if tiny.warmup in i.warmups), None)
             raise ValueError(f"model.build_tiny.warmup {tiny.warmup!r} needs an {owner} section" if owner else f"model.build_tiny.warmup {tiny.warmup!r} is not a warm-up of task {self.task}")
         grader = self.qa.grader
-        owner = next((i for i in TASKS.values() if grader in i.graders), None)
-        if owner is not None and owner.name != self.task:
-            raise ValueError(f"qa.grader {grader!r} is task {owner.name}'s; task {self.task} has no such grader")
+        if grader not in GRADERS and grader not in info.graders:
+            owner = next((i for i in TASKS.values() if grader in i.graders), None)
+            if owner is not None:
+                raise ValueError(f"qa.grader {grader!r} is task {owner.name}'s; task {self.task} has no such grader")
+            known = ", ".join(repr(g) for g in (*GRADERS, *info.graders))
+            raise ValueError(f"qa.grader {grader!r} is not a grader; known: {known}")
         section = self.task_section
         if section is not None and hasattr(section, "check_recipe"):
             section.check_recipe(self)

@@ -30,8 +30,10 @@ from seal.arc.augment import permute_colors
 from seal.arc.config import FAMILIES, ArcSection
 from seal.arc.self_edit import read_configuration, self_edit_hint
 from seal.arc.tasks import ArcTask, Example, task_passage
+from seal.models import load_model
 from seal.prompts import self_edit_prompt
 from seal.sections import HparamsConfig
+from seal.self_edits import sample_self_edits
 
 #: Learning rates a drawn configuration uses: 1, 2 and 5 times powers of ten, those in the
 #: declared range (short numbers the tiny tokenizer writes in a few tokens).
@@ -159,8 +161,6 @@ def parse_share(model, tokenizer, tasks: Sequence[ArcTask], recipe, k: int, seed
     """Sample ``k`` self-edits per task as a round does (the recipe's ``self_edit`` settings) and
     count those that parse: ``{"n", "parsed", "share", "distinct", "examples"}`` (``distinct``:
     different parsed configurations; ``examples``: the first three texts)."""
-    from seal.self_edits import sample_self_edits
-
     config = recipe.self_edit
     texts = [
         t
@@ -207,8 +207,6 @@ def warm_up_tiny_policy(
     Raises:
         ValueError: no task's prompt fits ``max_prompt_tokens``.
     """
-    from seal.models import load_model
-
     t0 = time.perf_counter()
     model, tok = load_model(model_dir, device="cpu")
     chat = recipe.self_edit.chat_template

@@ -81,7 +81,10 @@ def test_exact_grid_grader():
     assert grids_match("1 2", "1 2\n3 4") == 0.0  # shape
     assert grids_match("1 2 3 4", "1 2\n3 4") == 0.0  # same cells, other shape
     assert grids_match("garbage", "1 2\n3 4") == 0.0
-    assert grade(["q", "q"], ["0 1", "0 1"], ["0 1\nblah", "1 0"], "grid") == [1.0, 0.0]
+    # task arc's own grader, not one of every task's (seal.tasks.arc: Task.graders)
+    assert grade(["q", "q"], ["0 1", "0 1"], ["0 1\nblah", "1 0"], "grid", extra={"grid": grids_match}) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="unknown grader 'grid'"):
+        grade(["q"], ["0 1"], ["0 1"], "grid")
 
 
 # ----------------------------------------------------------------------------- augmentations

@@ -80,30 +80,23 @@ class TaskSections(BaseModel):
 
     @model_validator(mode="after")
     def _task_and_its_section(self):
-        """Name the task (inferred when unset) and refuse a section of another task."""
+        """Name the task (inferred when unset), refuse a section, warm-up or grader of another
+        task, and run the task section's own checks (``check_recipe``)."""
         present = [name for name in section_fields() if getattr(self, name, None) is not None]
         if self.task is None:
             inferred = next((name for name in INFERRED_FROM if name in present), "squad")
-            object.__setattr__(self, "task", inferred)  # no re-validation (validate_assignment)
+            object.__setattr__(self, "task", inferred)  # set, not assigned: no re-validation
         info = TASKS.get(self.task)
         if info is None:
             raise ValueError(f"task {self.task!r} is not a task; known: {', '.join(sorted(TASKS))}")
-        others = [name for name in present if name != info.section]
-        if others:
-            raise ValueError(f"task {self.task} takes no {others[0]!r} section (it is task {others[0]}'s); remove it or set task: {others[0]}")
+        for name in present:
+            if name != info.section:
+                owner = next(i.name for i in TASKS.values() if i.section == name)
+                raise ValueError(f"task {self.task} takes no {name!r} section (it is task {owner}'s); remove it or set task: {owner}")
         if info.section is not None and getattr(self, info.section) is None:
-            object.__setattr__(self, info.section, info.section_class())  # the section's defaults
-        tiny = self.model.build_tiny
-        if tiny is not None and tiny.warmup != "none" and tiny.warmup not in info.warmups:
-            owner = next((i.section for i in TASKS.values() if tiny.warmup in i.warmups), None)
-            raise ValueError(f"model.build_tiny.warmup {tiny.warmup!r} needs an {owner} section" if owner else f"model.build_tiny.warmup {tiny.warmup!r} is not a warm-up of task {self.task}")
-        grader = self.qa.grader
-        if grader not in GRADERS and grader not in info.graders:
-            owner = next((i for i in TASKS.values() if grader in i.graders), None)
-            if owner is not None:
-                raise ValueError(f"qa.grader {grader!r} is task {owner.name}'s; task {self.task} has no such grader")
-            known = ", ".join(repr(g) for g in (*GRADERS, *info.graders))
-            raise ValueError(f"qa.grader {grader!r} is not a grader; known: {known}")
+            object.__setattr__(self, info.section, info.section_class())  # a named task without its section: the defaults
+        _check_warmup(self.model.build_tiny, info)
+        _check_grader(self.qa.grader, info)
         section = self.task_section
         if section is not None and hasattr(section, "check_recipe"):
             section.check_recipe(self)
@@ -114,6 +107,26 @@ class TaskSections(BaseModel):
         """The task's section (None: the task has none)."""
         info = TASKS[self.task]
         return getattr(self, info.section) if info.section is not None else None
+
+
+def _check_warmup(tiny, info: TaskInfo) -> None:
+    """``model.build_tiny.warmup`` is 'none' or a warm-up of the recipe's task (ValueError)."""
+    if tiny is None or tiny.warmup == "none" or tiny.warmup in info.warmups:
+        return
+    owner = next((i.section for i in TASKS.values() if tiny.warmup in i.warmups), None)
+    if owner is not None:
+        raise ValueError(f"model.build_tiny.warmup {tiny.warmup!r} needs an {owner} section")
+    raise ValueError(f"model.build_tiny.warmup {tiny.warmup!r} is not a warm-up of task {info.name}; known: 'none', {', '.join(map(repr, info.warmups))}".rstrip(", "))
+
+
+def _check_grader(grader: str, info: TaskInfo) -> None:
+    """``qa.grader`` is one of every task's (:data:`GRADERS`) or of the recipe's task (ValueError)."""
+    if grader in GRADERS or grader in info.graders:
+        return
+    owner = next((i for i in TASKS.values() if grader in i.graders), None)
+    if owner is not None:
+        raise ValueError(f"qa.grader {grader!r} is task {owner.name}'s; task {info.name} has no such grader")
+    raise ValueError(f"qa.grader {grader!r} is not a grader; known: {', '.join(repr(g) for g in (*GRADERS, *info.graders))}")
 
 
 def resolve_placeholders(recipe: TaskSections, raw: dict, where: str, validate) -> Any:

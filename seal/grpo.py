@@ -235,9 +235,10 @@ class InnerLoopReward:
         """The records of ``evaluations`` (same order), those not in the journal computed and
         journaled now (ReST-EM's path: ``seal.stages.scorer``); and how many were computed.
 
-        Every process calls it with the same ``evaluations``: the pending ones, in chunks of
-        ``inner.batch_adapters``, are dealt round-robin to the processes and the records
-        gathered (``seal.stages.run_stage``; one process: all chunks here, in order)."""
+        Every process calls it with the same ``evaluations``: their chunks of
+        ``inner.batch_adapters`` with an evaluation not journaled are dealt round-robin to the
+        processes and the records gathered (``seal.stages.run_stage``; one process: all chunks
+        here, in order)."""
         round_ = self.round
         here: set[tuple] = set()  # computed (and journaled) by this process
 

@@ -459,9 +459,9 @@ class Scorer:
     (``seal.stages.evaluations_stage``), GRPO / RLOO (``seal.grpo.InnerLoopReward``),
     ``seal evaluate`` and ``seal bench`` (:func:`run_evaluations`).
 
-    :meth:`score` skips the evaluations already journaled (``finished``, by key id), cuts the
-    rest once into chunks of ``inner.batch_adapters`` (:func:`seal.inner_loop.adapter_chunks`),
-    and scores each chunk (:meth:`score_chunk`: one batched inner loop; a refused
+    :meth:`score` cuts the evaluations once into chunks of ``inner.batch_adapters``
+    (:func:`seal.inner_loop.adapter_chunks`), skips the chunks whose every evaluation is
+    already journaled (``finished``, by key id), and scores each other chunk (:meth:`score_chunk`: one batched inner loop; a refused
     hyperparameter block is a failure without running anything; with ``retry_in_halves``, an
     exception other than a judge configuration error retries the chunk in halves,
     :func:`run_in_halves`, and an evaluation that still fails gets its failure record). Each
@@ -494,15 +494,21 @@ class Scorer:
         self, evaluations: Sequence[Evaluation], finished: Mapping[Hashable, EvaluationRecord] | None = None, deal: Deal | None = None
     ) -> list[EvaluationRecord]:
         """The record of every evaluation, in order: those in ``finished`` (by ``key.id``)
-        read back, the others computed, journaled and returned. ``deal``: see :data:`Deal`."""
+        read back, the others computed, journaled and returned. ``deal``: see :data:`Deal`.
+
+        ``evaluations`` are cut into chunks whatever is finished, and a chunk with any member
+        not finished is computed whole (its finished members again, neither journaled nor
+        returned: their journaled records stand), so each evaluation is computed in the same
+        chunk as in one uninterrupted run."""
         finished = finished or {}
-        pending = [evaluation for evaluation in evaluations if evaluation.key.id not in finished]
-        if self.progress and len(pending) < len(evaluations):
-            self.progress(len(evaluations) - len(pending))
-        chunks = adapter_chunks(pending, self.inner.batch_adapters)
+        chunks = [chunk for chunk in adapter_chunks(evaluations, self.inner.batch_adapters) if any(e.key.id not in finished for e in chunk)]
+        n_pending = sum(e.key.id not in finished for chunk in chunks for e in chunk)
+        if self.progress and n_pending < len(evaluations):
+            self.progress(len(evaluations) - n_pending)
 
         def by_id(chunk: list[Evaluation]) -> dict[Hashable, EvaluationRecord]:
-            return {evaluation.key.id: record for evaluation, record in zip(chunk, self.score_chunk(chunk), strict=True)}
+            records = self.score_chunk(chunk, finished)
+            return {e.key.id: record for e, record in zip(chunk, records, strict=True) if e.key.id not in finished}
 
         if deal is not None:
             done = deal(chunks, by_id)
@@ -510,12 +516,13 @@ class Scorer:
             done = {}
             for chunk in chunks:
                 done.update(by_id(chunk))
-        done = {**finished, **done}
+        done = {**done, **finished}
         return [done[evaluation.key.id] for evaluation in evaluations]
 
-    def score_chunk(self, chunk: Sequence[Evaluation]) -> list[EvaluationRecord]:
+    def score_chunk(self, chunk: Sequence[Evaluation], finished: Mapping[Hashable, EvaluationRecord] | None = None) -> list[EvaluationRecord]:
         """The records of one chunk (at most ``inner.batch_adapters`` evaluations), in order,
-        each journaled as it is built."""
+        each journaled as it is built but those in ``finished`` (computed again, not journaled)."""
+        finished = finished or {}
         records: dict[int, EvaluationRecord] = {}  # by position in ``chunk``
         position = {id(evaluation): i for i, evaluation in enumerate(chunk)}
         inner, qa, task = self.inner, self.qa, self.task or TEXT_QA
@@ -524,7 +531,7 @@ class Scorer:
             if position[id(evaluation)] in records:
                 return  # reported before its part raised, and now again by the retry
             records[position[id(evaluation)]] = record
-            if self.journal:
+            if self.journal and evaluation.key.id not in finished:
                 self.journal(record)
 
         def run(part: list[Evaluation]) -> None:
@@ -550,7 +557,7 @@ class Scorer:
         else:
             run(list(chunk))
         if self.progress:
-            self.progress(len(chunk))
+            self.progress(sum(e.key.id not in finished for e in chunk))
         return [records[i] for i in range(len(chunk))]
 
     def _warn(self, n: int, reason: str) -> None:

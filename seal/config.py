@@ -2,7 +2,7 @@
 
 A recipe is a YAML file (see ``recipes/``) whose sections map one-to-one onto the
 classes below and those they import: :mod:`seal.sections` (the base class and the sections
-shared with ``bench``), :mod:`seal.bench.config`, :mod:`seal.microworld.config`. Unknown or mistyped keys are errors that name the key and the file;
+shared with ``bench``), :mod:`seal.bench.config`, :mod:`seal.tasks.sections` (the task and its section). Unknown or mistyped keys are errors that name the key and the file;
 command-line overrides use dotted paths (``inner.lora.rank=16``).
 
 Defaults are the paper's (Zweiger et al. 2025, Section 4.2 and Appendix B) unless a
@@ -19,9 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from seal.arc.config import ArcSection
 from seal.bench.config import BenchConfig
-from seal.microworld.config import MicroworldSection
 from seal.prompts import check_qa_template
 from seal.sections import (  # noqa: F401 (re-exported: seal.config is where callers import them from)
     HPARAM_KEYS,
@@ -36,6 +34,7 @@ from seal.sections import (  # noqa: F401 (re-exported: seal.config is where cal
     TinyModelConfig,
     parse_source,
 )
+from seal.tasks.sections import TaskSections, resolve_placeholders
 
 
 class ModelConfig(Section):
@@ -165,13 +164,13 @@ class QAConfig(Section):
 
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(64, ge=1, description="Question rows per generate() call.")
-    grader: Literal["exact", "f1", "contains", "judge", "grid"] = Field(
+    grader: str = Field(
         "contains",
-        description="exact: SQuAD exact match; f1: token F1 (a score in [0, 1]); contains: normalized gold answer in the prediction; judge: LLM judge; grid: the answer's leading grid equals the gold ARC grid exactly (seal.arc.grids).",
+        description="exact: exact match of the normalised answer; f1: token F1 (a score in [0, 1]); contains: normalized gold answer in the prediction; judge: LLM judge; or a grader of the recipe's task (seal.tasks: task arc's grid, the answer's leading grid equals the gold grid exactly).",
     )
     reward: Literal["gain", "accuracy"] = Field(
         "gain",
-        description="A self-edit's reward: 'gain' (adapted minus baseline accuracy, the knowledge-incorporation reward, paper Section 4.2) or 'accuracy' (the adapted model's accuracy alone: ARC's 1 if solved else 0, Section 4.1; the baseline is still recorded).",
+        description="A self-edit's reward: 'gain' (adapted minus baseline accuracy, the knowledge-incorporation reward, paper Section 4.2) or 'accuracy' (the adapted model's accuracy alone: few-shot tasks' 1 if solved else 0, Section 4.1; the baseline is still recorded).",
     )
     ungraded: Literal["skip", "wrong"] = Field(
         "skip",
@@ -180,7 +179,7 @@ class QAConfig(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     template: str = Field(
         "reference",
-        description="No-passage QA prompt (seal.prompts.QA_TEMPLATES): 'reference' (the reference implementation's) or 'qa-line' (the microworld's).",
+        description="No-passage QA prompt (seal.prompts.QA_TEMPLATES): 'reference' (the reference implementation's) or 'qa-line' (one 'Q: ... A:' line, the synthetic world's).",
     )
 
     @field_validator("template")
@@ -331,7 +330,7 @@ class DiagnosticsConfig(Section):
         0.9,
         ge=0,
         le=1,
-        description="Style-collapse warning when one format (a microworld style, or a line format elsewhere) holds more than this share of a round's (or GRPO step's) self-edits, unless it already did in the run's first round or step. 1: off.",
+        description="Style-collapse warning when one format (a task's exact style, or a line format) holds more than this share of a round's (or GRPO step's) self-edits, unless it already did in the run's first round or step. 1: off.",
     )
     max_pairs: int = Field(
         2000, ge=1, description="Pairs of self-edits of different passages compared at most (a fixed-seed subsample beyond)."
@@ -374,7 +373,7 @@ class EvaluateConfig(Section):
     n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
 
 
-class Recipe(Section):
+class Recipe(TaskSections, Section):
     """A whole `seal train` / `seal evaluate` recipe."""
 
     name: str | None = Field(None, description="Used in the default run directory name (default: the recipe file's stem).")
@@ -397,14 +396,6 @@ class Recipe(Section):
     hub: HubConfig = Field(default_factory=HubConfig, description="Push the trained policy to the Hugging Face Hub (off by default; result-neutral).")
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
-    arc: ArcSection | None = Field(
-        None,
-        description="Few-shot ARC (seal/arc): data.train_file / eval_file are Kaggle-layout challenges files and self-edits are configurations (augmentations, lr, epochs, loss_on).",
-    )
-    microworld: MicroworldSection | None = Field(
-        None,
-        description="Pretrain (or reuse) this synthetic world first (seal/microworld); '{microworld}' in the recipe's strings is its directory.",
-    )
 
     @model_validator(mode="after")
     def _grpo_learns_with_the_base(self) -> Recipe:
@@ -446,8 +437,6 @@ class Recipe(Section):
             if data.n_train_passages is None:
                 raise ValueError("data.passage_schedule fresh without data.round_train_files needs data.n_train_passages (passages per round)")
         else:
-            if self.arc is not None:
-                raise ValueError("data.round_train_files is for SEAL-format passage files; with an arc section, fresh takes slices of data.train_file")
             if len(data.round_train_files) < self.rl.rounds:
                 raise ValueError(
                     f"data.round_train_files lists {len(data.round_train_files)} files for rl.rounds {self.rl.rounds}: one per round is needed"
@@ -462,31 +451,6 @@ class Recipe(Section):
             raise ValueError("rl.sft.global_batch_size derives the gradient accumulation; leave rl.sft.grad_accum_steps at 1")
         if sft.global_batch_size is not None and sft.global_batch_size % sft.batch_size:
             raise ValueError(f"rl.sft.global_batch_size ({sft.global_batch_size}) must be a multiple of rl.sft.batch_size ({sft.batch_size})")
-        return self
-
-    @model_validator(mode="after")
-    def _arc_answer_marker(self) -> Recipe:
-        """ARC's 'loss on outputs only' is the answer-marker mask at the query's answer line."""
-        answer = self.inner.loss_on == "answer" or "answer" in (self.self_edit.hparams.loss_on or [])
-        if self.arc is not None and answer and self.inner.answer_marker != self.arc.answer_marker:
-            raise ValueError(
-                f"with an arc section (text_format {self.arc.text_format}) and loss_on 'answer', inner.answer_marker must be {self.arc.answer_marker!r}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _arc_vote_grades_grids(self) -> Recipe:
-        """A vote compares grids (seal.arc.voting): other graders would be silently ignored."""
-        if self.arc is not None and self.arc.inference == "vote" and self.qa.grader != "grid":
-            raise ValueError(f"arc.inference 'vote' grades exact grids: set qa.grader: grid (got {self.qa.grader!r})")
-        return self
-
-    @model_validator(mode="after")
-    def _arc_warmup_needs_arc(self) -> Recipe:
-        """The ARC configuration warm-up trains on the recipe's ARC tasks and declared space."""
-        tiny = self.model.build_tiny
-        if tiny is not None and tiny.warmup == "arc-configs" and self.arc is None:
-            raise ValueError("model.build_tiny.warmup 'arc-configs' needs an arc section")
         return self
 
     @field_validator("name")
@@ -572,49 +536,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     raw.setdefault("name", path.stem)
     try:
         recipe = Recipe.model_validate(raw)
-        return resolve_microworld(recipe, raw, str(path))
+        return resolve_placeholders(recipe, raw, str(path), Recipe.model_validate)
     except ValidationError as e:
         raise RecipeError(_format_validation_error(e, str(path))) from None
-
-
-MICROWORLD_PLACEHOLDER = "{microworld}"
-
-
-def _substitute(obj: Any, old: str, new: str) -> Any:
-    if isinstance(obj, str):
-        return obj.replace(old, new)
-    if isinstance(obj, dict):
-        return {k: _substitute(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_substitute(v, old, new) for v in obj]
-    return obj
-
-
-def _mentions(obj: Any, text: str) -> bool:
-    if isinstance(obj, str):
-        return text in obj
-    if isinstance(obj, dict):
-        return any(_mentions(v, text) for v in obj.values())
-    if isinstance(obj, list):
-        return any(_mentions(v, text) for v in obj)
-    return False
-
-
-def resolve_microworld(recipe: Recipe, raw: dict, where: str) -> Recipe:
-    """Replace ``{microworld}`` in every string of the recipe by its world's directory.
-
-    The directory (``<cache_dir>/<settings key>``) is computed from the settings alone; the
-    world is pretrained later, by ``seal.prepare.ensure_model``, if it is not cached.
-
-    Raises:
-        RecipeError: ``{microworld}`` is used but the recipe has no ``microworld`` section.
-    """
-    if recipe.microworld is None:
-        if _mentions(raw, MICROWORLD_PLACEHOLDER):
-            raise RecipeError(f"recipe {where} uses {MICROWORLD_PLACEHOLDER} but has no 'microworld' section")
-        return recipe
-    entry = str(recipe.microworld.entry_dir())
-    return Recipe.model_validate(_substitute(raw, MICROWORLD_PLACEHOLDER, entry))
 
 
 def recipe_to_dict(recipe: BaseModel) -> dict:

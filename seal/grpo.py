@@ -15,7 +15,7 @@ One step, reading top to bottom:
 2. :class:`InnerLoopReward` scores the whole generation batch at once: each completion ->
    training texts -> ``inner.eval_times`` fresh LoRA adapters, trained ``inner.batch_adapters``
    at a time by the batched inner loop -> no-passage QA -> reward = mean accuracy gain over
-   the passage's baseline (``seal.scoring.score_evaluations``, as ReST-EM's evaluations);
+   the passage's baseline (``seal.scoring.Scorer``, ReST-EM's path);
 3. TRL turns the group's rewards into advantages and takes one optimizer step.
 
 The learner is fixed: ``inner.learner: base`` is required (``seal.config.Recipe`` refuses
@@ -85,7 +85,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean, pstdev
 
@@ -97,8 +97,7 @@ from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
 from seal.display import percent
 from seal.distributed import Dist
-from seal.inner_loop import adapter_chunks
-from seal.journal import journal_key, merge_journal, read_journal
+from seal.journal import merge_journal, read_journal
 from seal.models import load_policy, peft_lora_config, write_adapter_chain
 from seal.prompts import self_edit_prompt
 from seal.rewards import mean_reward
@@ -116,11 +115,19 @@ from seal.scoring import (
     BaselineRecord,
     Evaluation,
     EvaluationRecord,
-    score_evaluations,
-    self_edit_evaluation,
+    StepKey,
 )
 from seal.seeding import derive_seed, seed_everything
-from seal.stages import Round, baselines_stage, open_round, run_stage
+from seal.stages import (
+    Round,
+    baselines_stage,
+    free_models,
+    load_learner,
+    open_round,
+    run_stage,
+    scorer,
+)
+from seal.tasks.registry import Task
 from seal.tracking import Tracking
 
 
@@ -129,34 +136,34 @@ def completion_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def step_evaluations(recipe: Recipe, passages: list[Passage], baselines: list[BaselineRecord], step: int, passage_indices: list[int], texts: list[str]) -> list[Evaluation]:
+def step_evaluations(
+    task: Task, passages: list[Passage], baselines: list[BaselineRecord], step: int, passage_indices: list[int], texts: list[str],
+    truncated: list[bool] | None = None,
+) -> list[Evaluation]:
     """The evaluations of one step's completions: ``inner.eval_times`` per completion, in
     completion order (so a group's evaluations are consecutive, like a ReST-EM passage's).
 
     A completion's ``self_edit`` index is its place among the step's completions of the same
     passage (0 .. num_generations - 1). Its key holds the text's hash (:func:`completion_hash`,
     part of the identity) and the text itself (``completion_text``, so samples can be read
-    back). Built by ``scoring.self_edit_evaluation``, ReST-EM's
-    builder (training texts, ``self_edit.hparams`` blocks), with the adapter seed of
+    back). Built by the task (``Task.evaluation``), ReST-EM's
+    builder (training texts, ``self_edit.hparams`` blocks, task arc's configurations), with the adapter seed of
     ``stages.round_evaluations``, the step in the round's place: GRPO's step s scores a text
     exactly as ReST-EM's round s scores it as that self-edit.
     """
+    recipe = task.recipe
     place: Counter[int] = Counter()
     out = []
-    for p, text in zip(passage_indices, texts, strict=True):
+    for p, text, cut in zip(passage_indices, texts, truncated or [False] * len(texts), strict=True):
         e = place[p]
         place[p] += 1
         for repetition in range(recipe.inner.eval_times):
-            key = {
-                "kind": "evaluation", "step": step, "passage": p, "self_edit": e, "repetition": repetition,
-                "completion": completion_hash(text), "completion_text": text,
-            }  # fmt: skip
-            out.append(
-                self_edit_evaluation(
-                    key=key, passage=passages[p], completion=text, self_edit=recipe.self_edit, inner=recipe.inner,
-                    seed=derive_seed(recipe.seed, "adapter", step, p, e, repetition), baseline_accuracy=baselines[p].accuracy,
-                )  # fmt: skip
-            )
+            key = StepKey(step, p, e, repetition, completion_hash(text), text)
+            evaluation = task.evaluation(
+                key=key, passage=passages[p], completion=text,
+                seed=derive_seed(recipe.seed, "adapter", step, p, e, repetition), baseline_accuracy=baselines[p].accuracy,
+            )  # fmt: skip
+            out.append(replace(evaluation, truncated=cut))
     return out
 
 
@@ -184,10 +191,10 @@ class InnerLoopReward:
     ``completion_ids``, the dataset's extra columns (``passage``) and ``trainer_state``;
     returns one float per completion.
 
-    Scoring goes through ``seal.scoring.score_evaluations`` (the batched multi-adapter inner
+    Scoring goes through ``seal.scoring.Scorer`` (``seal.stages.scorer``: the batched multi-adapter inner
     loop, chunks of ``inner.batch_adapters``, a failed chunk retried in halves) on the round's
     learner; each record is appended to the journal as soon as its chunk is graded, and
-    evaluations already in the journal (``finished``, by ``seal.journal.journal_key``) are
+    evaluations already in the journal (``finished``, by :class:`seal.scoring.StepKey` id) are
     read, not recomputed.
     """
 
@@ -213,8 +220,8 @@ class InnerLoopReward:
         passage = [p for share in shares for p in share[0]]
         texts_all = [t for share in shares for t in share[1]]
         cut = [c for share in shares for c in share[2]]
-        evaluations = step_evaluations(self.round.recipe, self.round.passages, self.baselines, step, passage, texts_all)
-        records, computed = self.score(evaluations, cut)
+        evaluations = step_evaluations(self.round.task, self.round.passages, self.baselines, step, passage, texts_all, cut)
+        records, computed = self.score(evaluations)
         per = self.round.recipe.inner.eval_times
         rewards = [mean_reward([r.reward for r in records[i * per : (i + 1) * per]]) for i in range(len(texts_all))]
         # TRL needs a number: a self-edit whose evaluations all failed with inner.failure_reward
@@ -224,39 +231,31 @@ class InnerLoopReward:
         self.steps[step] = StepScores(passage, texts_all, rewards, computed, len(records) - computed, failed)
         return rewards[start : start + len(texts)]
 
-    def score(self, evaluations: list[Evaluation], cut: list[bool]) -> tuple[list[EvaluationRecord], int]:
+    def score(self, evaluations: list[Evaluation]) -> tuple[list[EvaluationRecord], int]:
         """The records of ``evaluations`` (same order), those not in the journal computed and
-        journaled now; and how many were computed. ``cut[i]``: completion i was truncated.
+        journaled now (ReST-EM's path: ``seal.stages.scorer``); and how many were computed.
 
-        Every process calls it with the same ``evaluations``: the pending ones, in chunks of
-        ``inner.batch_adapters``, are dealt round-robin to the processes and the records
-        gathered (``seal.stages.run_stage``; one process: all chunks here, in order)."""
-        round_, per = self.round, self.round.recipe.inner.eval_times
-        truncated = {journal_key(e.key): cut[i // per] for i, e in enumerate(evaluations)}
-        pending = [e for e in evaluations if journal_key(e.key) not in self.finished]
-        recipe = round_.recipe
+        Every process calls it with the same ``evaluations``: their chunks of
+        ``inner.batch_adapters`` with an evaluation not journaled are dealt round-robin to the
+        processes and the records gathered (``seal.stages.run_stage``; one process: all chunks
+        here, in order)."""
+        round_ = self.round
         here: set[tuple] = set()  # computed (and journaled) by this process
 
-        def compute(chunk: list[Evaluation]) -> dict[tuple, EvaluationRecord]:
-            new = {}
+        def deal(chunks, score_chunk):
+            def compute(chunk: list[Evaluation]) -> dict[tuple, EvaluationRecord]:
+                new = score_chunk(chunk)
+                here.update(new)
+                return new
 
-            def journal(record: EvaluationRecord) -> None:
-                record.truncated = truncated[journal_key(record.key)]
-                round_.record(record.to_json())
-                new[journal_key(record.key)] = record
+            done, _ = run_stage(round_, chunks, compute, {}, unit_keys=lambda chunk: [e.key.id for e in chunk])
+            return done
 
-            score_evaluations(
-                round_.model, round_.tokenizer, chunk, recipe.inner, recipe.qa, round_.judge, on_record=journal,
-                retry_in_halves=True, console=round_.console,
-            )  # fmt: skip
-            here.update(new)
-            return new
-
-        chunks = adapter_chunks(pending, recipe.inner.batch_adapters)
-        done, _ = run_stage(round_, chunks, compute, self.finished, unit_keys=lambda chunk: [journal_key(e.key) for e in chunk])
-        collect_journals(round_, [done[journal_key(e.key)] for e in pending if journal_key(e.key) not in here])
-        self.finished.update(done)
-        return [self.finished[journal_key(e.key)] for e in evaluations], len(pending)
+        pending = {e.key.id for e in evaluations if e.key.id not in self.finished}
+        records = scorer(round_).score(evaluations, self.finished, deal)
+        collect_journals(round_, [r for e, r in zip(evaluations, records, strict=True) if e.key.id in pending and e.key.id not in here])
+        self.finished.update((e.key.id, r) for e, r in zip(evaluations, records, strict=True))
+        return records, len(pending)
 
 
 def collect_journals(round_: Round, others: list[EvaluationRecord]) -> None:
@@ -300,7 +299,7 @@ def step_metrics(reward: InnerLoopReward, steps: list[int], logs: dict, global_s
     diagnostics = None
     if config.enabled and order:
         diagnostics = round_diagnostics(
-            [round_.passages[p] for p in order], [by_passage[p][0] for p in order], domain=round_.domain,
+            [round_.passages[p] for p in order], [by_passage[p][0] for p in order], domain=round_.task.diagnostics,
             rewards=[by_passage[p][1] for p in order], max_pairs=config.max_pairs,
         )  # fmt: skip
     return {
@@ -481,13 +480,14 @@ def passage_order(recipe: Recipe, n_passages: int) -> list[int]:
     return order[:need]
 
 
-def prompt_dataset(recipe: Recipe, passages: list[Passage], tokenizer):
-    """TRL's prompt dataset, read in order: ``{"prompt": the self-edit prompt, "passage": its
-    index}`` per entry of :func:`passage_order`."""
+def prompt_dataset(task: Task, passages: list[Passage], tokenizer):
+    """TRL's prompt dataset, read in order: ``{"prompt": the self-edit prompt (with the task's
+    hint, as ReST-EM's), "passage": its index}`` per entry of :func:`passage_order`."""
     from datasets import Dataset
 
-    se = recipe.self_edit
-    prompts = [self_edit_prompt(se.template, p.title, p.context, tokenizer, se.chat_template) for p in passages]
+    recipe, se = task.recipe, task.recipe.self_edit
+    hint = task.self_edit_hint()
+    prompts = [self_edit_prompt(se.template, p.title, p.context, tokenizer, se.chat_template, hint) for p in passages]
     return Dataset.from_list([{"prompt": prompts[i], "passage": i} for i in passage_order(recipe, len(passages))])
 
 
@@ -516,13 +516,14 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     # The learner (inner.learner: base) and its baselines, as a ReST-EM round 0 computes them.
     round_ = Round(recipe, run, 0, recipe.model.name_or_path, passages, dist, console, bar, tracking=tracking)
     open_round(round_)
+    load_learner(round_)  # inner.learner: base, the recipe's model
     baselines = baselines_stage(round_)
     if dist.distributed:  # the baselines the other processes journaled, into journal.jsonl
         if dist.is_main:
             merge_journal(run)
         dist.barrier()
     rows = dist.main_decides(read_journal, run)
-    finished = {journal_key(row): EvaluationRecord.from_json(row) for row in rows if row.get("kind") == "evaluation" and "step" in row}
+    finished = {StepKey.id_of(row): EvaluationRecord.from_json(row) for row in rows if row.get("kind") == "evaluation" and "step" in row}
     reward = InnerLoopReward(round_, baselines, finished)
 
     checkpoint = dist.main_decides(last_checkpoint, out_dir)
@@ -538,7 +539,7 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     tracking = tracking or Tracking([])
     with tracking.for_trainer("grpo", last=True) as report_to:
         trainer = trainer_class(
-            model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size, report_to), train_dataset=prompt_dataset(recipe, passages, tokenizer),
+            model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size, report_to), train_dataset=prompt_dataset(round_.task, passages, tokenizer),
             processing_class=tokenizer, peft_config=peft_lora_config(g.lora), callbacks=[step_logger(reward, run, console, bar, resumed_at, tracking)],
         )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # TRL's raw log dicts: step_logger prints the steps instead
@@ -566,5 +567,5 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
             {"algorithm": recipe.rl.algorithm, "steps": int(result.global_step), "train_loss": float(result.training_loss), "seconds": float(result.metrics.get("train_runtime", 0.0))},
         )  # after the merged policy: marks it finished
     dist.barrier()
-    round_.unload_model()
+    free_models(round_)
     return str(written[-1])

@@ -821,8 +821,9 @@ def adapter_chunks(items: Sequence[T], batch_adapters: int) -> list[list[T]]:
     """``items`` (jobs, evaluations) in consecutive chunks of ``batch_adapters`` (the last one
     shorter): the adapters of a chunk train together in one :func:`train_bank`.
 
-    The one place where ``inner.batch_adapters`` cuts work: :func:`run_inner_loop`, the scoring
-    of evaluations (``seal.scoring``) and the units ``seal train`` deals to its processes.
+    The one place where ``inner.batch_adapters`` cuts work: ``seal.scoring.Scorer`` (every outer
+    loop's evaluations, the units dealt to the processes) and :func:`run_inner_loop` for its
+    other callers (the bench's pooled jobs).
     """
     n = max(1, batch_adapters)
     return [list(items[s : s + n]) for s in range(0, len(items), n)]
@@ -840,49 +841,6 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else ""
-
-
-def run_in_halves(
-    chunk: Sequence[T],
-    run: Callable[[list[T]], None],
-    on_failure: Callable[[T, str, float], None],
-    fatal: tuple[type[BaseException], ...] = (),
-    on_retry: Callable[[int, str], None] | None = None,
-) -> None:
-    """``run(chunk)``; if it raises, retry each half of the chunk the same way, down to one item.
-
-    The out-of-memory handling of batched inner loops: a smaller adapter batch needs less
-    memory. An exception of a ``fatal`` type propagates at once (a configuration error, not
-    a fault); any other (out of memory above all) frees memory, reports
-    ``on_retry(len(chunk), reason)`` and splits the chunk. A single item that still raises
-    is reported as ``on_failure(item, reason, seconds)`` (seconds: its last try's wall time)
-    and the others go on. ``run`` may have reported part of a chunk before raising: whoever
-    records results must ignore ones already seen.
-    """
-    chunk = list(chunk)
-    t0 = time.perf_counter()
-    try:
-        run(chunk)
-        return
-    except fatal:
-        raise
-    except out_of_memory_types() as e:
-        reason = f"out of memory with {len(chunk)} adapter(s) per batch: {_first_line(e)}".rstrip(": ")
-    except Exception as e:
-        reason = f"{type(e).__name__}: {_first_line(e)}".rstrip(": ")
-    free_memory()
-    if len(chunk) > 1:
-        if on_retry is not None:
-            on_retry(len(chunk), reason)
-        half = (len(chunk) + 1) // 2
-        for part in (chunk[:half], chunk[half:]):
-            run_in_halves(part, run, on_failure, fatal, on_retry)
-        return
-    on_failure(chunk[0], reason, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- public loop

@@ -20,15 +20,14 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.arc.self_edit import read_configuration, resample_self_edits
 from seal.config import Recipe
 from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
@@ -37,7 +36,7 @@ from seal.distributed import Dist
 from seal.errors import RoundFailedError
 from seal.hparams import round_summary as hparams_round_summary
 from seal.hparams import split_block
-from seal.inner_loop import adapter_chunks, free_memory
+from seal.inner_loop import free_memory
 from seal.journal import journal_path, merge_journal, read_journal, seal_partial_line
 from seal.models import load_policy, resolve_attn_implementation, resolve_device
 from seal.restem import curate, curation_scores, select_best, sft_rows, update_policy
@@ -56,12 +55,11 @@ from seal.scoring import (
     BaselineRecord,
     Evaluation,
     EvaluationRecord,
+    RoundKey,
+    Scorer,
     baselines,
     make_judge,
     n_prompts,
-    score_evaluations,
-    self_edit_evaluation,
-    self_edit_hint,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
@@ -71,8 +69,12 @@ from seal.self_edits import (
     self_edits_to_json,
 )
 from seal.sharding import shard_model
+from seal.tasks.registry import Task, make_task
 from seal.tracking import Tracking
 from seal.vllm_backend import VLLMSampler, stop_token_ids
+
+if TYPE_CHECKING:  # annotations only: seal.models imports transformers already
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Unit = TypeVar("Unit", bound=Sequence)
 Key = TypeVar("Key", bound=Hashable)
@@ -90,7 +92,9 @@ class Round:
             same every round, or new ones with ``data.passage_schedule: fresh``).
         dist: this process's view of the process group (``seal.distributed``).
         console: where messages go (quiet on ranks other than the main one); bar: the progress display.
-        model, tokenizer: the model loaded now (the policy, then the learner; None after the round's scoring).
+        model, tokenizer: the model loaded now (the policy, then the learner; None after the
+            round's scoring): loaded and freed by the round's script (:func:`load_writer`,
+            :func:`load_learner`, :func:`free_models`).
         judge: the LLM judge when ``qa.grader == 'judge'``, else None.
         journal: this round's journal records read at its start (finished work of earlier launches).
         timing: this launch's wall seconds per stage on the main process (a timing field of the
@@ -107,8 +111,8 @@ class Round:
     dist: Dist
     console: Console
     bar: Progress
-    model: Any = None
-    tokenizer: Any = None
+    model: PreTrainedModel | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     judge: Any = None
     journal: list[dict] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)
@@ -130,12 +134,10 @@ class Round:
         and given to every rank; None when it or any of ``requires`` does not exist."""
         return self.dist.main_decides(lambda: read_json_or_none(path) if all(p.exists() for p in requires) else None)
 
-    @property
-    def domain(self) -> str:
-        """``"microworld"`` (self-edits have exact styles and fact values, ``seal.diagnostics``)
-        when the recipe has a ``microworld`` section, else ``"text"`` (ARC's configurations
-        included: their diagnostics are of the text kind)."""
-        return "microworld" if self.recipe.microworld is not None else "text"
+    @functools.cached_property
+    def task(self) -> Task:
+        """The recipe's task (``seal.tasks``): its prompts, evaluations, grading, metrics and diagnostics."""
+        return make_task(self.recipe)
 
     @property
     def sharded(self) -> bool:
@@ -273,16 +275,41 @@ def finished_round(round_: Round) -> str | None:
 
 
 def open_round(round_: Round) -> None:
-    """Seed the round, load its policy and the judge, read its journal records (main process)
-    and end this rank's journal file on a whole line."""
+    """Seed the round, make its judge, read its journal records (main process) and end this
+    rank's journal file on a whole line. Loads no model (:func:`load_writer`)."""
     round_.started = time.perf_counter()
     seed_everything(derive_seed(round_.recipe.seed, "round", round_.index))
-    round_.load_model(round_.policy)
     round_.judge = make_judge(round_.recipe.qa)
     if round_.judge is not None and round_.sharded and not round_.dist.is_main:
         round_.judge = AbstainingJudge()  # the main process's grades are the ones kept (run_stage)
     round_.journal = round_.dist.main_decides(lambda: [row for row in read_journal(round_.run) if row.get("round") == round_.index])
     seal_partial_line(round_.journal_file)  # before this rank appends to its file
+
+
+# ----------------------------------------------------------------------------- the round's models
+
+
+def load_writer(round_: Round) -> None:
+    """Load the round's policy (:attr:`Round.policy`), the model that writes its self-edits."""
+    round_.load_model(round_.policy)
+
+
+def load_learner(round_: Round) -> None:
+    """Make the model loaded now the round's learner (the model the inner loop adapts and that
+    answers): with ``inner.learner: base`` and a policy other than the recipe's model, the
+    policy only writes and the round-0 model learns and answers (teacher-student), so it
+    replaces the policy; otherwise the policy is the learner and stays. Loads it when none is."""
+    recipe = round_.recipe
+    learner = recipe.model.name_or_path if recipe.inner.learner == "base" else round_.policy
+    if round_.model is not None and str(learner) == str(round_.policy):
+        return
+    round_.unload_model()
+    round_.load_model(learner)
+
+
+def free_models(round_: Round) -> None:
+    """Release the round's models once its evaluations are scored (the policy update loads its own)."""
+    round_.unload_model()
 
 
 # ----------------------------------------------------------------------------- 1. self-edits
@@ -296,7 +323,7 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     first passage's index; with ``self_edit.backend: vllm`` each passage from its own index,
     ``seal.vllm_backend``)."""
     recipe, passages, config = round_.recipe, round_.passages, round_.recipe.self_edit
-    hint = self_edit_hint(config, recipe.arc)
+    hint = round_.task.self_edit_hint()
     path = round_.dir / "self_edits.json"
     saved = round_.saved(path)
     if saved is not None:
@@ -315,8 +342,7 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
         seed = derive_seed(recipe.seed, "round", round_.index)
         drawn = draw(unit, seed)
-        if recipe.arc is not None and recipe.arc.invalid == "resample":
-            drawn = resample_self_edits(drawn, lambda tasks, attempt: draw([unit[t] for t in tasks], derive_seed(seed, "resample", attempt)), recipe)
+        drawn = round_.task.resample_self_edits(drawn, lambda tasks, attempt: draw([unit[t] for t in tasks], derive_seed(seed, "resample", attempt)))
         return dict(zip(unit, drawn, strict=True))
 
     n = len(passages)
@@ -335,10 +361,10 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 # ----------------------------------------------------------------------------- 2. baselines
 
 
-def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[int]]:
-    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (prompts:
-    an ARC task answered by vote asks each as several, ``seal.scoring.n_prompts``; at
-    least one passage): one batched generation each, the same whatever the process count."""
+def baseline_chunks(passages: list[Passage], max_questions: int, n_prompts: Callable[[Passage], int] = n_prompts) -> list[list[int]]:
+    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (prompts,
+    ``n_prompts(passage)``: the task's, which may ask a question as several; at least one
+    passage): one batched generation each, the same whatever the process count."""
     chunks: list[list[int]] = []
     current: list[int] = []
     n_questions = 0
@@ -356,20 +382,14 @@ def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[in
 @timed("baselines_s")
 def baselines_stage(round_: Round) -> list[BaselineRecord]:
     """Step 2: the baseline record (answers, scores, accuracy) of every passage, in passage
-    order, journaled once per round.
-
-    First the learner is loaded: with ``inner.learner: base`` and a policy other than the
-    recipe's model, the policy only writes, and the round-0 model learns and answers
-    (teacher-student). Units: :func:`baseline_chunks` of ``qa.batch_size`` questions.
+    order, journaled once per round, by the learner (:func:`load_learner`). Units:
+    :func:`baseline_chunks` of ``qa.batch_size`` questions.
     """
     recipe, passages = round_.recipe, round_.passages
-    if recipe.inner.learner == "base" and str(round_.policy) != recipe.model.name_or_path:
-        round_.unload_model()
-        round_.load_model(recipe.model.name_or_path)
     finished = {row["passage"]: BaselineRecord.from_json(row) for row in round_.journal if row.get("kind") == "baseline"}
 
     def answer(unit: list[int]) -> dict[int, BaselineRecord]:
-        rows = baselines(round_.model, round_.tokenizer, [passages[i] for i in unit], recipe.qa, round_.judge)
+        rows = baselines(round_.model, round_.tokenizer, [passages[i] for i in unit], recipe.qa, round_.judge, round_.task)
         new = {}
         for i, row in zip(unit, rows, strict=True):
             if i not in finished:
@@ -378,7 +398,7 @@ def baselines_stage(round_: Round) -> list[BaselineRecord]:
                 round_.record(new[i].to_json())
         return new
 
-    done, _ = run_stage(round_, baseline_chunks(passages, recipe.qa.batch_size), answer, finished)
+    done, _ = run_stage(round_, baseline_chunks(passages, recipe.qa.batch_size, round_.task.n_prompts), answer, finished)
     return [done[i] for i in range(len(passages))]
 
 
@@ -386,19 +406,20 @@ def baselines_stage(round_: Round) -> list[BaselineRecord]:
 
 
 def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[Evaluation]:
-    """Every (passage, self-edit, repetition) of the round, in identity order, with its
-    training texts, adapter seed and baseline accuracy."""
-    recipe, passages = round_.recipe, round_.passages
+    """Every (passage, self-edit, repetition) of the round, in identity order, built by the
+    task (``Task.evaluation``: training texts, settings) with its adapter seed, baseline
+    accuracy and whether its self-edit was truncated."""
+    recipe, passages, task = round_.recipe, round_.passages, round_.task
     return [
-        self_edit_evaluation(
-            key={"kind": "evaluation", "round": round_.index, "passage": p, "self_edit": e, "repetition": repetition},
-            passage=passages[p],
-            completion=self_edit.text,
-            self_edit=recipe.self_edit,
-            inner=recipe.inner,
-            seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
-            baseline_accuracy=baseline_records[p].accuracy,
-            arc=recipe.arc,
+        replace(
+            task.evaluation(
+                key=RoundKey(round_.index, p, e, repetition),
+                passage=passages[p],
+                completion=self_edit.text,
+                seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
+                baseline_accuracy=baseline_records[p].accuracy,
+            ),
+            truncated=self_edit.truncated,
         )
         for p in range(len(passages))
         for e, self_edit in enumerate(self_edits[p])
@@ -406,40 +427,33 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
     ]
 
 
+def scorer(round_: Round) -> Scorer:
+    """The round's :class:`seal.scoring.Scorer`: its learner, task and judge, each record
+    journaled to this rank's file (:meth:`Round.record`), a failed chunk retried in halves."""
+    recipe = round_.recipe
+    return Scorer(
+        round_.model, round_.tokenizer, recipe.inner, recipe.qa, round_.task, round_.judge,
+        journal=lambda record: round_.record(record.to_json()), retry_in_halves=True, console=round_.console,
+    )  # fmt: skip
+
+
 @timed("evaluations_s")
 def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_records: list[BaselineRecord]) -> list[EvaluationRecord]:
     """Step 3: the record of every evaluation (identity order), those not journaled yet
-    computed now. Units: ``inner.batch_adapters`` consecutive evaluations (one batched inner
-    loop, retried in halves on failure). Then the main process merges the round's journal
-    files, and failures are reported."""
-    recipe = round_.recipe
+    computed now (:class:`seal.scoring.Scorer`: chunks of ``inner.batch_adapters``, dealt to
+    the ranks by :func:`run_stage`, retried in halves on failure). Then the main process
+    merges the round's journal files, and failures are reported."""
     finished = {
-        record.identity: record
-        for record in (EvaluationRecord.from_json(row) for row in round_.journal if row.get("kind") == "evaluation")
+        RoundKey.id_of(row): EvaluationRecord.from_json(row) for row in round_.journal if row.get("kind") == "evaluation"
     }
 
-    def score(unit: list[Evaluation]) -> dict[tuple, EvaluationRecord]:
-        new = {}
-
-        def journal(record: EvaluationRecord) -> None:
-            if record.identity in finished:
-                return  # a finished member of a pending unit: computed again, not recorded
-            passage, self_edit, _ = record.identity
-            record.truncated = self_edits[passage][self_edit].truncated
-            round_.record(record.to_json())
-            new[record.identity] = record
-
-        score_evaluations(
-            round_.model, round_.tokenizer, unit, recipe.inner, recipe.qa, round_.judge, on_record=journal,
-            retry_in_halves=True, console=round_.console,
+    def deal(chunks, score_chunk):
+        done, round_.timing["evaluations_computed_by_rank"] = run_stage(
+            round_, chunks, score_chunk, {}, unit_keys=lambda chunk: [evaluation.key.id for evaluation in chunk], progress="inner-loop evaluations"
         )  # fmt: skip
-        return new
+        return done
 
-    units = adapter_chunks(round_evaluations(round_, self_edits, baseline_records), recipe.inner.batch_adapters)
-    done, round_.timing["evaluations_computed_by_rank"] = run_stage(
-        round_, units, score, finished, unit_keys=lambda unit: [evaluation.identity for evaluation in unit], progress="inner-loop evaluations"
-    )
-    records = [done[k] for k in sorted(done)]
+    records = scorer(round_).score(round_evaluations(round_, self_edits, baseline_records), finished, deal)
     if round_.dist.is_main:
         merge_journal(round_.run, [record.to_json() for record in [*baseline_records, *records]])
     round_.dist.barrier()
@@ -521,8 +535,7 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
     """Step 4: keep the best self-edit(s) per passage (by reward, or by ``rl.curation``'s
     scores: ``seal.restem.curate``) and write ``round_k/sft_rows.jsonl`` (with
     ``rl.curation`` other than ``gain``, each row also records its ``curation`` scores; the
-    policy update learns from prompt and completion only); the round's model is released (the
-    policy update loads its own)."""
+    policy update learns from prompt and completion only)."""
     config = round_.recipe.rl
     rewards = self_edit_rewards(records, [len(edits) for edits in self_edits])
     texts = {p: [e.text for e in edits] for p, edits in enumerate(self_edits)}
@@ -533,7 +546,7 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
     if config.curation == "gain":
         kept = select_best(candidates, config.k_best, config.reward_threshold, config.keep_regardless)
     else:
-        scores = {p: curation_scores(round_.passages[p], texts[p], candidates[p], round_.domain) for p in texts}
+        scores = {p: curation_scores(round_.passages[p], texts[p], candidates[p], round_.task.diagnostics) for p in texts}
         kept = curate(scores, config.curation, config.curation_weights, config.k_best, config.reward_threshold, config.keep_regardless)
     prompts = {p: edits[0].prompt for p, edits in enumerate(self_edits) if edits}
     rows = sft_rows(prompts, texts, kept)
@@ -543,7 +556,6 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
             pairs = [(p, i) for p in sorted(kept) for i in kept[p]]  # sft_rows' order
             recorded = [row | {"curation": scores[p][i]} for row, (p, i) in zip(rows, pairs, strict=True)]
         write_jsonl_atomic(round_.dir / "sft_rows.jsonl", recorded)
-    round_.unload_model()
     return Selection(rewards, kept, rows)
 
 
@@ -621,7 +633,7 @@ def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection
     space = round_.recipe.self_edit.hparams
     texts = [[split_block(e.text, space.marker)[0] if space.enabled else e.text for e in edits] for edits in self_edits]
     diagnostics = round_diagnostics(
-        round_.passages, texts, domain=round_.domain,
+        round_.passages, texts, domain=round_.task.diagnostics,
         rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
     )  # fmt: skip
     previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None
@@ -660,17 +672,15 @@ def round_metrics(
     Timing fields: see ``seal.train.TIMING_FIELDS``. With hyperparameter self-edits on,
     ``hparams`` is :func:`seal.hparams.round_summary`: the settings chosen by all self-edits
     and by the kept ones (geometric mean lr, mean epochs, shares of loss_on and lora_rank).
-    With an ``arc`` section, ``arc`` is :func:`arc_round_summary` (resampled configurations,
-    untrained adapters).
+    The task's own entries come first (``seal.tasks.base.Task.round_metrics``; task arc:
+    ``arc``, resampled configurations and untrained adapters).
     """
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
     eval_seconds = [record.seconds for record in records]
     baseline_accuracies = [record.accuracy for record in baseline_records if record.accuracy is not None]
     failures = Counter(record.error for record in records if record.error is not None)
-    extra = {}
-    if round_.recipe.arc is not None:  # ARC: resampled configurations and untrained adapters
-        extra["arc"] = arc_round_summary(round_.recipe, self_edits, records)
+    extra = dict(round_.task.round_metrics(self_edits, records))
     if round_.recipe.self_edit.hparams.enabled:
         # Per self-edit (its repetitions share the settings): what the policy chose, and what was kept.
         chosen = {record.identity[:2]: record.hparams for record in records}
@@ -698,20 +708,6 @@ def round_metrics(
     } | ({"diagnostics": diagnostics} if diagnostics is not None else {})
 
 
-def arc_round_summary(recipe: Recipe, self_edits: list[list[SelfEdit]], records: list[EvaluationRecord]) -> dict:
-    """A round's ARC counts: ``n_resampled`` self-edit slots whose first draw was invalid and
-    were drawn again (``arc.invalid: resample``), ``n_still_invalid`` those of them still
-    invalid after ``arc.resample_rounds`` more draws (they fail), ``n_untrained`` evaluations
-    that trained 0 epochs (``arc.missing_keys: reference`` or ``arc.max_steps``; journal
-    ``hparams.untrained``)."""
-    resampled = [e for edits in self_edits for e in edits if e.draws > 1]
-    return {
-        "n_resampled": len(resampled),
-        "n_still_invalid": sum(read_configuration(e.text, recipe.self_edit.hparams, recipe.arc)[0] is None for e in resampled),
-        "n_untrained": sum(bool(record.hparams and record.hparams.get("untrained")) for record in records),
-    }
-
-
 def write_metrics_jsonl(run: RunDir) -> None:
     """``metrics.jsonl``: one line per finished round, rebuilt atomically from ``round_k/metrics.json``
     (so a crash between the two writes can neither lose nor duplicate a line)."""
@@ -737,12 +733,9 @@ def metrics_stage(round_: Round, metrics: dict) -> None:
         f"mean reward {percent(metrics['mean_reward'], points=True)}, best-of-k {percent(metrics['best_of_k_reward'], points=True)}, "
         f"kept {metrics['n_kept']}, failed {metrics['n_failed']}, ungraded {metrics['n_ungraded']}, {metrics['seconds']:.0f} s"
     )
-    arc = metrics.get("arc")
-    if arc and (arc["n_resampled"] or arc["n_untrained"]):
-        round_.console.print(
-            f"round {round_.index}: ARC configurations: {arc['n_resampled']} resampled ({arc['n_still_invalid']} still invalid), "
-            f"{arc['n_untrained']} evaluations untrained (0 epochs)"
-        )
+    message = round_.task.round_message(round_.index, metrics)
+    if message:
+        round_.console.print(message)
     diagnostics = metrics.get("diagnostics")
     if diagnostics is not None:
         round_.console.print(f"round {round_.index}: self-edits: {summary_line(diagnostics)}", highlight=False)

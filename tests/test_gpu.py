@@ -27,9 +27,10 @@ from test_inner_loop import (
 )
 
 from seal.config import InnerLoopConfig, LoraConfig
-from seal.inner_loop import AdapterJob, free_memory, run_in_halves, run_inner_loop
+from seal.inner_loop import AdapterJob, free_memory, run_inner_loop
 from seal.models import load_model, load_tokenizer
 from seal.multi_lora import adapter_bank
+from seal.scoring import run_in_halves
 
 pytestmark = [
     pytest.mark.gpu,

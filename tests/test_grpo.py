@@ -62,7 +62,7 @@ from seal.grpo import (
 from seal.rundir import RunDir, read_jsonl
 from seal.scoring import EvaluationRecord
 from seal.self_edits import SelfEdit
-from seal.stages import Round, baselines_stage, evaluations_stage, open_round
+from seal.stages import Round, baselines_stage, evaluations_stage, load_learner, open_round
 from seal.train import load_train_passages, train
 
 pytestmark = pytest.mark.timeout(300)
@@ -118,6 +118,7 @@ def test_reward_function_matches_restem_evaluations(tiny_squad_model, data_root,
             run.path.mkdir()
             round_ = Round(recipe, run, 0, recipe.model.name_or_path, passages, get_dist(), quiet(), bar)
             open_round(round_)
+            load_learner(round_)
             baselines = baselines_stage(round_)
             if name == "restem":
                 records = evaluations_stage(round_, [[SelfEdit("prompt", t) for t in ts] for ts in texts], baselines)
@@ -281,6 +282,7 @@ def test_grpo_on_two_processes_scores_as_one(grpo_run, grpo_two_processes, tiny_
     with one_thread(), Progress(console=quiet()) as bar:
         round_ = Round(recipe, rescored, 0, recipe.model.name_or_path, load_train_passages(recipe), get_dist(), quiet(), bar)
         open_round(round_)
+        load_learner(round_)
         reward = InnerLoopReward(round_, baselines_stage(round_), {})
         eos = round_.tokenizer.eos_token_id
         for step in range(3):
@@ -373,3 +375,45 @@ def test_grpo_trains_the_policy_in_the_recipe_dtype_and_attention(tiny_squad_mod
         train(load_recipe(RECIPE, overrides), run, console=quiet())
     assert seen == {"base": {torch.bfloat16}, "lora": {torch.float32}, "attn": "eager"}
     assert AutoConfig.from_pretrained(run / "grpo" / "policy").dtype == torch.bfloat16
+
+
+ARC_GRPO = [
+    "rl.algorithm=grpo", "inner.learner=base", "rl.grpo.num_generations=2", "rl.grpo.prompts_per_step=2", "rl.grpo.steps=1",
+    "rl.grpo.batch_size=2", "rl.grpo.max_completion_length=48", "rl.grpo.lora.rank=4", "rl.grpo.lora.alpha=8",
+    "rl.grpo.lora.target_modules=[q_proj,v_proj]", "rl.grpo.save_steps=1",
+]  # fmt: skip
+
+
+def test_grpo_on_arc_prompts_with_the_hint_and_scores_configurations(tmp_path):
+    """GRPO on task arc goes through the task as ReST-EM does: the prompts carry the
+    configuration hint (``Task.self_edit_hint``), and each completion is read as a
+    configuration (``Task.evaluation``: its families and settings recorded, test-time-training
+    texts built from the task's grids) or fails as an invalid one, never scored as plain text."""
+    from seal.grpo import prompt_dataset
+    from seal.models import load_tokenizer
+    from seal.prepare import ensure_model
+    from seal.tasks.registry import make_task
+
+    recipe = load_recipe(REPO / "recipes" / "arc_tiny_cpu.yaml", ARC_GRPO)
+    ensure_model(recipe, log=lambda line: None)  # the warmed-up tiny policy (built once, cached)
+    task = make_task(recipe)
+    passages = load_train_passages(recipe)
+    prompts = prompt_dataset(task, passages, load_tokenizer(recipe.model.name_or_path))
+    assert task.self_edit_hint() and all(task.self_edit_hint().strip() in row["prompt"] for row in prompts)
+    run = tmp_path / "run"
+    with one_thread():
+        train(recipe, run, console=quiet())
+    evals = [r for r in read_jsonl(run / "journal.jsonl") if r["kind"] == "evaluation"]
+    assert sorted((r["step"], r["passage"], r["self_edit"]) for r in evals) == [(0, p, e) for p in range(2) for e in range(2)]
+    for r in evals:
+        if r["error"] is None:  # a configuration: its families recorded, trained on the task's texts
+            assert set(r["hparams"]) >= {"lr", "epochs", "loss_on", "families"} and r["n_train_texts"] > 0
+        else:  # refused as a configuration (not parsed as text lines)
+            assert "hparams" not in r and r["n_train_texts"] == 0 and r["answers"] == []
+    assert any(r["error"] is None for r in evals)  # the warmed-up policy writes configurations that parse
+
+
+def test_grpo_refuses_resampling_arc_configurations():
+    """``arc.invalid: resample`` redraws before scoring, which TRL's sampling cannot: refused at load."""
+    with pytest.raises(RecipeError, match="arc.invalid 'resample'"):
+        load_recipe(REPO / "recipes" / "arc_tiny_cpu.yaml", [*ARC_GRPO, "arc.invalid=resample"])

@@ -33,7 +33,7 @@ from seal.hparams import (
 from seal.models import load_model
 from seal.prompts import self_edit_prompt
 from seal.rundir import read_jsonl
-from seal.scoring import EvaluationRecord, score_evaluations, self_edit_evaluation
+from seal.scoring import EvaluationRecord, RoundKey, score_evaluations, self_edit_evaluation
 from seal.train import train
 
 SPACE = dict(
@@ -215,7 +215,7 @@ def test_a_refused_block_is_a_failure_record_with_the_failure_reward(tiny_squad_
     blocks = ['{"lr": 0.005, "epochs": 1, "lora_rank": 8}', '{"lr": 5.0}', "{lr: 0.001"]
     evaluations = [
         self_edit_evaluation(
-            {"kind": "evaluation", "round": 0, "passage": 0, "self_edit": e, "repetition": 0}, passage,
+            RoundKey(0, 0, e, 0), passage,
             f"{passage.title} is a topic.\nHyperparameters:\n{block}", self_edit, inner, seed=e, baseline_accuracy=0.0,
         )  # fmt: skip
         for e, block in enumerate(blocks)

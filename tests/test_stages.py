@@ -13,9 +13,19 @@ from train_helpers import tiny_recipe
 from seal.config import QAConfig, SelfEditConfig
 from seal.display import percent, progress_bar
 from seal.distributed import get_dist
-from seal.inner_loop import AdapterResult, adapter_chunks, run_in_halves
+from seal.inner_loop import AdapterResult, adapter_chunks
 from seal.rundir import RunDir, read_json_or_none, write_json_atomic
-from seal.scoring import BaselineRecord, Evaluation, EvaluationRecord, baselines
+from seal.scoring import (
+    BaselineRecord,
+    Evaluation,
+    EvaluationRecord,
+    RoundKey,
+    Scorer,
+    SourceKey,
+    StepKey,
+    baselines,
+    run_in_halves,
+)
 from seal.stages import Round, run_stage
 
 # The journal schema of an evaluation, in the order written since the first release.
@@ -26,7 +36,7 @@ JOURNAL_FIELDS = [
 
 
 def an_evaluation(passage, baseline: float | None = 0.25) -> Evaluation:
-    key = {"kind": "evaluation", "round": 1, "passage": 3, "self_edit": 2, "repetition": 0}
+    key = RoundKey(1, 3, 2, 0)
     return Evaluation(key=key, passage=passage, texts=["a", "b", "c"], seed=7, baseline_accuracy=baseline)
 
 
@@ -65,6 +75,50 @@ def test_the_failure_forms_share_the_schema_and_carry_the_failure_reward(squad_t
     record = EvaluationRecord.graded(evaluation, reported, QAConfig(grader="contains"), failure_reward=None)
     assert (record.reward, record.adapter_accuracy, record.scores, record.n_train_tokens, record.seconds) == (None, None, [], 12, 0.25)
     assert record.error == "non-finite loss" and list(record.to_json()) == JOURNAL_FIELDS
+
+
+def test_typed_keys_write_todays_journal_fields_in_order():
+    """An evaluation's key is typed per outer loop; its JSON form is the journal's key fields,
+    in the order journals have always had them (resumes and comparisons read them)."""
+    assert list(RoundKey(1, 2, 3, 0).to_json()) == ["kind", "round", "passage", "self_edit", "repetition"]
+    step = StepKey(4, 1, 0, 2, "ab12", "text")
+    assert list(step.to_json()) == ["kind", "step", "passage", "self_edit", "repetition", "completion", "completion_text"]
+    assert step.id == StepKey.id_of(step.to_json()) == (4, 1, 0, 2, "ab12")  # the text is recorded, not identity
+    bench = SourceKey("file:x", 1, 0, 0, context=(("protocol", "single"), ("student", "tiny")))
+    assert list(bench.to_json()) == ["protocol", "student", "source", "passage", "self_edit", "repetition"]
+    assert RoundKey.id_of(RoundKey(1, 2, 3, 0).to_json()) == RoundKey(1, 2, 3, 0).id
+
+
+def test_the_scorer_reads_back_the_journal_and_recomputes_whole_chunks(tiny_squad_model, squad_train):
+    """``Scorer.score``: three evaluations in chunks of two. Resumed with the first journaled,
+    the first chunk is computed whole (the same as uninterrupted) but only its unfinished member
+    journaled; every record equals the uninterrupted run's (timing aside), ``truncated`` included."""
+    from seal.config import InnerLoopConfig, LoraConfig
+    from seal.models import load_model
+
+    torch.manual_seed(0)
+    model, tok = load_model(tiny_squad_model, device="cpu")
+    passage = squad_train[0]
+    inner = InnerLoopConfig(lora=LoraConfig(rank=4, alpha=8), epochs=1, lr=1e-3, max_length=64, batch_adapters=2)
+    qa = QAConfig(grader="contains", max_new_tokens=4)
+    evaluations = [
+        Evaluation(RoundKey(0, 0, e, 0), passage, [f"{passage.title}: fact {e}."], seed=e, baseline_accuracy=0.0, truncated=e == 1) for e in range(3)
+    ]
+    journal: list[EvaluationRecord] = []
+    full = Scorer(model, tok, inner, qa, journal=journal.append).score(evaluations)
+    assert [r.key for r in journal] == [e.key.to_json() for e in evaluations]
+    assert [r.truncated for r in full] == [False, True, False] and list(full[1].to_json())[-1] == "truncated"
+
+    def timeless(record: EvaluationRecord) -> dict:
+        return {k: v for k, v in record.to_json().items() if k != "seconds"}
+
+    again: list[EvaluationRecord] = []
+    resumed = Scorer(model, tok, inner, qa, journal=again.append).score(evaluations, {evaluations[0].key.id: full[0]})
+    assert [r.key["self_edit"] for r in again] == [1, 2] and resumed[0] is full[0]
+    assert [timeless(r) for r in resumed] == [timeless(r) for r in full]
+    none: list[EvaluationRecord] = []
+    assert Scorer(model, tok, inner, qa, journal=none.append).score(evaluations, {e.key.id: r for e, r in zip(evaluations, full, strict=True)}) == full
+    assert none == []
 
 
 def test_a_baseline_record_is_a_journal_line_of_the_unadapted_answers(tiny_squad_model, squad_train):

@@ -87,7 +87,7 @@ class SourceSpec(Section):
     """One source of inner-loop training data: a row of every table."""
 
     source: str = Field(
-        description="'none', 'passage', 'file:<SEAL-format JSON>', 'policy:<model dir or hub id>', 'prompt:<template>', 'text:<one self-edit for every passage>' (ARC: a hand-written configuration)."
+        description="'none', 'passage', 'file:<SEAL-format JSON>', 'policy:<model dir or hub id>', 'prompt:<template>', 'text:<one self-edit for every passage>' (e.g. a hand-written configuration)."
     )
     label: str | None = Field(None, description="Row name in reports and plots (default: derived from source).")
     author: str | None = Field(

@@ -33,7 +33,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import fmean
 from typing import Any
 
@@ -52,9 +52,10 @@ from seal.inner_loop import (
     train_full,
 )
 from seal.rewards import accuracy
-from seal.scoring import grade_answers, n_prompts, question_prompts, run_evaluations, self_edit_hint
+from seal.scoring import TEXT_QA, TextQA, run_evaluations
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
+from seal.tasks.registry import make_task
 
 Verdicts = list[list[float | None]]
 OnRecord = Callable[[dict], None]
@@ -127,10 +128,6 @@ def protocol_recipe(recipe: Recipe, name: str, proto: ProtocolConfig) -> Recipe:
     return recipe.model_copy(update={"inner": inner, "self_edit": self_edit})
 
 
-def _single_key(row: dict) -> tuple:
-    return row["passage"], row["self_edit"], row["repetition"]
-
-
 def mean_question_scores(runs: Sequence[Sequence[float | None]], n_questions: int, ungraded: str) -> list[float | None]:
     """Per question, the mean of its scores over runs (self-edits x repetitions).
 
@@ -149,7 +146,7 @@ def _texts_per_passage(source: str, passages: list[Passage], edits, recipe: Reci
     one = recipe.model_copy(update={"inner": recipe.inner.model_copy(update={"eval_times": 1})})
     out: list[list[str]] = [[] for _ in passages]
     for evaluation in evaluations_for(source, passages, edits, one, seed=0):
-        out[evaluation.key["passage"]] += evaluation.texts
+        out[evaluation.key.passage] += evaluation.texts
     return out
 
 
@@ -172,21 +169,13 @@ def run_single(
     """
     model, tokenizer, recipe, seed, judge = ctx.model, ctx.tokenizer, ctx.recipe, ctx.seed, ctx.judge
     key, on_record, progress, done = ctx.key, ctx.on_record, ctx.progress, ctx.done
-    evaluations = evaluations_for(source, passages, edits, recipe, seed)
-    for evaluation in evaluations:
-        evaluation.key = {**(key or {}), **evaluation.key}
+    evaluations = [replace(e, key=replace(e.key, context=tuple((key or {}).items()))) for e in evaluations_for(source, passages, edits, recipe, seed)]
     if not evaluations:  # source 'none': the un-adapted model answers
         return Outcome([list(base["scores"]) for base in baseline])
-    journaled = {_single_key(row): row for row in done}
-    todo = [evaluation for evaluation in evaluations if _single_key(evaluation.key) not in journaled]
-    if progress and len(todo) < len(evaluations):
-        progress(len(evaluations) - len(todo))
-    computed = run_evaluations(
-        model, tokenizer, todo, lambda evaluation: baseline[evaluation.key["passage"]]["accuracy"], recipe.inner, recipe.qa, judge,
-        on_record=on_record, progress=progress,
+    records = run_evaluations(
+        model, tokenizer, evaluations, lambda evaluation: baseline[evaluation.key.passage]["accuracy"], recipe.inner, recipe.qa, judge,
+        on_record=on_record, progress=progress, task=make_task(recipe), finished=done,
     )  # fmt: skip
-    by_key = {**journaled, **{_single_key(row): row for row in computed}}
-    records = [by_key[_single_key(evaluation.key)] for evaluation in evaluations]
     runs: list[list[list[float | None]]] = [[] for _ in passages]
     for record in records:
         if record["error"] is None:
@@ -204,9 +193,11 @@ def run_single(
 
 
 def pooled_jobs(
-    texts_per_passage: Sequence[Sequence[str]], passages: Sequence[Passage], repetitions: int, seed: int, qa_template: str = "reference"
+    texts_per_passage: Sequence[Sequence[str]], passages: Sequence[Passage], repetitions: int, seed: int, qa_template: str = "reference",
+    task: TextQA = TEXT_QA,
 ) -> list[AdapterJob]:
-    """One job per repetition: the texts of every passage pooled, every passage's questions asked.
+    """One job per repetition: the texts of every passage pooled, every passage's questions asked
+    (the prompts of ``task``, the recipe's ``seal.tasks`` task).
 
     The inner loop shuffles a job's texts every epoch, so pooling order does not matter beyond
     the seed. Returns an empty list when no passage has any text (source 'none').
@@ -214,24 +205,24 @@ def pooled_jobs(
     texts = [t for ts in texts_per_passage for t in ts]
     if not texts:
         return []
-    prompts = [pr for p in passages for pr in question_prompts(p, qa_template)]
+    prompts = [pr for p in passages for pr in task.question_prompts(p, qa_template)]
     return [AdapterJob(texts=list(texts), prompts=prompts, seed=derive_seed(seed, "bench-multi", rep)) for rep in range(repetitions)]
 
 
-def split_answers(answers: Sequence[str], passages: Sequence[Passage]) -> list[list[str]]:
-    """Cut a flat answer list (passages' prompts in order, :func:`seal.scoring.question_prompts`)
+def split_answers(answers: Sequence[str], passages: Sequence[Passage], task: TextQA = TEXT_QA) -> list[list[str]]:
+    """Cut a flat answer list (passages' prompts in order, ``task.question_prompts``)
     back into one list per passage.
 
     Raises:
         ValueError: the number of answers is not the number of questions.
     """
-    n = sum(n_prompts(p) for p in passages)
+    n = sum(task.n_prompts(p) for p in passages)
     if len(answers) != n:
         raise ValueError(f"{len(answers)} answers for {n} questions")
     out, i = [], 0
     for p in passages:
-        out.append(list(answers[i : i + n_prompts(p)]))
-        i += n_prompts(p)
+        out.append(list(answers[i : i + task.n_prompts(p)]))
+        i += task.n_prompts(p)
     return out
 
 
@@ -250,8 +241,9 @@ def run_multi(
     """
     model, tokenizer, recipe, seed, judge = ctx.model, ctx.tokenizer, ctx.recipe, ctx.seed, ctx.judge
     key, on_record, progress, done = ctx.key, ctx.on_record, ctx.progress, ctx.done
+    task = make_task(recipe)
     texts = _texts_per_passage(source, passages, edits, recipe)
-    jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template)
+    jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template, task)
     if not jobs:
         return Outcome([list(base["scores"]) for base in baseline])
     records = {row["repetition"]: row for row in done}
@@ -268,8 +260,8 @@ def run_multi(
     for rep, res in zip(todo, results, strict=True):
         per_passage = []
         if res.error is None:
-            for i, (p, ans) in enumerate(zip(passages, split_answers(res.answers, passages), strict=True)):
-                scores = grade_answers(p, ans, recipe.qa, judge)
+            for i, (p, ans) in enumerate(zip(passages, split_answers(res.answers, passages, task), strict=True)):
+                scores = task.grade_answers(p, ans, recipe.qa, judge)
                 per_passage.append({"passage": i, "passage_id": p.id, "answers": ans, "scores": scores})
         record = {
             **(key or {}), "source": source, "repetition": rep, "seed": jobs[rep].seed,
@@ -462,11 +454,12 @@ def _continual_repetition(
             except InnerLoopError as e:
                 error = str(e)
         seen = [passages[j] for j in seq[: i + 1]]
-        prompts = [pr for sp in seen for pr in question_prompts(sp, recipe.qa.template)]
+        task = make_task(recipe)
+        prompts = [pr for sp in seen for pr in task.question_prompts(sp, recipe.qa.template)]
         answers = answer_questions(current, tokenizer, prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
         scored = []
-        for j, (sp, ans) in zip(seq[: i + 1], zip(seen, split_answers(answers, seen), strict=True), strict=True):
-            scores = grade_answers(sp, ans, recipe.qa, judge)
+        for j, (sp, ans) in zip(seq[: i + 1], zip(seen, split_answers(answers, seen, task), strict=True), strict=True):
+            scores = task.grade_answers(sp, ans, recipe.qa, judge)
             scored.append({"passage": j, "passage_id": sp.id, "accuracy": accuracy(scores, recipe.qa.ungraded), "answers": ans, "scores": scores})
         step = {
             **(key or {}), "source": source, "sequence": q, "repetition": rep, "step": i, "passage": p, "passage_id": passages[p].id,
@@ -486,7 +479,7 @@ def _continual_repetition(
 def _write_now(model, tokenizer, recipe: Recipe, passage: Passage, template: str, k: int, seed: int) -> list[str]:
     """``k`` self-edits for ``passage`` sampled now from ``model`` (the recipe's self_edit settings)."""
     cfg = recipe.self_edit
-    (texts,) = sample_self_edits(model, tokenizer, [passage], cfg, seed, template=template, k=k, hint=self_edit_hint(cfg, recipe.arc))
+    (texts,) = sample_self_edits(model, tokenizer, [passage], cfg, seed, template=template, k=k, hint=make_task(recipe).self_edit_hint())
     return texts
 
 

@@ -1,0 +1,1 @@
+"""Training domains (tasks). ``documents``: your own documents with questions (``task: documents``)."""

@@ -56,3 +56,19 @@ class DocumentsSection(Section):
         False,
         description="A document without questions (its questions column missing, null or []): False refuses the data, naming the file and line (or the split and row) and this key; True leaves such documents out and prints how many. Documents are scored by their questions, so one without any cannot be used.",
     )
+
+    def check_recipe(self, recipe) -> None:
+        """The recipe checks of ``task: documents`` (called by the recipe's validation).
+
+        Raises:
+            ValueError: ``data.hf_dataset`` is set (that key reads SQuAD's columns and splits;
+                documents name theirs here), or ``data.round_train_files`` with ``hf_dataset``.
+        """
+        data = recipe.data
+        if data.hf_dataset is not None:
+            raise ValueError(
+                f"task documents reads a dataset with documents.hf_dataset (and its columns and splits), not data.hf_dataset; "
+                f"move {data.hf_dataset!r} there"
+            )
+        if self.hf_dataset is not None and data.round_train_files is not None:
+            raise ValueError("data.round_train_files are JSONL files; with documents.hf_dataset, passage_schedule fresh takes slices of train_split")

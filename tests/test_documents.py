@@ -80,6 +80,9 @@ def test_a_missing_file_and_a_bad_json_line_are_named(tmp_path):
     section, data = one_file(tmp_path, [GOOD, "[1, 2]"])
     with pytest.raises(DataError, match=r"docs.jsonl:2: expected a JSON object"):
         load_documents(section, data, "train")
+    (tmp_path / "docs.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" + json.dumps(GOOD).encode("utf-16") + b"\n")
+    with pytest.raises(DataError, match=r"docs.jsonl:2: not UTF-8 text"):  # line 1's byte-order mark is read past
+        load_documents(section, data, "train")
 
 
 def test_a_missing_column_is_named_with_the_columns_present(tmp_path):
@@ -193,3 +196,83 @@ def test_a_dataset_row_without_questions_names_the_split_and_row(tmp_path):
     section = DocumentsSection(hf_dataset=str(tmp_path / "one"))
     with pytest.raises(DataError, match=r"split 'train', row 1 \('B'\): has no questions.*documents.skip_unanswered: true"):
         load_documents(section, DataConfig(), "train")
+
+
+# --- the recipe end to end: seal train, then seal bench on its rounds --------------------------
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "documents_tiny_cpu.yaml"
+
+
+@pytest.fixture
+def clone(tmp_path, monkeypatch):
+    """A working folder laid out as a clone (tests/data linked): the recipe's data.root and its
+    model directory (.cache/models/tiny-documents) are relative to it."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "data").symlink_to(DATA)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_seal_train_and_bench_run_the_documents_recipe(clone):
+    """The README's two commands, as written: 2 ReST-EM rounds on the first 3 example documents,
+    then the bench on 3 held-out ones with each round's policy as a source."""
+    import csv
+
+    from train_helpers import one_thread
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.rundir import read_jsonl
+
+    section, data = example()
+    train, ev = load_documents(section, data, "train", n=3), load_documents(section, data, "eval", n=3)
+    with one_thread():
+        res = CliRunner().invoke(app, ["train", str(RECIPE), "--run-dir", "runs/documents"])
+    assert res.exit_code == 0, res.output
+    run = clone / "runs" / "documents"
+
+    # the tiny model was built here, its tokenizer trained on the documents' text
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(clone / ".cache" / "models" / "tiny-documents")
+    assert tok.tokenize("Kestrel") == ["Kestrel"]
+
+    # every record names a training document; each round wrote, scored and learned from them
+    rows = read_jsonl(run / "journal.jsonl")
+    ids = [p.id for p in train]
+    evals = [r for r in rows if r["kind"] == "evaluation"]
+    assert len(evals) == 2 * 3 * 3 and {r["passage_id"] for r in evals} == set(ids)  # rounds x documents x k
+    assert all(r["error"] is None and len(r["scores"]) == len(train[r["passage"]].questions) for r in evals)
+    for k in range(2):
+        edits = json.loads((run / f"round_{k}" / "self_edits.json").read_text())
+        assert [(e["title"], e["passage_id"]) for e in edits] == [(p.title, p.id) for p in train]
+        assert json.loads((run / f"round_{k}" / "metrics.json").read_text())["n_kept"] == 3
+    assert len(read_jsonl(run / "metrics.jsonl")) == 2
+    assert (run / json.loads((run / "final.json").read_text())["policy"] / "config.json").is_file()
+
+    with one_thread():
+        res = CliRunner().invoke(app, ["bench", str(RECIPE), "--out", "runs/documents-bench", "bench.train_run=runs/documents"])
+    assert res.exit_code == 0, res.output
+    bench = clone / "runs" / "documents-bench"
+    assert "Did ReST-EM improve the policy?" in (bench / "report.md").read_text()
+    with open(bench / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert [r["source"] for r in summary] == ["base model", "document only", "tiny self-edits", "policy round 1", "policy round 2"]
+    assert all(r["n_passages"] == "3" and r["n_questions"] == str(sum(len(p.questions) for p in ev)) for r in summary)
+    with open(bench / "verdicts.csv") as f:
+        assert {r["passage_id"] for r in csv.DictReader(f)} == {p.id for p in ev}
+
+
+def test_a_document_without_questions_stops_seal_train_naming_the_line_and_writes_nothing(clone):
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+
+    bad = write_jsonl(clone / "bad.jsonl", [dict(GOOD, page="Pier", body=GOOD["text"], asked=GOOD["questions"], expected=["1901"]), {"page": "Quiet", "body": "No questions."}])
+    res = CliRunner().invoke(app, ["train", str(RECIPE), f"data.train_file={bad}", "--run-dir", "runs/bad"])
+    assert res.exit_code == 2, res.output
+    assert f"{bad}:2 ('Quiet'): has no questions" in " ".join(res.output.split()) and "documents.skip_unanswered" in res.output
+    assert "Traceback" not in res.output and not (clone / "runs" / "bad").exists()
+    assert not (clone / ".cache" / "models" / "tiny-documents").exists()  # nothing built from bad data

@@ -197,12 +197,16 @@ def _jsonl_rows(file: Path) -> Iterator[tuple[str, object]]:
     """``(file:line, parsed object)`` for every non-blank line, read lazily.
 
     Raises:
-        DataError: the file is missing, or a line is not JSON (file:line and the parser's reason).
+        DataError: the file is missing, or a line is not UTF-8 or not JSON (file:line and the reason).
     """
     if not file.is_file():
         raise DataError(f"documents file not found: {file} (set data.train_file / data.eval_file, data.root or $SEAL_DATA_DIR)")
-    with file.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with file.open("rb") as f:  # bytes, decoded line by line: a bad byte is named by its line
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if i == 1 else "utf-8")  # -sig: a byte-order mark is not JSON
+            except UnicodeDecodeError as e:
+                raise DataError(f"{file}:{i}: not UTF-8 text ({e.reason} at byte {e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

@@ -96,7 +96,9 @@ def recomputed_diagnostics(run: RunDir, r: int) -> dict | None:
     if rows is None:
         return None
     passages = run_passages(run, r)
-    domain = "microworld" if run.recorded_config().get("microworld") else "text"
+    from seal.tasks.registry import make_task
+
+    domain = make_task(Recipe.model_validate(run.recorded_config())).diagnostics  # the task's format kinds and coverage
     return round_diagnostics([passages[row["passage"]] for row in rows], [row["completions"] for row in rows], domain=domain)
 
 

@@ -19,9 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from seal.arc.config import ArcSection
 from seal.bench.config import BenchConfig
-from seal.microworld.config import MicroworldSection
 from seal.prompts import check_qa_template
 from seal.sections import (  # noqa: F401 (re-exported: seal.config is where callers import them from)
     HPARAM_KEYS,
@@ -36,6 +34,7 @@ from seal.sections import (  # noqa: F401 (re-exported: seal.config is where cal
     TinyModelConfig,
     parse_source,
 )
+from seal.tasks.sections import TaskSections, resolve_placeholders
 
 
 class ModelConfig(Section):
@@ -374,7 +373,7 @@ class EvaluateConfig(Section):
     n_self_edits: int = Field(1, ge=1, description="Self-edits per passage scored (file: the first n; policy: sampled).")
 
 
-class Recipe(Section):
+class Recipe(TaskSections, Section):
     """A whole `seal train` / `seal evaluate` recipe."""
 
     name: str | None = Field(None, description="Used in the default run directory name (default: the recipe file's stem).")
@@ -397,14 +396,6 @@ class Recipe(Section):
     hub: HubConfig = Field(default_factory=HubConfig, description="Push the trained policy to the Hugging Face Hub (off by default; result-neutral).")
     evaluate: EvaluateConfig | None = Field(None, description="Settings of `seal evaluate` (single-passage protocol).")
     bench: BenchConfig | None = Field(None, description="Settings of `seal bench` (see seal/bench/config.py).")
-    arc: ArcSection | None = Field(
-        None,
-        description="Few-shot ARC (seal/arc): data.train_file / eval_file are Kaggle-layout challenges files and self-edits are configurations (augmentations, lr, epochs, loss_on).",
-    )
-    microworld: MicroworldSection | None = Field(
-        None,
-        description="Pretrain (or reuse) this synthetic world first (seal/microworld); '{microworld}' in the recipe's strings is its directory.",
-    )
 
     @model_validator(mode="after")
     def _grpo_learns_with_the_base(self) -> Recipe:
@@ -446,8 +437,6 @@ class Recipe(Section):
             if data.n_train_passages is None:
                 raise ValueError("data.passage_schedule fresh without data.round_train_files needs data.n_train_passages (passages per round)")
         else:
-            if self.arc is not None:
-                raise ValueError("data.round_train_files is for SEAL-format passage files; with an arc section, fresh takes slices of data.train_file")
             if len(data.round_train_files) < self.rl.rounds:
                 raise ValueError(
                     f"data.round_train_files lists {len(data.round_train_files)} files for rl.rounds {self.rl.rounds}: one per round is needed"
@@ -462,31 +451,6 @@ class Recipe(Section):
             raise ValueError("rl.sft.global_batch_size derives the gradient accumulation; leave rl.sft.grad_accum_steps at 1")
         if sft.global_batch_size is not None and sft.global_batch_size % sft.batch_size:
             raise ValueError(f"rl.sft.global_batch_size ({sft.global_batch_size}) must be a multiple of rl.sft.batch_size ({sft.batch_size})")
-        return self
-
-    @model_validator(mode="after")
-    def _arc_answer_marker(self) -> Recipe:
-        """ARC's 'loss on outputs only' is the answer-marker mask at the query's answer line."""
-        answer = self.inner.loss_on == "answer" or "answer" in (self.self_edit.hparams.loss_on or [])
-        if self.arc is not None and answer and self.inner.answer_marker != self.arc.answer_marker:
-            raise ValueError(
-                f"with an arc section (text_format {self.arc.text_format}) and loss_on 'answer', inner.answer_marker must be {self.arc.answer_marker!r}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _arc_vote_grades_grids(self) -> Recipe:
-        """A vote compares grids (seal.arc.voting): other graders would be silently ignored."""
-        if self.arc is not None and self.arc.inference == "vote" and self.qa.grader != "grid":
-            raise ValueError(f"arc.inference 'vote' grades exact grids: set qa.grader: grid (got {self.qa.grader!r})")
-        return self
-
-    @model_validator(mode="after")
-    def _arc_warmup_needs_arc(self) -> Recipe:
-        """The ARC configuration warm-up trains on the recipe's ARC tasks and declared space."""
-        tiny = self.model.build_tiny
-        if tiny is not None and tiny.warmup == "arc-configs" and self.arc is None:
-            raise ValueError("model.build_tiny.warmup 'arc-configs' needs an arc section")
         return self
 
     @field_validator("name")
@@ -572,49 +536,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     raw.setdefault("name", path.stem)
     try:
         recipe = Recipe.model_validate(raw)
-        return resolve_microworld(recipe, raw, str(path))
+        return resolve_placeholders(recipe, raw, str(path), Recipe.model_validate)
     except ValidationError as e:
         raise RecipeError(_format_validation_error(e, str(path))) from None
-
-
-MICROWORLD_PLACEHOLDER = "{microworld}"
-
-
-def _substitute(obj: Any, old: str, new: str) -> Any:
-    if isinstance(obj, str):
-        return obj.replace(old, new)
-    if isinstance(obj, dict):
-        return {k: _substitute(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_substitute(v, old, new) for v in obj]
-    return obj
-
-
-def _mentions(obj: Any, text: str) -> bool:
-    if isinstance(obj, str):
-        return text in obj
-    if isinstance(obj, dict):
-        return any(_mentions(v, text) for v in obj.values())
-    if isinstance(obj, list):
-        return any(_mentions(v, text) for v in obj)
-    return False
-
-
-def resolve_microworld(recipe: Recipe, raw: dict, where: str) -> Recipe:
-    """Replace ``{microworld}`` in every string of the recipe by its world's directory.
-
-    The directory (``<cache_dir>/<settings key>``) is computed from the settings alone; the
-    world is pretrained later, by ``seal.prepare.ensure_model``, if it is not cached.
-
-    Raises:
-        RecipeError: ``{microworld}`` is used but the recipe has no ``microworld`` section.
-    """
-    if recipe.microworld is None:
-        if _mentions(raw, MICROWORLD_PLACEHOLDER):
-            raise RecipeError(f"recipe {where} uses {MICROWORLD_PLACEHOLDER} but has no 'microworld' section")
-        return recipe
-    entry = str(recipe.microworld.entry_dir())
-    return Recipe.model_validate(_substitute(raw, MICROWORLD_PLACEHOLDER, entry))
 
 
 def recipe_to_dict(recipe: BaseModel) -> dict:

@@ -8,9 +8,9 @@ like (``round_k/metrics.json``'s ``diagnostics`` block, :func:`round_diagnostics
   reward, and curation by a single reward is known to collapse the policy's outputs onto a few
   forms (arXiv 2605.07724); a falling distinct-2 is its first visible sign, hence
   :func:`collapse_warning`.
-* **format**: the share of each kind of self-edit. In the microworld its exact style
-  (``seal.microworld.world.classify_style``: question-answer lines, paraphrases, fact lists,
-  ...); elsewhere (SQuAD) a line-format classifier (:func:`line_format`).
+* **format**: the share of each kind of self-edit, by the task's classifier (a
+  :class:`Formats`, ``seal.tasks.base.Task.diagnostics``): by default a line-format classifier
+  (:func:`line_format`); a task whose self-edits have exact kinds classifies them exactly.
 * **coverage**: the share of the passage's facts a self-edit states (gold answers of its
   questions), and how it relates to the reward. Which evidence in self-generated data turns
   into training signal is an open question (arXiv 2606.32002); here the question is the
@@ -36,7 +36,6 @@ from statistics import fmean
 from seal.data import Passage
 from seal.display import percent
 from seal.graders import contains
-from seal.microworld.world import STYLES, classify_style, mentioned_values
 
 # ----------------------------------------------------------------------------- diversity
 
@@ -151,7 +150,7 @@ def line_format(line: str) -> str:
 
 def edit_format(text: str) -> str:
     """A self-edit's format: the :func:`line_format` of at least 60 % of its non-blank lines
-    (the majority rule of ``classify_style``), ``"mixed"`` when none has it, ``"empty"`` for blank text."""
+    (a majority rule), ``"mixed"`` when none has it, ``"empty"`` for blank text."""
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         return "empty"
@@ -160,17 +159,44 @@ def edit_format(text: str) -> str:
     return best if n >= 0.6 * len(lines) else "mixed"
 
 
-def format_kinds(domain: str) -> tuple[str, ...]:
+class Formats:
+    """How a task's self-edits are classified and how their coverage of a passage is measured
+    (``seal.tasks.base.Task.diagnostics``). This default, for any text: line formats
+    (:func:`edit_format`) and gold answers contained in the self-edit (:func:`contains`)."""
+
+    #: The ``format`` the diagnostics block names (``"line"``: :func:`line_format`'s kinds).
+    name = "line"
+
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind :meth:`classify` gives, in report order."""
+        return (*LINE_FORMATS, "mixed", "empty")
+
+    def classify(self, text: str) -> str:
+        """The self-edit's kind (:func:`edit_format`)."""
+        return edit_format(text)
+
+    def states(self, text: str, answer: str) -> bool:
+        """Whether the self-edit states the gold answer: its normalised form contained, on word
+        boundaries, in the normalised self-edit (``graders.contains``, the reward's own
+        ``contains`` grader)."""
+        return bool(contains(text, answer))
+
+
+#: The default (text) diagnostics.
+TEXT = Formats()
+
+
+def format_kinds(domain: Formats = TEXT) -> tuple[str, ...]:
     """Every kind :func:`format_shares` reports for ``domain`` (zero shares included)."""
-    return (*STYLES, "mixed", "empty") if domain == "microworld" else (*LINE_FORMATS, "mixed", "empty")
+    return domain.kinds()
 
 
-def classify(text: str, domain: str) -> str:
-    """The self-edit's kind: its microworld style in the microworld, its :func:`edit_format` elsewhere."""
-    return classify_style(text) if domain == "microworld" else edit_format(text)
+def classify(text: str, domain: Formats = TEXT) -> str:
+    """The self-edit's kind by ``domain``'s classifier."""
+    return domain.classify(text)
 
 
-def format_shares(texts: Sequence[str], domain: str) -> dict[str, float]:
+def format_shares(texts: Sequence[str], domain: Formats = TEXT) -> dict[str, float]:
     """Share of ``texts`` of each kind (:func:`classify`), every kind of ``domain`` listed; sums to 1."""
     counts = Counter(classify(text, domain) for text in texts)
     return {kind: counts[kind] / len(texts) if texts else 0.0 for kind in format_kinds(domain)}
@@ -179,21 +205,13 @@ def format_shares(texts: Sequence[str], domain: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- coverage
 
 
-def coverage(text: str, passage: Passage, domain: str) -> float | None:
-    """Share of the passage's facts (the gold answers of its questions) the self-edit states.
-
-    Microworld: exact, an answer is a world attribute value and counts when it occurs as a
-    whole word (``mentioned_values``). Elsewhere: an answer counts when its SQuAD-normalised
-    form is contained, on word boundaries, in the normalised self-edit (``graders.contains``,
-    the reward's own ``contains`` grader). Repeated answers count once. None: no answers.
-    """
+def coverage(text: str, passage: Passage, domain: Formats = TEXT) -> float | None:
+    """Share of the passage's facts (the gold answers of its questions) the self-edit states
+    (:meth:`Formats.states`). Repeated answers count once. None: no answers."""
     answers = {qa.answer for qa in passage.questions if qa.answer.strip()}
     if not answers:
         return None
-    if domain == "microworld":
-        stated = set(mentioned_values(text))
-        return sum(answer in stated for answer in answers) / len(answers)
-    return sum(contains(text, answer) for answer in answers) / len(answers)
+    return sum(domain.states(text, answer) for answer in answers) / len(answers)
 
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -237,7 +255,7 @@ def reward_by_coverage(coverages: Sequence[float], rewards: Sequence[float]) -> 
 def round_diagnostics(
     passages: Sequence[Passage],
     self_edits: Sequence[Sequence[str]],
-    domain: str = "text",
+    domain: Formats = TEXT,
     rewards: Sequence[Sequence[float | None]] | None = None,
     kept: dict[int, Sequence[int]] | None = None,
     max_pairs: int = 2000,
@@ -246,7 +264,7 @@ def round_diagnostics(
 
     Args:
         passages: the round's passages; self_edits: the texts of their ``k`` self-edits each.
-        domain: ``"microworld"`` (exact styles and values) or anything else (line formats,
+        domain: the task's classifier and coverage (:class:`Formats`; default: line formats,
             normalised answers).
         rewards: per passage, each self-edit's mean reward (None: failed); None: not scored.
         kept: the ReST-EM selection, passage -> kept self-edit indices; None: none yet.
@@ -254,7 +272,7 @@ def round_diagnostics(
 
     Returns ``n_self_edits``, ``mean_words`` (words), ``distinct_1`` / ``distinct_2``
     (:func:`passage_distinct_n`), ``similarity_within_passage`` / ``similarity_across_passages``,
-    ``format`` (``"style"`` in the microworld, ``"line"`` elsewhere) with ``format_shares`` of
+    ``format`` (``domain.name``: ``"line"``, or the task's, e.g. ``"style"``) with ``format_shares`` of
     all self-edits and ``kept_format_shares`` of the kept ones (what the policy update learns),
     ``coverage`` (mean of :func:`coverage`), and with rewards ``coverage_reward_pearson`` and
     ``reward_by_coverage`` (over self-edits that have both a coverage and a reward).
@@ -269,7 +287,7 @@ def round_diagnostics(
         "distinct_2": passage_distinct_n(self_edits, 2),
         "similarity_within_passage": within_passage_similarity(self_edits),
         "similarity_across_passages": across_passage_similarity(self_edits, max_pairs),
-        "format": "style" if domain == "microworld" else "line",
+        "format": domain.name,
         "format_shares": format_shares(texts, domain),
         "kept_format_shares": None,
         "coverage": fmean(known) if known else None,
@@ -301,10 +319,10 @@ def collapse_warning(
     (arXiv 2605.07724): the policy ends up writing one form, which a diversity floor catches
     in absolute terms and a drop catches while it happens.
 
-    A policy can also collapse onto one *style* while its words stay diverse (GRPO in the
-    microworld wrote 100 % question-answer self-edits about different people, distinct-2
-    high): the warning also fires when one format's share of ``format_shares`` (a microworld
-    style, or a line format elsewhere) is above ``max_format_share``, unless that format already
+    A policy can also collapse onto one *style* while its words stay diverse (GRPO in a
+    synthetic world wrote 100 % question-answer self-edits about different people, distinct-2
+    high): the warning also fires when one format's share of ``format_shares`` (a task's
+    exact style, or a line format) is above ``max_format_share``, unless that format already
     held more than ``max_format_share`` in ``first`` (the run's first round or step: the base
     policy's own habit is not a collapse). ``max_format_share`` 1.0 never fires.
     """

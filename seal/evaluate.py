@@ -25,11 +25,8 @@ from statistics import fmean
 from rich.console import Console
 from rich.table import Table
 
-from seal.arc.self_edit import resample_self_edits
-from seal.arc.tasks import load_arc_tasks
-from seal.arc.voting import arc_passage
 from seal.config import Recipe, RecipeError, parse_source, recipe_to_dict
-from seal.data import DataError, Passage, load_passages, load_squad_from_hub, match_self_edits
+from seal.data import DataError, Passage, load_passages, match_self_edits
 from seal.display import percent
 from seal.models import load_policy
 from seal.preflight import check_model, check_recipe
@@ -41,24 +38,16 @@ from seal.scoring import (
     baselines,
     make_judge,
     score_evaluations,
-    self_edit_evaluation,
-    self_edit_hint,
 )
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
+from seal.tasks.registry import make_task
 from seal.vllm_backend import check_vllm, sample_texts
 
 
 def load_eval_passages(recipe: Recipe) -> list[Passage]:
-    """The evaluation passages named by the recipe (with an ``arc`` section: the ARC tasks of
-    ``data.eval_file`` as passages, ``seal.arc.tasks``)."""
-    data = recipe.data
-    if recipe.arc is not None:
-        tasks = load_arc_tasks(data.eval_file, recipe.arc.eval_solutions, data.root, recipe.arc.eval_task_ids, data.n_eval_passages)
-        return [arc_passage(task, recipe.arc, recipe.seed) for task in tasks]
-    if data.hf_dataset:
-        return load_squad_from_hub(data.hf_dataset, "validation", data.n_eval_passages)
-    return load_passages(data.eval_file, data.n_eval_passages, data.root)
+    """The evaluation passages named by the recipe, read by its task (``Task.eval_passages``)."""
+    return make_task(recipe).eval_passages()
 
 
 def source_self_edits(
@@ -83,7 +72,7 @@ def source_self_edits(
         return [[] for _ in passages]
     if kind == "passage":
         return [[None] for _ in passages]
-    if kind == "text":  # one hand-written self-edit for every passage (ARC: an oracle configuration)
+    if kind == "text":  # one hand-written self-edit for every passage (e.g. an oracle configuration)
         return [[arg] * n for _ in passages]
     if kind == "file":
         src = load_passages(arg, root=recipe.data.root, require_questions=False)
@@ -92,11 +81,11 @@ def source_self_edits(
             if len(c) < n:
                 raise DataError(f"{arg}: passage {i} ({p.title!r}) has {len(c)} self-edits, {n} requested")
         return [list(c[:n]) for c in matched]
-    self_edit_config = recipe.self_edit
+    self_edit_config, task = recipe.self_edit, make_task(recipe)
     template = check_template(arg) if kind == "prompt" else self_edit_config.template
     if self_edit_config.backend == "vllm":  # seal.vllm_backend: the same seed for every policy, per passage
         path = arg if kind == "policy" else recipe.model.name_or_path
-        return sample_texts(path, passages, recipe, template, n, derive_seed(seed, "evaluate", template), hint=self_edit_hint(self_edit_config, recipe.arc))
+        return sample_texts(path, passages, recipe, template, n, derive_seed(seed, "evaluate", template), hint=task.self_edit_hint())
     if kind == "policy":
         model, tok = load_policy(recipe.model, arg)
     else:
@@ -106,13 +95,12 @@ def source_self_edits(
         return sample_self_edits(
             model, tok, [passages[i] for i in indices], template, n, self_edit_config.temperature, self_edit_config.top_p,
             self_edit_config.max_new_tokens, seed=draw_seed, batch_size=self_edit_config.batch_size,
-            chat=self_edit_config.chat_template, passage_indices=indices, hint=self_edit_hint(self_edit_config, recipe.arc),
+            chat=self_edit_config.chat_template, passage_indices=indices, hint=task.self_edit_hint(),
         )  # fmt: skip
 
     first_seed = derive_seed(seed, "evaluate", template)
     out = draw(list(range(len(passages))), first_seed)
-    if recipe.arc is not None and recipe.arc.invalid == "resample":  # redraw unparseable configurations
-        out = resample_self_edits(out, lambda tasks, attempt: draw(tasks, derive_seed(first_seed, "resample", attempt)), recipe)
+    out = task.resample_self_edits(out, lambda indices, attempt: draw(indices, derive_seed(first_seed, "resample", attempt)))
     if kind == "policy":
         del model
         gc.collect()
@@ -129,19 +117,16 @@ def evaluations_for(
 ) -> list[Evaluation]:
     """The inner-loop evaluations of one source: every (passage, self-edit, repetition), with
     the passage's baseline accuracy when ``baseline_accuracies`` (one per passage) is given."""
-    self_edit_config = recipe.self_edit
-    template = parse_source(source)[1] if source.startswith("prompt:") else self_edit_config.template
+    task = make_task(recipe)
+    template = parse_source(source)[1] if source.startswith("prompt:") else recipe.self_edit.template
     return [
-        self_edit_evaluation(
+        task.evaluation(
             key={"source": source, "passage": p, "self_edit": e, "repetition": rep},
             passage=passages[p],
             completion=c,
-            self_edit=self_edit_config,
-            inner=recipe.inner,
             seed=derive_seed(seed, "adapter", p, e, rep),
             baseline_accuracy=baseline_accuracies[p] if baseline_accuracies is not None else None,
             template=template,
-            arc=recipe.arc,
         )
         for p in range(len(passages))
         for e, c in enumerate(edits[p])
@@ -182,11 +167,11 @@ def evaluate(recipe: Recipe, out_dir: str | Path, console: Console | None = None
         model, tok = load_policy(recipe.model)
         edits = source_self_edits(config.source, passages, recipe, config.n_self_edits, recipe.seed, base=(model, tok))
         run.start(recipe_to_dict(recipe), seeds={"seed": recipe.seed})
-        judge = make_judge(recipe.qa)
-        base_acc = [row["accuracy"] for row in baselines(model, tok, passages, recipe.qa, judge)]
+        judge, task = make_judge(recipe.qa), make_task(recipe)
+        base_acc = [row["accuracy"] for row in baselines(model, tok, passages, recipe.qa, judge, task)]
         evaluations = evaluations_for(config.source, passages, edits, recipe, recipe.seed, base_acc)
         records = score_evaluations(
-            model, tok, evaluations, recipe.inner, recipe.qa, judge, on_record=lambda record: append_jsonl(run.journal, record.to_json())
+            model, tok, evaluations, recipe.inner, recipe.qa, judge, on_record=lambda record: append_jsonl(run.journal, record.to_json()), task=task
         )
         adapted = per_passage_accuracy(records, len(passages)) if evaluations else base_acc
         valid = [(a, b) for a, b in zip(adapted, base_acc, strict=True) if a is not None and b is not None]

@@ -14,9 +14,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
-
-from seal.arc.grids import grids_match
+from collections.abc import Callable, Mapping, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -55,7 +53,7 @@ def contains(prediction: str, gold: str) -> float:
     return float(f" {g} " in f" {p} ")
 
 
-_LOCAL = {"exact": exact_match, "f1": token_f1, "contains": contains, "grid": grids_match}
+_LOCAL = {"exact": exact_match, "f1": token_f1, "contains": contains}
 
 
 def grade(
@@ -64,14 +62,17 @@ def grade(
     predictions: Sequence[str],
     grader: str,
     judge=None,
+    extra: Mapping[str, Callable[[str, str], float]] | None = None,
 ) -> list[float | None]:
     """Score predictions against gold answers with the named grader.
 
     Args:
         questions, golds, predictions: equal-length sequences (one entry per question).
-        grader: 'exact', 'f1', 'contains', 'grid' (ARC: exact grid, ``seal.arc.grids.grids_match``) or 'judge'.
+        grader: 'exact', 'f1', 'contains', 'judge', or a name of ``extra``.
         judge: an object with ``grade(list[(question, gold, prediction)]) -> list[float | None]``
             (``seal.judge.LLMJudge``); required for 'judge'.
+        extra: a task's own graders, ``(prediction, gold) -> score`` by name
+            (``seal.tasks.base.Task.graders``: task arc's ``grid``).
 
     Raises:
         ValueError: unknown grader, mismatched lengths, or 'judge' without a judge.
@@ -82,7 +83,8 @@ def grade(
         if judge is None:
             raise ValueError("grader 'judge' needs an LLM judge (qa.judge settings)")
         return judge.grade(list(zip(questions, golds, predictions, strict=True)))
-    if grader not in _LOCAL:
-        raise ValueError(f"unknown grader {grader!r}; known: exact, f1, contains, grid, judge")
-    fn = _LOCAL[grader]
+    local = {**_LOCAL, **(extra or {})}
+    if grader not in local:
+        raise ValueError(f"unknown grader {grader!r}; known: {', '.join(sorted(local))}, judge")
+    fn = local[grader]
     return [fn(p, g) for p, g in zip(predictions, golds, strict=True)]

@@ -117,10 +117,10 @@ from seal.scoring import (
     Evaluation,
     EvaluationRecord,
     score_evaluations,
-    self_edit_evaluation,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.stages import Round, baselines_stage, open_round, run_stage
+from seal.tasks.registry import Task
 from seal.tracking import Tracking
 
 
@@ -129,18 +129,21 @@ def completion_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def step_evaluations(recipe: Recipe, passages: list[Passage], baselines: list[BaselineRecord], step: int, passage_indices: list[int], texts: list[str]) -> list[Evaluation]:
+def step_evaluations(
+    task: Task, passages: list[Passage], baselines: list[BaselineRecord], step: int, passage_indices: list[int], texts: list[str]
+) -> list[Evaluation]:
     """The evaluations of one step's completions: ``inner.eval_times`` per completion, in
     completion order (so a group's evaluations are consecutive, like a ReST-EM passage's).
 
     A completion's ``self_edit`` index is its place among the step's completions of the same
     passage (0 .. num_generations - 1). Its key holds the text's hash (:func:`completion_hash`,
     part of the identity) and the text itself (``completion_text``, so samples can be read
-    back). Built by ``scoring.self_edit_evaluation``, ReST-EM's
-    builder (training texts, ``self_edit.hparams`` blocks), with the adapter seed of
+    back). Built by the task (``Task.evaluation``), ReST-EM's
+    builder (training texts, ``self_edit.hparams`` blocks, task arc's configurations), with the adapter seed of
     ``stages.round_evaluations``, the step in the round's place: GRPO's step s scores a text
     exactly as ReST-EM's round s scores it as that self-edit.
     """
+    recipe = task.recipe
     place: Counter[int] = Counter()
     out = []
     for p, text in zip(passage_indices, texts, strict=True):
@@ -152,8 +155,8 @@ def step_evaluations(recipe: Recipe, passages: list[Passage], baselines: list[Ba
                 "completion": completion_hash(text), "completion_text": text,
             }  # fmt: skip
             out.append(
-                self_edit_evaluation(
-                    key=key, passage=passages[p], completion=text, self_edit=recipe.self_edit, inner=recipe.inner,
+                task.evaluation(
+                    key=key, passage=passages[p], completion=text,
                     seed=derive_seed(recipe.seed, "adapter", step, p, e, repetition), baseline_accuracy=baselines[p].accuracy,
                 )  # fmt: skip
             )
@@ -213,7 +216,7 @@ class InnerLoopReward:
         passage = [p for share in shares for p in share[0]]
         texts_all = [t for share in shares for t in share[1]]
         cut = [c for share in shares for c in share[2]]
-        evaluations = step_evaluations(self.round.recipe, self.round.passages, self.baselines, step, passage, texts_all)
+        evaluations = step_evaluations(self.round.task, self.round.passages, self.baselines, step, passage, texts_all)
         records, computed = self.score(evaluations, cut)
         per = self.round.recipe.inner.eval_times
         rewards = [mean_reward([r.reward for r in records[i * per : (i + 1) * per]]) for i in range(len(texts_all))]
@@ -247,7 +250,7 @@ class InnerLoopReward:
 
             score_evaluations(
                 round_.model, round_.tokenizer, chunk, recipe.inner, recipe.qa, round_.judge, on_record=journal,
-                retry_in_halves=True, console=round_.console,
+                retry_in_halves=True, console=round_.console, task=round_.task,
             )  # fmt: skip
             here.update(new)
             return new
@@ -300,7 +303,7 @@ def step_metrics(reward: InnerLoopReward, steps: list[int], logs: dict, global_s
     diagnostics = None
     if config.enabled and order:
         diagnostics = round_diagnostics(
-            [round_.passages[p] for p in order], [by_passage[p][0] for p in order], domain=round_.domain,
+            [round_.passages[p] for p in order], [by_passage[p][0] for p in order], domain=round_.task.diagnostics,
             rewards=[by_passage[p][1] for p in order], max_pairs=config.max_pairs,
         )  # fmt: skip
     return {
@@ -481,13 +484,14 @@ def passage_order(recipe: Recipe, n_passages: int) -> list[int]:
     return order[:need]
 
 
-def prompt_dataset(recipe: Recipe, passages: list[Passage], tokenizer):
-    """TRL's prompt dataset, read in order: ``{"prompt": the self-edit prompt, "passage": its
-    index}`` per entry of :func:`passage_order`."""
+def prompt_dataset(task: Task, passages: list[Passage], tokenizer):
+    """TRL's prompt dataset, read in order: ``{"prompt": the self-edit prompt (with the task's
+    hint, as ReST-EM's), "passage": its index}`` per entry of :func:`passage_order`."""
     from datasets import Dataset
 
-    se = recipe.self_edit
-    prompts = [self_edit_prompt(se.template, p.title, p.context, tokenizer, se.chat_template) for p in passages]
+    recipe, se = task.recipe, task.recipe.self_edit
+    hint = task.self_edit_hint()
+    prompts = [self_edit_prompt(se.template, p.title, p.context, tokenizer, se.chat_template, hint) for p in passages]
     return Dataset.from_list([{"prompt": prompts[i], "passage": i} for i in passage_order(recipe, len(passages))])
 
 
@@ -538,7 +542,7 @@ def run_grpo(recipe: Recipe, run: RunDir, passages: list[Passage], bar: Progress
     tracking = tracking or Tracking([])
     with tracking.for_trainer("grpo", last=True) as report_to:
         trainer = trainer_class(
-            model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size, report_to), train_dataset=prompt_dataset(recipe, passages, tokenizer),
+            model=policy, reward_funcs=[reward], args=trl_config(recipe, out_dir, dist.world_size, report_to), train_dataset=prompt_dataset(round_.task, passages, tokenizer),
             processing_class=tokenizer, peft_config=peft_lora_config(g.lora), callbacks=[step_logger(reward, run, console, bar, resumed_at, tracking)],
         )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # TRL's raw log dicts: step_logger prints the steps instead

@@ -211,8 +211,8 @@ def read_block(block: str, space: HparamsConfig) -> dict:
 
 
 def check_settings(raw: dict, space: HparamsConfig) -> AdapterSettings:
-    """:func:`read_block`'s keys and values checked against the declared space (``seal.arc``
-    checks its own keys and passes the rest here).
+    """:func:`read_block`'s keys and values checked against the declared space (a task
+    whose self-edits carry more keys checks its own and passes the rest here).
 
     Raises:
         HparamsError: an unknown or undeclared key, a wrong type, a non-finite number, or a
@@ -261,9 +261,8 @@ def summarize(settings: list[dict]) -> dict:
     ``settings``: one resolved dict per self-edit (:meth:`AdapterSettings.resolve`). ``lr``
     is the geometric mean (learning rates are compared on a log scale), ``epochs`` the mean,
     ``loss_on`` and ``lora_rank`` the share of each value (keys as strings, sorted; shares
-    sum to 1). All None / empty when ``settings`` is empty. With ARC configurations
-    (``seal.arc``: a ``families`` list per setting), ``families`` is the share of settings
-    that switched each family on.
+    sum to 1). All None / empty when ``settings`` is empty. A list-valued key (a task's set of
+    choices, e.g. a list of augmentation families) gives, per member, the share of settings that chose it.
     """
     n = len(settings)
 
@@ -278,9 +277,10 @@ def summarize(settings: list[dict]) -> dict:
         "loss_on": shares("loss_on"),
         "lora_rank": shares("lora_rank"),
     }
-    if any("families" in s for s in settings):  # ARC configurations: how often each family was on
-        names = sorted({f for s in settings for f in s.get("families", [])})
-        out["families"] = {f: sum(f in s.get("families", []) for s in settings) / n for f in names}
+    # A task's list-valued choices (e.g. augmentation families): the share of settings that chose each member.
+    for key in sorted({k for s in settings for k, v in s.items() if isinstance(v, list)}):
+        names = sorted({f for s in settings for f in s.get(key, [])})
+        out[key] = {f: sum(f in s.get(key, []) for s in settings) / n for f in names}
     return out
 
 

@@ -31,7 +31,7 @@ import torch
 
 from seal.config import CurationWeights, ModelConfig, SFTConfig
 from seal.data import Passage
-from seal.diagnostics import coverage, similarity
+from seal.diagnostics import TEXT, Formats, coverage, similarity
 from seal.models import load_policy, peft_lora_config, policy_revision, write_adapter_chain
 from seal.rundir import atomic_dir
 from seal.sections import RecipeError
@@ -65,7 +65,7 @@ def select_best(
     return kept
 
 
-def curation_scores(passage: Passage, texts: Sequence[str], rewards: Sequence[float | None], domain: str = "text") -> list[dict | None]:
+def curation_scores(passage: Passage, texts: Sequence[str], rewards: Sequence[float | None], domain: Formats = TEXT) -> list[dict | None]:
     """Per self-edit of one passage, what a multi-reward curation ranks it by (None: failed):
 
     * ``gain``: its mean reward (adapted minus baseline accuracy, in [-1, 1]);

@@ -13,19 +13,15 @@ here (:meth:`EvaluationRecord.graded`, :meth:`EvaluationRecord.failed`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 from rich.console import Console
 
-from seal.arc.config import ArcSection
-from seal.arc.self_edit import configuration_hint, read_configuration, ttt_texts
-from seal.arc.tasks import ArcPassage
-from seal.arc.voting import vote_scores
 from seal.config import InnerLoopConfig, QAConfig, SelfEditConfig
 from seal.data import Passage
 from seal.graders import grade
-from seal.hparams import AdapterSettings, ParsedSelfEdit, parse_self_edit, prompt_hint
+from seal.hparams import AdapterSettings, ParsedSelfEdit, parse_self_edit
 from seal.inner_loop import (
     AdapterJob,
     AdapterResult,
@@ -34,9 +30,8 @@ from seal.inner_loop import (
     run_in_halves,
     run_inner_loop,
 )
-from seal.prompts import CHAT_TEMPLATES, qa_prompt
+from seal.prompts import qa_prompt
 from seal.rewards import accuracy, reward
-from seal.seeding import derive_seed
 from seal.self_edits import train_texts
 
 
@@ -163,13 +158,15 @@ class EvaluationRecord(JournalRecord):
     hparams: dict | None = field(default=None, metadata={"omit_none": True})
 
     @classmethod
-    def graded(cls, evaluation: Evaluation, result: AdapterResult, qa: QAConfig, judge=None, failure_reward: float | None = None) -> EvaluationRecord:
+    def graded(
+        cls, evaluation: Evaluation, result: AdapterResult, qa: QAConfig, judge=None, failure_reward: float | None = None, task: TextQA | None = None
+    ) -> EvaluationRecord:
         """The record of an evaluation whose inner loop returned ``result``: its answers graded
-        with the recipe's grader (``qa.grader``, ``qa.ungraded``), or :meth:`failed` when
-        ``result.error`` is set."""
+        with the recipe's grader (``qa.grader``, ``qa.ungraded``) by ``task`` (the recipe's
+        task, ``seal.tasks``; None: :data:`TEXT_QA`), or :meth:`failed` when ``result.error`` is set."""
         if result.error is not None:
             return cls.failed(evaluation, result.error, result.seconds, failure_reward, result)
-        scores = grade_answers(evaluation.passage, result.answers, qa, judge)
+        scores = (task or TEXT_QA).grade_answers(evaluation.passage, result.answers, qa, judge)
         adapter_accuracy = accuracy(scores, qa.ungraded)
         gain = adapter_accuracy if qa.reward == "accuracy" else reward(adapter_accuracy, evaluation.baseline_accuracy)
         return cls._of(evaluation, result, scores, adapter_accuracy, gain)
@@ -212,15 +209,13 @@ class EvaluationRecord(JournalRecord):
 
 def self_edit_evaluation(
     key: dict, passage: Passage, completion: str | None, self_edit: SelfEditConfig, inner: InnerLoopConfig, seed: int,
-    baseline_accuracy: float | None = None, template: str | None = None, arc: ArcSection | None = None,
+    baseline_accuracy: float | None = None, template: str | None = None,
 ) -> Evaluation:  # fmt: skip
-    """The evaluation of one self-edit (``completion``; None: the passage alone): its training
-    texts (``train_texts``, template ``template`` or ``self_edit.template``) and, with
+    """The evaluation of one text self-edit (``completion``; None: the passage alone): its
+    training texts (``train_texts``, template ``template`` or ``self_edit.template``) and, with
     ``self_edit.hparams.enabled``, the settings of its hyperparameter block, read by
     :func:`seal.hparams.parse_self_edit` (a refused block: ``invalid`` set to the reason).
-    An ARC task (``arc`` given and an :class:`~seal.arc.tasks.ArcPassage`): :func:`arc_evaluation`."""
-    if arc is not None and isinstance(passage, ArcPassage):
-        return arc_evaluation(key, passage, completion, self_edit, inner, seed, arc, baseline_accuracy)
+    The text tasks' builder (``seal.tasks.base.TextTask.evaluation``)."""
     template = template or self_edit.template
     parsed = parse_self_edit(completion, self_edit.hparams) if completion else ParsedSelfEdit(completion, AdapterSettings())
     enabled = self_edit.hparams.enabled
@@ -236,43 +231,6 @@ def self_edit_evaluation(
     )
 
 
-def arc_evaluation(
-    key: dict, passage: ArcPassage, completion: str | None, self_edit: SelfEditConfig, inner: InnerLoopConfig, seed: int,
-    arc: ArcSection, baseline_accuracy: float | None = None,
-) -> Evaluation:  # fmt: skip
-    """The evaluation of one ARC configuration (``seal.arc.self_edit``): its test-time-training
-    texts (:func:`seal.arc.self_edit.ttt_texts`, seeded from the adapter's seed) and settings;
-    ``hparams`` records the resolved settings plus ``families`` (and ``untrained``, the reason,
-    when it trains 0 epochs: a key left out under ``arc.missing_keys: reference``, or more
-    steps than ``arc.max_steps``). ``completion`` None: no training (the in-context answer). A configuration that does not parse or leaves the
-    declared space: ``invalid`` set to the reason (a failure, reward ``inner.failure_reward``)."""
-    if completion is None:
-        return Evaluation(key, passage, [], seed, baseline_accuracy, AdapterSettings())
-    config, error = read_configuration(completion, self_edit.hparams, arc)
-    if config is None:
-        return Evaluation(key, passage, [], seed, baseline_accuracy, None, None, invalid=error)
-    texts = ttt_texts(passage.task, config.families, arc, derive_seed(seed, "arc-ttt") % 2**32)
-    settings, untrained = config.settings, config.untrained
-    epochs = settings.resolve(inner)["epochs"]
-    if untrained is None and arc.max_steps is not None and epochs * len(texts) // inner.batch_size > arc.max_steps:
-        # The reference's step guard (self-edit.py:552-555): too many steps train 0 epochs.
-        untrained = f"{epochs} epochs x {len(texts)} texts // batch {inner.batch_size} > {arc.max_steps} steps"
-        settings = AdapterSettings(settings.lr, 0, settings.loss_on, settings.lora_rank)
-    hparams = settings.resolve(inner) | {"families": list(config.families)}
-    if untrained is not None:
-        hparams["untrained"] = untrained
-    return Evaluation(key, passage, texts, seed, baseline_accuracy, settings, hparams)
-
-
-def self_edit_hint(self_edit: SelfEditConfig, arc: ArcSection | None = None) -> str:
-    """The self-edit prompt's hint: how to write an ARC configuration (with the recipe's ``arc``
-    section), else the hyperparameter block's (:func:`seal.hparams.prompt_hint`, "" when off)."""
-    if arc is not None:
-        # The reference's prompt carries its own instructions (seal.prompts.CHAT_TEMPLATES).
-        return "" if self_edit.template in CHAT_TEMPLATES else configuration_hint(self_edit.hparams, arc)
-    return prompt_hint(self_edit.hparams)
-
-
 def make_judge(qa: QAConfig):
     """The LLM judge when ``qa.grader == 'judge'``, else None."""
     if qa.grader != "judge":
@@ -284,12 +242,7 @@ def make_judge(qa: QAConfig):
 
 
 def question_prompts(passage: Passage, template: str = "reference") -> list[str]:
-    """No-passage QA prompts for every question of the passage (``template``: ``qa.template``);
-    an ARC task answered by vote (``arc.inference: vote``): every augmented query of every
-    test input instead (:class:`seal.arc.voting.VotePlan`), as many as :func:`n_prompts`."""
-    plan = _vote_plan(passage)
-    if plan is not None:
-        return [qa_prompt(passage.title, q.text, template) for queries in plan.queries for q in queries]
+    """No-passage QA prompts for every question of the passage (``template``: ``qa.template``)."""
     return [qa_prompt(passage.title, q.question, template) for q in passage.questions]
 
 
@@ -302,40 +255,58 @@ def judge_question(passage: Passage, question: str, qa: QAConfig) -> str:
 
 def n_prompts(passage: Passage) -> int:
     """How many prompts (and so answers) :func:`question_prompts` gives the passage."""
-    plan = _vote_plan(passage)
-    return len(passage.questions) if plan is None else plan.n_queries
+    return len(passage.questions)
 
 
-def _vote_plan(passage: Passage):
-    return passage.vote if isinstance(passage, ArcPassage) else None
-
-
-def grade_answers(passage: Passage, answers: Sequence[str], qa: QAConfig, judge=None) -> list[float | None]:
-    """Grade one passage's answers (one per prompt of :func:`question_prompts`) with the
-    recipe's grader: one score per question. An ARC task answered by vote: the answers are
-    voted per test input and every score is the task's verdict
-    (:func:`seal.arc.voting.vote_scores`: 1.0 only when every test input is solved)."""
-    plan = _vote_plan(passage)
-    if plan is not None:
-        return vote_scores(plan, [t.output for t in passage.task.test], answers)
+def grade_answers(passage: Passage, answers: Sequence[str], qa: QAConfig, judge=None, graders: Mapping[str, Callable[[str, str], float]] | None = None) -> list[float | None]:
+    """Grade one passage's answers (one per question) with the recipe's grader (``qa.grader``,
+    looked up in ``graders`` first: a task's own graders): one score per question."""
     questions = [judge_question(passage, q.question, qa) if qa.grader == "judge" else q.question for q in passage.questions]
-    return grade(questions, [q.answer for q in passage.questions], answers, qa.grader, judge)
+    return grade(questions, [q.answer for q in passage.questions], answers, qa.grader, judge, graders)
 
 
-def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge=None) -> list[dict]:
-    """The un-adapted model's answers, scores and accuracy per passage, in one batched generation.
+class TextQA:
+    """How a passage's questions are asked and graded, one prompt per question: the base of
+    every task (``seal.tasks.base.Task``), which may ask more prompts per question and grade
+    them otherwise (ARC's vote). The scoring functions take one (None: :data:`TEXT_QA`)."""
+
+    def question_prompts(self, passage: Passage, template: str = "reference") -> list[str]:
+        """The passage's no-passage QA prompts (:func:`question_prompts`)."""
+        return question_prompts(passage, template)
+
+    def n_prompts(self, passage: Passage) -> int:
+        """How many prompts :meth:`question_prompts` gives the passage."""
+        return n_prompts(passage)
+
+    def graders(self) -> dict[str, Callable[[str, str], float]]:
+        """Graders of this task beyond :mod:`seal.graders`' own, by ``qa.grader`` name."""
+        return {}
+
+    def grade_answers(self, passage: Passage, answers: Sequence[str], qa: QAConfig, judge=None) -> list[float | None]:
+        """One score per question of the passage's answers (one per prompt of :meth:`question_prompts`)."""
+        return grade_answers(passage, answers, qa, judge, self.graders())
+
+
+#: Text QA: one prompt per question, graded by ``qa.grader``.
+TEXT_QA = TextQA()
+
+
+def baselines(model, tokenizer, passages: Sequence[Passage], qa: QAConfig, judge=None, task: TextQA | None = None) -> list[dict]:
+    """The un-adapted model's answers, scores and accuracy per passage, in one batched generation
+    (prompts and grading: ``task``'s, None: :data:`TEXT_QA`).
 
     Returns one ``{"answers", "scores", "accuracy", "seconds"}`` per passage (seconds: the
     passage's share of the wall time): the fields of a :class:`BaselineRecord` but its key.
     """
+    task = task or TEXT_QA
     t0 = time.perf_counter()
-    prompts = [pr for p in passages for pr in question_prompts(p, qa.template)]
+    prompts = [pr for p in passages for pr in task.question_prompts(p, qa.template)]
     answers = answer_questions(model, tokenizer, prompts, qa.max_new_tokens, qa.batch_size)
     out, i = [], 0
     for p in passages:
-        a = answers[i : i + n_prompts(p)]
-        i += n_prompts(p)
-        scores = grade_answers(p, a, qa, judge)
+        a = answers[i : i + task.n_prompts(p)]
+        i += task.n_prompts(p)
+        scores = task.grade_answers(p, a, qa, judge)
         out.append({"answers": a, "scores": scores, "accuracy": accuracy(scores, qa.ungraded)})
     dt = (time.perf_counter() - t0) / max(len(passages), 1)
     for row in out:
@@ -354,6 +325,7 @@ def score_evaluations(
     progress: Callable[[int], None] | None = None,
     retry_in_halves: bool = False,
     console: Console | None = None,
+    task: TextQA | None = None,
 ) -> list[EvaluationRecord]:
     """Run evaluations in chunks of ``inner.batch_adapters`` (one batched inner loop each);
     one record per evaluation, in order.
@@ -385,12 +357,12 @@ def score_evaluations(
                 keep(evaluation, EvaluationRecord.failed(evaluation, evaluation.invalid, 0.0, inner.failure_reward))
         chunk = [evaluation for evaluation in chunk if evaluation.invalid is None]
         jobs = [
-            AdapterJob(texts=evaluation.texts, prompts=question_prompts(evaluation.passage, qa.template), seed=evaluation.seed, settings=evaluation.settings)
+            AdapterJob(texts=evaluation.texts, prompts=(task or TEXT_QA).question_prompts(evaluation.passage, qa.template), seed=evaluation.seed, settings=evaluation.settings)
             for evaluation in chunk
         ]
         results = run_inner_loop(model, tokenizer, jobs, inner, qa.max_new_tokens, qa.batch_size)
         for evaluation, result in zip(chunk, results, strict=True):
-            keep(evaluation, EvaluationRecord.graded(evaluation, result, qa, judge, inner.failure_reward))
+            keep(evaluation, EvaluationRecord.graded(evaluation, result, qa, judge, inner.failure_reward, task))
 
     def warn(n: int, reason: str) -> None:
         if console is not None:
@@ -425,6 +397,7 @@ def run_evaluations(
     judge=None,
     on_record: Callable[[dict], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    task: TextQA | None = None,
 ) -> list[dict]:
     """:func:`score_evaluations` in JSON form (for ``seal.bench.protocols``): each evaluation's
     ``baseline_accuracy`` is set from ``baseline_accuracy(evaluation)`` first, and records go
@@ -432,4 +405,4 @@ def run_evaluations(
     for evaluation in evaluations:
         evaluation.baseline_accuracy = baseline_accuracy(evaluation)
     report = (lambda record: on_record(record.to_json())) if on_record else None
-    return [record.to_json() for record in score_evaluations(model, tokenizer, evaluations, inner, qa, judge, report, progress)]
+    return [record.to_json() for record in score_evaluations(model, tokenizer, evaluations, inner, qa, judge, report, progress, task=task)]

@@ -42,9 +42,9 @@ class TinyModelConfig(Section):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
     seed: int = Field(0)
-    warmup: Literal["none", "arc-configs"] = Field(
+    warmup: str = Field(
         "none",
-        description="After building: 'none' (a random model, as before) or 'arc-configs' (ARC recipes: warmup_steps of training on the recipe's self-edit prompts of the training tasks, each followed by a configuration drawn from the declared space, so sampled self-edits parse; seal.arc.warmup). With a warm-up the directory records these settings (seal_tiny.json) and a directory built otherwise is refused.",
+        description="After building: 'none' (a random model) or a warm-up the recipe's task offers (task arc: 'arc-configs', warmup_steps of training on the recipe's self-edit prompts of the training tasks, each followed by a configuration drawn from the declared space, so sampled self-edits parse; seal.arc.warmup). With a warm-up the directory records these settings (seal_tiny.json) and a directory built otherwise is refused.",
     )
     warmup_steps: int = Field(200, ge=1, description="AdamW steps of the warm-up (batch 8; about 0.1-0.15 s each at width 64 on one CPU thread).")
     warmup_lr: float = Field(1e-2, gt=0, description="The warm-up's peak AdamW learning rate (20 warm-up steps, then linear decay to 0).")

@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.arc.self_edit import read_configuration, resample_self_edits
 from seal.config import Recipe
 from seal.data import Passage
 from seal.diagnostics import collapse_warning, round_diagnostics, summary_line
@@ -60,8 +59,6 @@ from seal.scoring import (
     make_judge,
     n_prompts,
     score_evaluations,
-    self_edit_evaluation,
-    self_edit_hint,
 )
 from seal.seeding import derive_seed, seed_everything
 from seal.self_edits import (
@@ -71,6 +68,7 @@ from seal.self_edits import (
     self_edits_to_json,
 )
 from seal.sharding import shard_model
+from seal.tasks.registry import Task, make_task
 from seal.tracking import Tracking
 from seal.vllm_backend import VLLMSampler, stop_token_ids
 
@@ -130,12 +128,10 @@ class Round:
         and given to every rank; None when it or any of ``requires`` does not exist."""
         return self.dist.main_decides(lambda: read_json_or_none(path) if all(p.exists() for p in requires) else None)
 
-    @property
-    def domain(self) -> str:
-        """``"microworld"`` (self-edits have exact styles and fact values, ``seal.diagnostics``)
-        when the recipe has a ``microworld`` section, else ``"text"`` (ARC's configurations
-        included: their diagnostics are of the text kind)."""
-        return "microworld" if self.recipe.microworld is not None else "text"
+    @functools.cached_property
+    def task(self) -> Task:
+        """The recipe's task (``seal.tasks``): its prompts, evaluations, grading, metrics and diagnostics."""
+        return make_task(self.recipe)
 
     @property
     def sharded(self) -> bool:
@@ -296,7 +292,7 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     first passage's index; with ``self_edit.backend: vllm`` each passage from its own index,
     ``seal.vllm_backend``)."""
     recipe, passages, config = round_.recipe, round_.passages, round_.recipe.self_edit
-    hint = self_edit_hint(config, recipe.arc)
+    hint = round_.task.self_edit_hint()
     path = round_.dir / "self_edits.json"
     saved = round_.saved(path)
     if saved is not None:
@@ -322,8 +318,7 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
     def sample(unit: list[int]) -> dict[int, list[SelfEdit]]:
         seed = derive_seed(recipe.seed, "round", round_.index)
         drawn = draw(unit, seed)
-        if recipe.arc is not None and recipe.arc.invalid == "resample":
-            drawn = resample_self_edits(drawn, lambda tasks, attempt: draw([unit[t] for t in tasks], derive_seed(seed, "resample", attempt)), recipe)
+        drawn = round_.task.resample_self_edits(drawn, lambda tasks, attempt: draw([unit[t] for t in tasks], derive_seed(seed, "resample", attempt)))
         return dict(zip(unit, drawn, strict=True))
 
     n = len(passages)
@@ -342,10 +337,10 @@ def sample_stage(round_: Round) -> list[list[SelfEdit]]:
 # ----------------------------------------------------------------------------- 2. baselines
 
 
-def baseline_chunks(passages: list[Passage], max_questions: int) -> list[list[int]]:
-    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (prompts:
-    an ARC task answered by vote asks each as several, ``seal.scoring.n_prompts``; at
-    least one passage): one batched generation each, the same whatever the process count."""
+def baseline_chunks(passages: list[Passage], max_questions: int, n_prompts: Callable[[Passage], int] = n_prompts) -> list[list[int]]:
+    """Consecutive passages grouped so a chunk has at most ``max_questions`` questions (prompts,
+    ``n_prompts(passage)``: the task's, which may ask a question as several; at least one
+    passage): one batched generation each, the same whatever the process count."""
     chunks: list[list[int]] = []
     current: list[int] = []
     n_questions = 0
@@ -376,7 +371,7 @@ def baselines_stage(round_: Round) -> list[BaselineRecord]:
     finished = {row["passage"]: BaselineRecord.from_json(row) for row in round_.journal if row.get("kind") == "baseline"}
 
     def answer(unit: list[int]) -> dict[int, BaselineRecord]:
-        rows = baselines(round_.model, round_.tokenizer, [passages[i] for i in unit], recipe.qa, round_.judge)
+        rows = baselines(round_.model, round_.tokenizer, [passages[i] for i in unit], recipe.qa, round_.judge, round_.task)
         new = {}
         for i, row in zip(unit, rows, strict=True):
             if i not in finished:
@@ -385,7 +380,7 @@ def baselines_stage(round_: Round) -> list[BaselineRecord]:
                 round_.record(new[i].to_json())
         return new
 
-    done, _ = run_stage(round_, baseline_chunks(passages, recipe.qa.batch_size), answer, finished)
+    done, _ = run_stage(round_, baseline_chunks(passages, recipe.qa.batch_size, round_.task.n_prompts), answer, finished)
     return [done[i] for i in range(len(passages))]
 
 
@@ -397,15 +392,12 @@ def round_evaluations(round_: Round, self_edits: list[list[SelfEdit]], baseline_
     training texts, adapter seed and baseline accuracy."""
     recipe, passages = round_.recipe, round_.passages
     return [
-        self_edit_evaluation(
+        round_.task.evaluation(
             key={"kind": "evaluation", "round": round_.index, "passage": p, "self_edit": e, "repetition": repetition},
             passage=passages[p],
             completion=self_edit.text,
-            self_edit=recipe.self_edit,
-            inner=recipe.inner,
             seed=derive_seed(recipe.seed, "adapter", round_.index, p, e, repetition),
             baseline_accuracy=baseline_records[p].accuracy,
-            arc=recipe.arc,
         )
         for p in range(len(passages))
         for e, self_edit in enumerate(self_edits[p])
@@ -438,7 +430,7 @@ def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_
 
         score_evaluations(
             round_.model, round_.tokenizer, unit, recipe.inner, recipe.qa, round_.judge, on_record=journal,
-            retry_in_halves=True, console=round_.console,
+            retry_in_halves=True, console=round_.console, task=round_.task,
         )  # fmt: skip
         return new
 
@@ -540,7 +532,7 @@ def selection_stage(round_: Round, self_edits: list[list[SelfEdit]], records: li
     if config.curation == "gain":
         kept = select_best(candidates, config.k_best, config.reward_threshold, config.keep_regardless)
     else:
-        scores = {p: curation_scores(round_.passages[p], texts[p], candidates[p], round_.domain) for p in texts}
+        scores = {p: curation_scores(round_.passages[p], texts[p], candidates[p], round_.task.diagnostics) for p in texts}
         kept = curate(scores, config.curation, config.curation_weights, config.k_best, config.reward_threshold, config.keep_regardless)
     prompts = {p: edits[0].prompt for p, edits in enumerate(self_edits) if edits}
     rows = sft_rows(prompts, texts, kept)
@@ -628,7 +620,7 @@ def diagnostics_stage(round_: Round, self_edits: list[list[SelfEdit]], selection
     space = round_.recipe.self_edit.hparams
     texts = [[split_block(e.text, space.marker)[0] if space.enabled else e.text for e in edits] for edits in self_edits]
     diagnostics = round_diagnostics(
-        round_.passages, texts, domain=round_.domain,
+        round_.passages, texts, domain=round_.task.diagnostics,
         rewards=[selection.rewards[p] for p in range(len(self_edits))], kept=selection.kept, max_pairs=config.max_pairs,
     )  # fmt: skip
     previous = round_.saved(round_.run.round_dir(round_.index - 1) / "metrics.json") if round_.index > 0 else None
@@ -667,17 +659,15 @@ def round_metrics(
     Timing fields: see ``seal.train.TIMING_FIELDS``. With hyperparameter self-edits on,
     ``hparams`` is :func:`seal.hparams.round_summary`: the settings chosen by all self-edits
     and by the kept ones (geometric mean lr, mean epochs, shares of loss_on and lora_rank).
-    With an ``arc`` section, ``arc`` is :func:`arc_round_summary` (resampled configurations,
-    untrained adapters).
+    The task's own entries come first (``seal.tasks.base.Task.round_metrics``; task arc:
+    ``arc``, resampled configurations and untrained adapters).
     """
     adapter_accuracies = [record.adapter_accuracy for record in records if record.adapter_accuracy is not None]
     best = [max(v for v in rs if v is not None) for rs in selection.rewards.values() if any(v is not None for v in rs)]
     eval_seconds = [record.seconds for record in records]
     baseline_accuracies = [record.accuracy for record in baseline_records if record.accuracy is not None]
     failures = Counter(record.error for record in records if record.error is not None)
-    extra = {}
-    if round_.recipe.arc is not None:  # ARC: resampled configurations and untrained adapters
-        extra["arc"] = arc_round_summary(round_.recipe, self_edits, records)
+    extra = dict(round_.task.round_metrics(self_edits, records))
     if round_.recipe.self_edit.hparams.enabled:
         # Per self-edit (its repetitions share the settings): what the policy chose, and what was kept.
         chosen = {record.identity[:2]: record.hparams for record in records}
@@ -705,20 +695,6 @@ def round_metrics(
     } | ({"diagnostics": diagnostics} if diagnostics is not None else {})
 
 
-def arc_round_summary(recipe: Recipe, self_edits: list[list[SelfEdit]], records: list[EvaluationRecord]) -> dict:
-    """A round's ARC counts: ``n_resampled`` self-edit slots whose first draw was invalid and
-    were drawn again (``arc.invalid: resample``), ``n_still_invalid`` those of them still
-    invalid after ``arc.resample_rounds`` more draws (they fail), ``n_untrained`` evaluations
-    that trained 0 epochs (``arc.missing_keys: reference`` or ``arc.max_steps``; journal
-    ``hparams.untrained``)."""
-    resampled = [e for edits in self_edits for e in edits if e.draws > 1]
-    return {
-        "n_resampled": len(resampled),
-        "n_still_invalid": sum(read_configuration(e.text, recipe.self_edit.hparams, recipe.arc)[0] is None for e in resampled),
-        "n_untrained": sum(bool(record.hparams and record.hparams.get("untrained")) for record in records),
-    }
-
-
 def write_metrics_jsonl(run: RunDir) -> None:
     """``metrics.jsonl``: one line per finished round, rebuilt atomically from ``round_k/metrics.json``
     (so a crash between the two writes can neither lose nor duplicate a line)."""
@@ -744,12 +720,9 @@ def metrics_stage(round_: Round, metrics: dict) -> None:
         f"mean reward {percent(metrics['mean_reward'], points=True)}, best-of-k {percent(metrics['best_of_k_reward'], points=True)}, "
         f"kept {metrics['n_kept']}, failed {metrics['n_failed']}, ungraded {metrics['n_ungraded']}, {metrics['seconds']:.0f} s"
     )
-    arc = metrics.get("arc")
-    if arc and (arc["n_resampled"] or arc["n_untrained"]):
-        round_.console.print(
-            f"round {round_.index}: ARC configurations: {arc['n_resampled']} resampled ({arc['n_still_invalid']} still invalid), "
-            f"{arc['n_untrained']} evaluations untrained (0 epochs)"
-        )
+    message = round_.task.round_message(round_.index, metrics)
+    if message:
+        round_.console.print(message)
     diagnostics = metrics.get("diagnostics")
     if diagnostics is not None:
         round_.console.print(f"round {round_.index}: self-edits: {summary_line(diagnostics)}", highlight=False)

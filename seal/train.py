@@ -101,8 +101,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from seal.arc.tasks import load_arc_tasks
-from seal.arc.voting import arc_passage
 from seal.config import (
     RESULT_NEUTRAL_KEYS,
     Recipe,
@@ -111,7 +109,7 @@ from seal.config import (
     recipe_to_dict,
     with_defaults,
 )
-from seal.data import DataError, Passage, load_passages, load_squad_from_hub, resolve_data_path
+from seal.data import DataError, Passage, resolve_data_path
 from seal.display import library_output_to, progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import check_processes, run_grpo
@@ -136,6 +134,7 @@ from seal.stages import (
     sample_stage,
     selection_stage,
 )
+from seal.tasks.registry import make_task
 from seal.tracking import Tracking, check_installed, track_round
 from seal.vllm_backend import check_vllm
 
@@ -159,9 +158,8 @@ after the first) across different numbers of processes, see the module docstring
 
 
 def load_train_passages(recipe: Recipe, round_index: int = 0) -> list[Passage]:
-    """The RL training passages of round ``round_index`` named by the recipe (files, or the hub
-    when ``data.hf_dataset``); with an ``arc`` section, the ARC tasks of ``data.train_file`` as
-    passages (``seal.arc.tasks``). Every round's under ``data.passage_schedule: fixed``; see
+    """The RL training passages of round ``round_index`` named by the recipe, read by its task
+    (``Task.train_passages``: SEAL-format files or the hub, a task's own format). Every round's under ``data.passage_schedule: fixed``; see
     :func:`load_round_passages` for ``fresh``.
 
     Raises:
@@ -174,18 +172,8 @@ def load_train_passages(recipe: Recipe, round_index: int = 0) -> list[Passage]:
 
 
 def _read_passages(recipe: Recipe, path: str, n: int | None) -> list[Passage]:
-    """The first ``n`` passages (None: all) of one training file (ARC: its tasks), or of the hub."""
-    data = recipe.data
-    if recipe.arc is not None:
-        arc = recipe.arc
-        tasks = load_arc_tasks(path, arc.train_solutions, data.root, arc.task_ids, n)
-        return [arc_passage(task, arc, recipe.seed) for task in tasks]
-    if data.hf_dataset:
-        passages = load_squad_from_hub(data.hf_dataset, "train", n)
-        if not passages:
-            raise DataError(f"data.hf_dataset {data.hf_dataset!r}: its train split holds no passages")
-        return passages
-    return load_passages(path, n, data.root)
+    """The first ``n`` passages (None: all) of one training file, read by the recipe's task."""
+    return make_task(recipe).train_passages(path, n)
 
 
 def load_round_passages(recipe: Recipe) -> list[list[Passage]]:

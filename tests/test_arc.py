@@ -284,16 +284,16 @@ def test_arc_evaluation_builds_the_training_set_and_masks_outputs(arc_tasks, tin
     from seal.config import SelfEditConfig
     from seal.inner_loop import tokenize_with_loss
     from seal.models import load_tokenizer
-    from seal.scoring import self_edit_evaluation
     from seal.sections import InnerLoopConfig
+    from seal.tasks.arc import arc_evaluation
 
     passage = task_passage(next(t for t in arc_tasks if t.id == "5582e5ca"))
     self_edit = SelfEditConfig(template="arc-config", hparams=SPACE)
     inner = InnerLoopConfig(answer_marker="Test output:")
     key = {"passage": 0, "self_edit": 0, "repetition": 0}
-    ev = self_edit_evaluation(key, passage, '{"basic": true, "loss_on": "answer"}', self_edit, inner, 7, arc=ArcSection(max_train_texts=5))
+    ev = arc_evaluation(key, passage, '{"basic": true, "loss_on": "answer"}', self_edit, inner, 7, ArcSection(max_train_texts=5))
     assert ev.invalid is None and len(ev.texts) == 5 and ev.hparams["families"] == ["basic"] and ev.hparams["loss_on"] == "answer"
-    bad = self_edit_evaluation(key, passage, "nonsense", self_edit, inner, 7, arc=ArcSection())
+    bad = arc_evaluation(key, passage, "nonsense", self_edit, inner, 7, ArcSection())
     assert bad.texts == [] and bad.invalid.startswith("arc config: not JSON")
     tok = load_tokenizer(tiny_squad_model)
     rows, starts = tokenize_with_loss(tok, ev.texts, 4096, "answer", inner.answer_marker)

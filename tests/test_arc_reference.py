@@ -17,14 +17,20 @@ from train_helpers import one_thread
 
 from seal.arc.config import REFERENCE_ANSWER_MARKER, ArcSection
 from seal.arc.grids import grid_to_text, grids_match, parse_grid, read_numpy_answer_grid
-from seal.arc.self_edit import parse_configuration, read_configuration, resample_invalid, ttt_texts
+from seal.arc.self_edit import (
+    parse_configuration,
+    read_configuration,
+    resample_invalid,
+    self_edit_hint,
+    ttt_texts,
+)
 from seal.arc.tasks import load_arc_tasks, reference_query_text, task_passage, training_text
 from seal.config import HparamsConfig, InnerLoopConfig, RecipeError, SelfEditConfig, load_recipe
 from seal.hparams import AdapterSettings
 from seal.inner_loop import _learning_rates, train_bank
 from seal.multi_lora import adapter_bank
 from seal.prompts import PromptError, self_edit_prompt
-from seal.scoring import self_edit_evaluation, self_edit_hint
+from seal.tasks.arc import arc_evaluation
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRAIN = "arc/arc-agi_training_challenges_filtered_1B_training_set.json"
@@ -204,13 +210,13 @@ def test_missing_keys_and_step_guard_in_an_evaluation(data_root):
     inner = InnerLoopConfig(batch_size=2)
     key = {"passage": 0, "self_edit": 0, "repetition": 0}
     partial = '{"basic": true, "lr": 0.001}'
-    ev = self_edit_evaluation(key, passage, partial, self_edit, inner, 1, arc=ArcSection(missing_keys="reference", max_train_texts=20))
+    ev = arc_evaluation(key, passage, partial, self_edit, inner, 1, ArcSection(missing_keys="reference", max_train_texts=20))
     assert ev.invalid is None and ev.hparams["epochs"] == 0 and ev.hparams["untrained"].startswith("missing key")
     full = '{"basic": true, "size": false, "chain": false, "repeat": false, "lr": 0.001, "epochs": 5, "loss_on": "all"}'
     guarded = ArcSection(missing_keys="reference", max_train_texts=20, max_steps=49)  # 5 x 20 // 2 = 50 steps
-    ev = self_edit_evaluation(key, passage, full, self_edit, inner, 1, arc=guarded)
+    ev = arc_evaluation(key, passage, full, self_edit, inner, 1, guarded)
     assert len(ev.texts) == 20 and ev.hparams["epochs"] == 0 and "> 49 steps" in ev.hparams["untrained"]
-    ev = self_edit_evaluation(key, passage, full, self_edit, inner, 1, arc=guarded.model_copy(update={"max_steps": 50}))
+    ev = arc_evaluation(key, passage, full, self_edit, inner, 1, guarded.model_copy(update={"max_steps": 50}))
     assert ev.hparams["epochs"] == 5 and "untrained" not in ev.hparams
 
 

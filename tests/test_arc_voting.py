@@ -16,7 +16,7 @@ from seal.arc.grids import grid_to_text
 from seal.arc.tasks import ArcTask, Example, load_arc_tasks, task_passage
 from seal.arc.voting import TRANSFORMS, Query, VotePlan, arc_passage, vote, vote_plan, vote_scores
 from seal.config import RecipeError, load_recipe
-from seal.scoring import n_prompts, question_prompts
+from seal.tasks.registry import make_task
 
 FILES = [
     "arc/arc-agi_training_challenges.json",
@@ -140,12 +140,13 @@ def test_a_task_counts_only_when_every_test_input_is_solved():
 
 def test_greedy_is_unchanged_and_vote_asks_every_query(all_tasks):
     task = next(t for t in all_tasks if t.id == "b1fc8b8e")  # 2 test inputs, 5 demonstrations
+    arc = make_task(load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "arc_tiny_cpu.yaml"))  # task arc
     greedy = arc_passage(task, ArcSection(), 0)
-    assert greedy == task_passage(task) and greedy.vote is None and n_prompts(greedy) == 2
+    assert greedy == task_passage(task) and greedy.vote is None and arc.n_prompts(greedy) == 2
     voted = arc_passage(task, VOTE, 0)
-    prompts = question_prompts(voted, "arc")
-    assert voted.id == greedy.id and n_prompts(voted) == len(prompts) == 40
-    assert prompts[0] != question_prompts(greedy, "arc")[0] and prompts[0].endswith("Test output:\n")
+    prompts = arc.question_prompts(voted, "arc")
+    assert voted.id == greedy.id and arc.n_prompts(voted) == len(prompts) == 40
+    assert prompts[0] != arc.question_prompts(greedy, "arc")[0] and prompts[0].endswith("Test output:\n")
 
 
 def test_vote_queries_follow_the_text_format(all_tasks):

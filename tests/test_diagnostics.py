@@ -14,6 +14,7 @@ from rich.console import Console
 from seal.config import RESULT_NEUTRAL_KEYS, DiagnosticsConfig, Recipe, RecipeError, recipe_to_dict
 from seal.data import QA, Passage, passage_from_json
 from seal.diagnostics import (
+    TEXT,
     across_passage_similarity,
     collapse_warning,
     coverage,
@@ -36,7 +37,10 @@ from seal.microworld.world import WorldConfig, make_world, passage_record, rende
 from seal.rundir import RunDir, read_jsonl, write_json_atomic
 from seal.self_edits import SelfEdit
 from seal.stages import Round, Selection, diagnostics_stage, metrics_stage, round_metrics
+from seal.tasks.microworld import StyleFormats
 from seal.train import RESUMABLE_KEYS, check_resume
+
+STYLE = StyleFormats()  # task microworld's diagnostics: exact styles and values
 
 
 def passage(*answers: str) -> Passage:
@@ -85,7 +89,7 @@ def test_line_formats_and_the_majority_rule():
     assert edit_format("1. a thing\n2. another\n3. more\nA closing sentence here.") == "list"  # 3 of 4 >= 60 %
     assert edit_format("1. a thing\nA sentence of prose.") == "mixed"
     assert edit_format("  \n") == "empty"
-    shares = format_shares(["Q: a? A: b", "- x\n- y", "- z", ""], "text")
+    shares = format_shares(["Q: a? A: b", "- x\n- y", "- z", ""], TEXT)
     assert shares == {"qa": 0.25, "list": 0.5, "sentence": 0.0, "other": 0.0, "mixed": 0.0, "empty": 0.25}
 
 
@@ -95,20 +99,20 @@ def test_microworld_styles_are_the_worlds_exact_ones():
     person = world.train[0]
     record = passage_record(person, rng)
     texts = [render_self_edit(person, style, rng, record["context"]) for style in ("qa", "facts", "facts", "filler")]
-    shares = format_shares(texts, "microworld")
+    shares = format_shares(texts, STYLE)
     assert shares["qa"] == 0.25 and shares["facts"] == 0.5 and shares["filler"] == 0.25 and sum(shares.values()) == 1.0
 
 
 def test_coverage_counts_the_passages_answers_a_self_edit_states():
     squad = passage("the Eiffel Tower", "1889", "Paris")
     # normalised containment: "Eiffel tower" (article dropped, lower case) and "1889" stated; "Paris" not
-    assert coverage("Gustave Eiffel built the Eiffel Tower, finished in 1889.", squad, "text") == pytest.approx(2 / 3)
-    assert coverage("Nothing relevant.", squad, "text") == 0.0
-    assert coverage("anything", passage(), "text") is None
+    assert coverage("Gustave Eiffel built the Eiffel Tower, finished in 1889.", squad, TEXT) == pytest.approx(2 / 3)
+    assert coverage("Nothing relevant.", squad, TEXT) == 0.0
+    assert coverage("anything", passage(), TEXT) is None
     # microworld: exact values as whole words; "Parisian" does not state "Paris"
     person = passage("Paris", "1975", "chess")
-    assert coverage("Q: Where was Bo Vell born? A: Paris\nBo likes chess.", person, "microworld") == pytest.approx(2 / 3)
-    assert coverage("A Parisian born in 19750.", person, "microworld") == 0.0
+    assert coverage("Q: Where was Bo Vell born? A: Paris\nBo likes chess.", person, STYLE) == pytest.approx(2 / 3)
+    assert coverage("A Parisian born in 19750.", person, STYLE) == 0.0
 
 
 def test_coverage_against_reward():
@@ -136,7 +140,7 @@ def diverse_round() -> tuple[list[Passage], list[list[str]]]:
 def test_a_round_block_by_hand():
     passages, edits = diverse_round()
     rewards = [[0.5, 1.0, 0.0], [0.5, None, 0.0]]
-    d = round_diagnostics(passages, edits, "text", rewards=rewards, kept={0: [1], 1: [0]})
+    d = round_diagnostics(passages, edits, TEXT, rewards=rewards, kept={0: [1], 1: [0]})
     assert d["n_self_edits"] == 6 and d["format"] == "line"
     assert d["mean_words"] == pytest.approx((6 + 7 + 6 + 7 + 5 + 4) / 6)
     assert d["format_shares"] == {"qa": 2 / 6, "list": 2 / 6, "sentence": 2 / 6, "other": 0.0, "mixed": 0.0, "empty": 0.0}
@@ -154,12 +158,12 @@ def test_a_round_block_by_hand():
 def test_the_collapse_warning_fires_on_identical_self_edits_and_not_on_diverse_ones():
     thresholds = DiagnosticsConfig()
     passages, edits = diverse_round()
-    diverse = round_diagnostics(passages, edits, "text")
+    diverse = round_diagnostics(passages, edits, TEXT)
     assert collapse_warning(diverse, None, thresholds.min_distinct_2, thresholds.max_diversity_drop) is None
 
     # the paper's k = 5 samples per passage, all the same text: distinct-2 = 1/5
     same = [["Paris is the capital of France."] * 5, ["Oslo is the capital of Norway."] * 5]
-    collapsed = round_diagnostics(passages, same, "text")
+    collapsed = round_diagnostics(passages, same, TEXT)
     assert collapsed["distinct_2"] == pytest.approx(1 / 5) and collapsed["similarity_within_passage"] == 1.0
     reason = collapse_warning(collapsed, diverse, thresholds.min_distinct_2, thresholds.max_diversity_drop)
     assert reason is not None and "below diagnostics.min_distinct_2" in reason
@@ -188,8 +192,8 @@ def test_the_style_collapse_alarm_fires_when_one_style_takes_over_though_distinc
     t = DiagnosticsConfig()
     # one self-edit per person (so distinct-2 measures each text's own diversity), 10 people
     mixed = [[style] for style in ["qa", "paraphrase", "facts", "verbatim", "partial"] * 2]
-    start = round_diagnostics(*microworld_round(mixed), "microworld")
-    collapsed = round_diagnostics(*microworld_round([["qa"]] * 10), "microworld")
+    start = round_diagnostics(*microworld_round(mixed), STYLE)
+    collapsed = round_diagnostics(*microworld_round([["qa"]] * 10), STYLE)
     assert collapsed["format_shares"]["qa"] == 1.0 and collapsed["distinct_2"] > t.min_distinct_2
     # the distinct-2 checks alone stay silent (1.0 switches the style check off) ...
     assert collapse_warning(collapsed, start, t.min_distinct_2, t.max_diversity_drop, 1.0, start) is None
@@ -199,16 +203,16 @@ def test_the_style_collapse_alarm_fires_when_one_style_takes_over_though_distinc
     # the base policy's own habit is no collapse: a run that started all-QA stays silent
     assert collapse_warning(collapsed, collapsed, t.min_distinct_2, t.max_diversity_drop, t.max_format_share, collapsed) is None
     # 8 of 10 QA (80 %) is under the 90 % threshold
-    mostly = round_diagnostics(*microworld_round([["qa"]] * 8 + [["facts"]] * 2), "microworld")
+    mostly = round_diagnostics(*microworld_round([["qa"]] * 8 + [["facts"]] * 2), STYLE)
     assert collapse_warning(mostly, start, t.min_distinct_2, t.max_diversity_drop, t.max_format_share, start) is None
 
 
 def test_the_style_collapse_alarm_reads_line_formats_on_squad():
     passages, edits = diverse_round()
-    start = round_diagnostics(passages, edits, "text")
+    start = round_diagnostics(passages, edits, TEXT)
     qa_only = [["Q: Where is it? A: Paris", "Q: When did it open? A: 1889", "Q: Which city? A: Paris, France"],
                ["Q: What game? A: chess", "Q: Which city? A: Oslo", "Q: Where? A: in the north of Norway"]]  # fmt: skip
-    collapsed = round_diagnostics(passages, qa_only, "text")
+    collapsed = round_diagnostics(passages, qa_only, TEXT)
     reason = collapse_warning(collapsed, start, 0.25, 0.5, 0.9, start)
     assert reason is not None and reason.startswith("one line format, qa, holds 100.0 %")
 
@@ -262,7 +266,7 @@ def test_a_run_recorded_before_the_new_fields_resumes(tmp_path):
 
 def test_the_demo_prints_each_rounds_diagnostics():
     passages, edits = diverse_round()
-    rows = [{"round": r, "mean_reward": 0.1 * r, "diagnostics": round_diagnostics(passages, edits, "text") | {"collapse_warning": None}} for r in range(2)]
+    rows = [{"round": r, "mean_reward": 0.1 * r, "diagnostics": round_diagnostics(passages, edits, TEXT) | {"collapse_warning": None}} for r in range(2)]
     rows.append({"round": 2, "mean_reward": 0.3})  # a round recorded before diagnostics existed
     console = Console(record=True, width=200)
     console.print(diagnostics_table(rows))

@@ -160,14 +160,38 @@ def test_configuration_is_the_bottom_layer():
     seal.errors, the leaf that defines SealError)."""
     allowed = {"seal.sections", "seal.config", "seal.prompts", "seal.bench", "seal.bench.config", "seal.microworld",
                "seal.microworld.config", "seal.microworld.world", "seal.microworld.corpus", "seal.seeding", "seal.arc",
-               "seal.arc.config", "seal.errors"}
+               "seal.arc.config", "seal.errors", "seal.tasks", "seal.tasks.sections"}
     for e in import_edges():
-        if e.source in ("seal.sections", "seal.config", "seal.bench.config", "seal.microworld.config", "seal.arc.config"):
+        if e.source in ("seal.sections", "seal.config", "seal.bench.config", "seal.microworld.config", "seal.arc.config", "seal.tasks.sections"):
             assert e.target in allowed, f"{e.source}:{e.line} imports {e.target} (above the configuration)"
     sections = {e.target for e in import_edges() if e.source == "seal.sections"}
     assert sections <= {"seal.errors"}, f"seal.sections must import no seal module but seal.errors, imports {sections}"
     errors = {e.target for e in import_edges() if e.source == "seal.errors"}
     assert errors == set(), f"seal.errors must import no seal module, imports {errors}"
+
+
+#: Modules that run any task and so must know none (issue 21): they reach a task through
+#: ``seal.tasks.registry.make_task`` (and the recipe's task sections, ``seal.tasks.sections``).
+GENERIC = ("seal.stages", "seal.scoring", "seal.grpo", "seal.evaluate", "seal.bench", "seal.diagnostics", "seal.config",
+           "seal.graders", "seal.train", "seal.prepare", "seal.hparams", "seal.restem", "seal.inner_loop", "seal.self_edits")
+
+
+def is_task_module(name: str) -> bool:
+    """A domain's own module: ``seal.arc*``, ``seal.microworld*`` or a task of ``seal.tasks``
+    (its interface, registry and recipe sections are not tasks)."""
+    if name in ("seal.tasks", "seal.tasks.base", "seal.tasks.registry", "seal.tasks.sections"):
+        return False
+    return name.split(".")[:2] in (["seal", "arc"], ["seal", "microworld"], ["seal", "tasks"])
+
+
+def test_generic_modules_import_no_task():
+    """The generic core (stages, scoring, GRPO, evaluate, bench, diagnostics, config, graders,
+    train, prepare, hparams, ...) imports no task module, at module level or in a function:
+    a task plugs in through the registry alone."""
+    generic = [e for e in import_edges() if e.source == "seal.bench" or e.source.startswith(GENERIC)]
+    bad = [f"{e.source}:{e.line} imports {e.target}" for e in generic if is_task_module(e.target)]
+    assert not bad, "generic modules importing a task: " + "; ".join(bad)
+    assert {e.target for e in generic if e.target.startswith("seal.tasks.")} <= {"seal.tasks.registry", "seal.tasks.sections"}
 
 
 def test_all_imports_have_no_cycle():

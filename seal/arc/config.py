@@ -115,6 +115,26 @@ class ArcSection(Section):
         """The line after which a query's answer begins in this text format (``inner.answer_marker`` must be it for ``loss_on: answer``)."""
         return REFERENCE_ANSWER_MARKER if self.text_format == "reference" else ANSWER_MARKER
 
+    def check_recipe(self, recipe) -> None:
+        """The recipe checks of task arc (``seal.tasks.sections.TaskSections`` calls it with the
+        whole recipe, a ``seal.config.Recipe``).
+
+        Raises:
+            ValueError: ``data.round_train_files`` (fresh rounds take slices of the tasks file);
+                ``loss_on: answer`` with another ``inner.answer_marker`` than this text format's
+                (ARC's 'loss on outputs only' is the mask at the query's answer line);
+                ``inference: vote`` with a grader other than ``grid`` (a vote compares grids).
+        """
+        if recipe.data.round_train_files is not None:
+            raise ValueError("data.round_train_files is for SEAL-format passage files; with an arc section, fresh takes slices of data.train_file")
+        answer = recipe.inner.loss_on == "answer" or "answer" in (recipe.self_edit.hparams.loss_on or [])
+        if answer and recipe.inner.answer_marker != self.answer_marker:
+            raise ValueError(
+                f"with an arc section (text_format {self.text_format}) and loss_on 'answer', inner.answer_marker must be {self.answer_marker!r}"
+            )
+        if self.inference == "vote" and recipe.qa.grader != "grid":
+            raise ValueError(f"arc.inference 'vote' grades exact grids: set qa.grader: grid (got {recipe.qa.grader!r})")
+
     @field_validator("leave_n")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:

@@ -48,6 +48,7 @@ from seal.hparams import (
     read_block,
     space_description,
 )
+from seal.prompts import CHAT_TEMPLATES
 
 #: The reference's nested keys -> ours (``data_generation`` and ``training`` objects).
 _REFERENCE_KEYS = {
@@ -172,6 +173,13 @@ def configuration_hint(space: HparamsConfig, arc: ArcSection) -> str:
         + (f" and {space_text}" if space_text else "")
         + "."
     )
+
+
+def self_edit_hint(self_edit, arc: ArcSection) -> str:
+    """The self-edit prompt's hint of task arc (``self_edit``: the recipe's ``SelfEditConfig``):
+    :func:`configuration_hint`, or "" when the template is a whole chat text (the reference's
+    prompt carries its own instructions, ``seal.prompts.CHAT_TEMPLATES``)."""
+    return "" if self_edit.template in CHAT_TEMPLATES else configuration_hint(self_edit.hparams, arc)
 
 
 # ----------------------------------------------------------------------------- the training set

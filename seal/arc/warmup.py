@@ -4,7 +4,7 @@ configurations (``model.build_tiny.warmup: arc-configs``).
 A tiny random policy never writes a configuration that parses (``seal.arc.self_edit``), so
 test-time training never runs in a CPU round. The warm-up trains the freshly built tiny model
 on the recipe's own self-edit prompts (``self_edit.template`` with the configuration hint,
-``seal.scoring.self_edit_hint``) of the training tasks, each followed by a configuration drawn
+``seal.arc.self_edit.self_edit_hint``) of the training tasks, each followed by a configuration drawn
 at random from the recipe's declared space (``arc.families`` switches, ``self_edit.hparams``
 ``lr``/``epochs``/``loss_on``/``lora_rank``) and EOS; the loss is on the configuration and EOS
 only. Sampled self-edits then mostly parse and vary (a spread of families and settings), so a
@@ -28,10 +28,9 @@ import torch
 
 from seal.arc.augment import permute_colors
 from seal.arc.config import FAMILIES, ArcSection
-from seal.arc.self_edit import read_configuration
+from seal.arc.self_edit import read_configuration, self_edit_hint
 from seal.arc.tasks import ArcTask, Example, task_passage
 from seal.prompts import self_edit_prompt
-from seal.scoring import self_edit_hint
 from seal.sections import HparamsConfig
 
 #: Learning rates a drawn configuration uses: 1, 2 and 5 times powers of ten, those in the

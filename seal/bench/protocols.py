@@ -51,9 +51,10 @@ from seal.inner_loop import (
     train_full,
 )
 from seal.rewards import accuracy
-from seal.scoring import grade_answers, n_prompts, question_prompts, run_evaluations, self_edit_hint
+from seal.scoring import TEXT_QA, TextQA, run_evaluations
 from seal.seeding import derive_seed
 from seal.self_edits import sample_self_edits
+from seal.tasks.registry import make_task
 
 Verdicts = list[list[float | None]]
 OnRecord = Callable[[dict], None]
@@ -159,7 +160,7 @@ def run_single(
         progress(len(evaluations) - len(todo))
     computed = run_evaluations(
         model, tokenizer, todo, lambda evaluation: baseline[evaluation.key["passage"]]["accuracy"], recipe.inner, recipe.qa, judge,
-        on_record=on_record, progress=progress,
+        on_record=on_record, progress=progress, task=make_task(recipe),
     )  # fmt: skip
     by_key = {**journaled, **{_single_key(row): row for row in computed}}
     records = [by_key[_single_key(evaluation.key)] for evaluation in evaluations]
@@ -180,9 +181,11 @@ def run_single(
 
 
 def pooled_jobs(
-    texts_per_passage: Sequence[Sequence[str]], passages: Sequence[Passage], repetitions: int, seed: int, qa_template: str = "reference"
+    texts_per_passage: Sequence[Sequence[str]], passages: Sequence[Passage], repetitions: int, seed: int, qa_template: str = "reference",
+    task: TextQA = TEXT_QA,
 ) -> list[AdapterJob]:
-    """One job per repetition: the texts of every passage pooled, every passage's questions asked.
+    """One job per repetition: the texts of every passage pooled, every passage's questions asked
+    (the prompts of ``task``, the recipe's ``seal.tasks`` task).
 
     The inner loop shuffles a job's texts every epoch, so pooling order does not matter beyond
     the seed. Returns an empty list when no passage has any text (source 'none').
@@ -190,24 +193,24 @@ def pooled_jobs(
     texts = [t for ts in texts_per_passage for t in ts]
     if not texts:
         return []
-    prompts = [pr for p in passages for pr in question_prompts(p, qa_template)]
+    prompts = [pr for p in passages for pr in task.question_prompts(p, qa_template)]
     return [AdapterJob(texts=list(texts), prompts=prompts, seed=derive_seed(seed, "bench-multi", rep)) for rep in range(repetitions)]
 
 
-def split_answers(answers: Sequence[str], passages: Sequence[Passage]) -> list[list[str]]:
-    """Cut a flat answer list (passages' prompts in order, :func:`seal.scoring.question_prompts`)
+def split_answers(answers: Sequence[str], passages: Sequence[Passage], task: TextQA = TEXT_QA) -> list[list[str]]:
+    """Cut a flat answer list (passages' prompts in order, ``task.question_prompts``)
     back into one list per passage.
 
     Raises:
         ValueError: the number of answers is not the number of questions.
     """
-    n = sum(n_prompts(p) for p in passages)
+    n = sum(task.n_prompts(p) for p in passages)
     if len(answers) != n:
         raise ValueError(f"{len(answers)} answers for {n} questions")
     out, i = [], 0
     for p in passages:
-        out.append(list(answers[i : i + n_prompts(p)]))
-        i += n_prompts(p)
+        out.append(list(answers[i : i + task.n_prompts(p)]))
+        i += task.n_prompts(p)
     return out
 
 
@@ -232,8 +235,9 @@ def run_multi(
     One journal record per repetition, with every passage's answers and scores; journaled
     repetitions (``done``) are read back, not retrained.
     """
+    task = make_task(recipe)
     texts = _texts_per_passage(source, passages, edits, recipe)
-    jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template)
+    jobs = pooled_jobs(texts, passages, recipe.inner.eval_times, seed, recipe.qa.template, task)
     if not jobs:
         return Outcome([list(base["scores"]) for base in baseline])
     records = {row["repetition"]: row for row in done}
@@ -250,8 +254,8 @@ def run_multi(
     for rep, res in zip(todo, results, strict=True):
         per_passage = []
         if res.error is None:
-            for i, (p, ans) in enumerate(zip(passages, split_answers(res.answers, passages), strict=True)):
-                scores = grade_answers(p, ans, recipe.qa, judge)
+            for i, (p, ans) in enumerate(zip(passages, split_answers(res.answers, passages, task), strict=True)):
+                scores = task.grade_answers(p, ans, recipe.qa, judge)
                 per_passage.append({"passage": i, "passage_id": p.id, "answers": ans, "scores": scores})
         record = {
             **(key or {}), "source": source, "repetition": rep, "seed": jobs[rep].seed,
@@ -451,11 +455,12 @@ def _continual_repetition(
             except InnerLoopError as e:
                 error = str(e)
         seen = [passages[j] for j in seq[: i + 1]]
-        prompts = [pr for sp in seen for pr in question_prompts(sp, recipe.qa.template)]
+        task = make_task(recipe)
+        prompts = [pr for sp in seen for pr in task.question_prompts(sp, recipe.qa.template)]
         answers = answer_questions(current, tokenizer, prompts, recipe.qa.max_new_tokens, recipe.qa.batch_size)
         scored = []
-        for j, (sp, ans) in zip(seq[: i + 1], zip(seen, split_answers(answers, seen), strict=True), strict=True):
-            scores = grade_answers(sp, ans, recipe.qa, judge)
+        for j, (sp, ans) in zip(seq[: i + 1], zip(seen, split_answers(answers, seen, task), strict=True), strict=True):
+            scores = task.grade_answers(sp, ans, recipe.qa, judge)
             scored.append({"passage": j, "passage_id": sp.id, "accuracy": accuracy(scores, recipe.qa.ungraded), "answers": ans, "scores": scores})
         step = {
             **(key or {}), "source": source, "sequence": q, "repetition": rep, "step": i, "passage": p, "passage_id": passages[p].id,
@@ -477,7 +482,7 @@ def _write_now(model, tokenizer, recipe: Recipe, passage: Passage, template: str
     cfg = recipe.self_edit
     (texts,) = sample_self_edits(
         model, tokenizer, [passage], template, k, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed=seed,
-        batch_size=1, chat=cfg.chat_template, hint=self_edit_hint(cfg, recipe.arc),
+        batch_size=1, chat=cfg.chat_template, hint=make_task(recipe).self_edit_hint(),
     )  # fmt: skip
     return texts
 

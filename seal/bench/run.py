@@ -77,6 +77,7 @@ from seal.rundir import (
 )
 from seal.scoring import baselines, make_judge
 from seal.seeding import derive_seed, seed_everything
+from seal.tasks.registry import make_task
 from seal.vllm_backend import check_vllm
 
 # A bench adds no keys of its own that a resume may change.
@@ -399,7 +400,7 @@ def _baselines(model, tok, passages, recipe: Recipe, judge, student: str, journa
     computed (one batched generation) and the passages' missing from the journal appended."""
     if all(i in journaled for i in range(len(passages))):
         return [{k: v for k, v in journaled[i].items() if k not in _BASELINE_KEY} for i in range(len(passages))]
-    base = baselines(model, tok, passages, recipe.qa, judge)
+    base = baselines(model, tok, passages, recipe.qa, judge, make_task(recipe))
     for i, row in enumerate(base):
         if i not in journaled:
             append_jsonl(run.journal, {"kind": "baseline", "student": student, "passage": i, "passage_id": passages[i].id, **row})

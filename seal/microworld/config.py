@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -248,6 +248,14 @@ class MicroworldSection(PretrainConfig):
     """
 
     cache_dir: str = Field(".cache/microworld", description="Parent of cached worlds, one folder per settings key.")
+
+    #: Stands for :meth:`placeholder_value` in every string of the recipe (``seal.tasks.sections.resolve_placeholders``).
+    placeholder: ClassVar[str] = "{microworld}"
+
+    def placeholder_value(self) -> str:
+        """The world's directory (:meth:`entry_dir`); computed from the settings alone, the world
+        is pretrained later (``seal.prepare.ensure_model``) if it is not cached."""
+        return str(self.entry_dir())
 
     def pretrain_config(self) -> PretrainConfig:
         """The settings without ``cache_dir``."""

@@ -8,7 +8,9 @@ One document per row::
 
 (the key names are ``documents.columns``). Each document becomes a :class:`seal.data.Passage`
 whose context is the text and whose questions pair each question with its answer, so everything
-after loading (self-edits, the inner loop, grading, ReST-EM, GRPO, evaluate, bench) is SQuAD's.
+after loading (self-edits, the inner loop, grading, ReST-EM, GRPO, evaluate, bench) is SQuAD's:
+:class:`DocumentsTask` is :class:`seal.tasks.base.TextTask` with this loader, and with the
+documents' text for a tiny model's tokenizer.
 
 Every malformed row is a :class:`seal.data.DataError` naming the file and line (JSONL) or the
 dataset, split and row (a dataset), the column and what to change; nothing is trained before
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from seal.data import QA, DataError, Passage, resolve_data_path
+from seal.tasks.base import TextTask
 from seal.tasks.documents_config import DocumentsSection
 
 if TYPE_CHECKING:  # the recipe's data section; seal.config is above this module
@@ -33,6 +36,26 @@ Split = Literal["train", "eval"]
 
 #: Words of the text that make a document's title when ``documents.columns.title`` is None.
 DERIVED_TITLE_WORDS = 8
+
+
+class DocumentsTask(TextTask):
+    """Task ``documents``: SQuAD's (:class:`~seal.tasks.base.TextTask`) on the recipe's own
+    documents, read by :func:`load_documents` with its ``documents`` section."""
+
+    def train_passages(self, path: str, n: int | None) -> list[Passage]:
+        """The first ``n`` training documents of the JSONL file ``path`` (``data.train_file``,
+        or a round's ``data.round_train_files`` entry), or of ``documents.train_split``."""
+        return load_documents(self.section, self.recipe.data, "train", path, n)
+
+    def eval_passages(self) -> list[Passage]:
+        """The first ``data.n_eval_passages`` documents of ``data.eval_file`` / ``documents.eval_split``."""
+        data = self.recipe.data
+        return load_documents(self.section, data, "eval", n=data.n_eval_passages)
+
+    def tokenizer_texts(self, seed: int) -> list[str]:
+        """The training and evaluation documents' text (:func:`document_texts`), so that a tiny
+        model (``model.build_tiny``) tokenizes them in whole words."""
+        return document_texts(self.section, self.recipe.data)
 
 
 def load_documents(

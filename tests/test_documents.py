@@ -276,3 +276,27 @@ def test_a_document_without_questions_stops_seal_train_naming_the_line_and_write
     assert f"{bad}:2 ('Quiet'): has no questions" in " ".join(res.output.split()) and "documents.skip_unanswered" in res.output
     assert "Traceback" not in res.output and not (clone / "runs" / "bad").exists()
     assert not (clone / ".cache" / "models" / "tiny-documents").exists()  # nothing built from bad data
+
+
+def test_the_recipe_names_the_task_and_refuses_squads_hub_key():
+    from seal.config import RecipeError, load_recipe
+
+    recipe = load_recipe(RECIPE)
+    assert recipe.task == "documents" and recipe.documents.columns.text == "body"
+    with pytest.raises(RecipeError, match=r"task documents reads a dataset with documents.hf_dataset .* not data.hf_dataset"):
+        load_recipe(RECIPE, ["data.hf_dataset=rajpurkar/squad"])
+    with pytest.raises(RecipeError, match=r"task squad takes no 'documents' section"):
+        load_recipe(RECIPE, ["task=squad"])
+    with pytest.raises(RecipeError, match=r"documents.columns.txet: unknown key"):
+        load_recipe(RECIPE, ["documents.columns.txet=x"])
+
+
+def test_fresh_rounds_take_new_documents_from_the_file():
+    """data.passage_schedule fresh: round r learns documents [r*n, (r+1)*n) of the JSONL file."""
+    from seal.config import load_recipe
+    from seal.train import load_round_passages
+
+    recipe = load_recipe(RECIPE, [f"data.root={DATA}", "data.passage_schedule=fresh", "data.n_train_passages=4"])
+    rounds = load_round_passages(recipe)
+    train = load_documents(*example(), "train")
+    assert [[p.title for p in r] for r in rounds] == [[p.title for p in train[:4]], [p.title for p in train[4:8]]]

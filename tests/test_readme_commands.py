@@ -128,10 +128,13 @@ RUNS = [(words, extra) for words, kind, extra in listed() if kind == "run"]
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    """One scratch folder for every "run" command (recipes/ linked): tiny models are built
-    once and shared, as on a user's machine."""
+    """One scratch folder for every "run" command (recipes/ and tests/data/ linked, as in a
+    clone: recipes/documents_tiny_cpu.yaml reads tests/data): tiny models are built once and
+    shared, as on a user's machine."""
     folder = tmp_path_factory.mktemp("readme")
     (folder / "recipes").symlink_to(REPO / "recipes")
+    (folder / "tests").mkdir()
+    (folder / "tests" / "data").symlink_to(REPO / "tests" / "data")
     return folder
 
 

@@ -15,11 +15,10 @@ import typing
 from seal.config import Recipe
 from seal.tasks.arc import FewShotArcTask
 from seal.tasks.base import Task, TextTask
+from seal.tasks.documents import DocumentsTask
 from seal.tasks.microworld import MicroworldTask
 from seal.tasks.sections import TASKS, TaskInfo, TaskSections
 from seal.tasks.squad import SquadTask
-
-# ---- helper B: from seal.tasks.documents import DocumentsTask ----
 
 #: ``task:`` name -> its class.
 TASK_CLASSES: dict[str, type[Task]] = {}
@@ -67,6 +66,6 @@ def make_task(recipe: Recipe) -> Task:
 register_task("squad", SquadTask)
 register_task("microworld", MicroworldTask, "microworld")
 register_task("arc", FewShotArcTask, "arc", warmups=("arc-configs",), graders=("grid",))
-# ---- helper B: register_task("documents", DocumentsTask, "documents") ----
+register_task("documents", DocumentsTask, "documents")
 
 __all__ = ["TASK_CLASSES", "Task", "TextTask", "make_task", "register_task"]

@@ -24,8 +24,7 @@ from pydantic import BaseModel, Field, model_validator
 from seal.arc.config import ArcSection
 from seal.microworld.config import MicroworldSection
 from seal.sections import RecipeError
-
-# ---- helper B: the documents task's section class is imported here (seal/tasks/documents_config.py) ----
+from seal.tasks.documents_config import DocumentsSection
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ TASKS: dict[str, TaskInfo] = {
     "squad": TaskInfo("squad"),
     "microworld": TaskInfo("microworld", "microworld", MicroworldSection),
     "arc": TaskInfo("arc", "arc", ArcSection, warmups=("arc-configs",), graders=("grid",)),
-    # ---- helper B: "documents": TaskInfo("documents", "documents", DocumentsSection), ----
+    "documents": TaskInfo("documents", "documents", DocumentsSection),
 }
 
 #: The graders of every task (``seal.graders``); a task may add its own (:attr:`TaskInfo.graders`).
@@ -65,7 +64,7 @@ class TaskSections(BaseModel):
 
     task: str | None = Field(
         None,
-        description="The task: 'squad' (SEAL-format passages with questions), 'microworld', 'arc' (each with its own section), "
+        description="The task: 'squad' (SEAL-format passages with questions), 'microworld', 'arc', 'documents' (your own JSONL or dataset; each with its own section), "
         "or one registered by seal.tasks.registry.register_task. None: inferred from the section present (arc, microworld; else squad).",
     )
     arc: ArcSection | None = Field(
@@ -76,7 +75,10 @@ class TaskSections(BaseModel):
         None,
         description="task microworld: pretrain (or reuse) this synthetic world first (seal/microworld); '{microworld}' in the recipe's strings is its directory.",
     )
-    # ---- helper B: documents: DocumentsSection | None = Field(None, description="task documents: ...") ----
+    documents: DocumentsSection | None = Field(
+        None,
+        description="task documents (seal/tasks/documents.py): your own documents with questions, JSON Lines files (data.train_file / eval_file) or a datasets dataset (documents.hf_dataset), with your column names (documents.columns).",
+    )
 
     @model_validator(mode="after")
     def _task_and_its_section(self):

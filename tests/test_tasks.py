@@ -54,16 +54,28 @@ def shout():
     TASK_CLASSES.pop("shout")
 
 
-def test_the_task_is_named_or_inferred_and_owns_its_section():
+def without_task(name: str, tmp_path) -> str:
+    """A copy of ``recipes/NAME`` without its ``task:`` line: a recipe written before the field existed."""
+    text = (REPO / "recipes" / name).read_text()
+    assert "\ntask: " in text
+    out = tmp_path / name
+    out.write_text("".join(line for line in text.splitlines(keepends=True) if not line.startswith("task: ")))
+    return str(out)
+
+
+def test_the_task_is_named_or_inferred_and_owns_its_section(tmp_path):
     squad = load_recipe(REPO / "recipes" / "squad_tiny_cpu.yaml")
     arc = load_recipe(REPO / "recipes" / "arc_tiny_cpu.yaml")
-    assert (squad.task, arc.task) == ("squad", "arc")  # old recipes: inferred from the section present
+    assert (squad.task, arc.task) == ("squad", "arc")  # named in the recipes
+    # recipes written before `task` existed: inferred from the section present
+    old = {name: load_recipe(without_task(name, tmp_path)).task for name in ("squad_tiny_cpu.yaml", "arc_tiny_cpu.yaml", "microworld_cpu.yaml")}
+    assert old == {"squad_tiny_cpu.yaml": "squad", "arc_tiny_cpu.yaml": "arc", "microworld_cpu.yaml": "microworld"}
     assert type(make_task(arc)).__name__ == "FewShotArcTask" and make_task(squad).self_edit_hint() == ""
     named = load_recipe(REPO / "recipes" / "squad_tiny_cpu.yaml", ["task=arc"])  # a named task gets its section's defaults
     assert named.arc is not None and named.arc.families == ["basic", "size", "chain", "repeat"]
     with pytest.raises(RecipeError, match="task squad takes no 'arc' section"):
         load_recipe(REPO / "recipes" / "arc_tiny_cpu.yaml", ["task=squad"])
-    with pytest.raises(RecipeError, match="task 'poetry' is not a task; known: arc, microworld, squad"):
+    with pytest.raises(RecipeError, match="task 'poetry' is not a task; known: arc, documents, microworld, squad"):
         load_recipe(REPO / "recipes" / "squad_tiny_cpu.yaml", ["task=poetry"])
     with pytest.raises(RecipeError, match="qa.grader 'grid' is task arc's; task squad has no such grader"):
         load_recipe(REPO / "recipes" / "squad_tiny_cpu.yaml", ["qa.grader=grid"])

@@ -15,14 +15,19 @@ Usage::
                                           [--runs runs/seeds] [--output benchmarks/results]
                                           [--results docs/results/microworld_seeds.json]
     python benchmarks/microworld_seeds.py --hparams [--seeds 0 1 2 3 4] [--runs runs/seeds-hparams]
+                                          --results-dir docs/results [--pool-only]
                                           [--results docs/results/microworld_hparams_seeds.json]
 
 ``--hparams``: the hyperparameter world (``seal microworld demo --hparams``, full size): per
 seed the share of held-out self-edits choosing one of the *better* settings per round (those
 whose round-0 self-edits scored above round 0's mean, ``seal.microworld.demo.better_settings``),
-the last round - round 0 on held-out accuracy, and pooled over seeds: the mean with a
-two-level bootstrap interval (``benchmarks/pooling.py``) and the count of seeds whose
-interval excludes 0.
+the last round - round 0 on held-out accuracy. With ``--results-dir`` each finished seed is
+written there as ``microworld_hparams_seedN.json``, and the pooled table is built from every
+such file found (seeds measured in other sessions or on other machines included): per round
+the better-setting share's mean and range over seeds, and last round - round 0 pooled by a
+random-effects meta-analysis over the seeds' own intervals (``benchmarks/pooling.py``), with
+the per-seed range and the count of seeds whose interval excludes 0. The full demo's
+``last_minus_round0`` (without ``--hparams``) is pooled the same way.
 
 Prints a table per size and writes ``microworld_seeds.json`` to ``--output`` (and ``--results``),
 with the command, commit, CPU and date (``benchmarks/provenance.py``). Seeds already run
@@ -54,7 +59,7 @@ from seal.microworld.demo import (
 from seal.rundir import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pooling import paired, person_scores, pooled, verdicts  # noqa: E402
+from pooling import over_seeds  # noqa: E402
 from provenance import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,26 +145,43 @@ def run_seed(seed: int, sizes: list[str], runs: Path, hparams: bool = False) -> 
     return out
 
 
-def pooled_rounds(rows: list[dict], runs: Path, size: str) -> dict:
-    """Last round - round 0 over seeds: the mean with a two-level bootstrap interval
-    (``pooling.pooled`` on per-person differences from each bench's ``verdicts.csv``), the
-    per-seed range and how many seeds' own intervals exclude 0."""
-    per_seed, diffs = [], []
-    for r in rows:
-        run_dir = runs / f"seed{r['seed']}-{size}"
-        res = json.loads((run_dir / "bench" / "results.json").read_text())
-        rounds = res["setup"]["rounds"]
-        first, last = min(rounds, key=rounds.get), max(rounds, key=rounds.get)
-        scores = verdicts(run_dir / "bench")
-        per_seed.append(paired(person_scores(scores[last]), person_scores(scores[first])))
-        diffs.append(r[size]["last_minus_round0"])
-    out = {"pooled": {k: round(100 * v, 2) if k in ("value", "lo", "hi") else v for k, v in pooled(per_seed).items()}}
-    out.update(
-        per_seed_mean=round(statistics.mean(d[0] for d in diffs), 2), per_seed_min=min(d[0] for d in diffs),
-        per_seed_max=max(d[0] for d in diffs), n_seeds_above_zero=sum(d[1] > 0 for d in diffs),
-        n_seeds_below_zero=sum(d[2] < 0 for d in diffs), n_seeds=len(diffs),
-    )  # fmt: skip
+def _iv(x: list[float]) -> dict:
+    return {"value": x[0], "lo": x[1], "hi": x[2]}
+
+
+def pooled_rounds(rows: list[dict], size: str) -> dict:
+    """Last round - round 0 over seeds (points): the random-effects pooled estimate over the
+    seeds' own paired intervals (``pooling.over_seeds``), the per-seed mean and range and how
+    many seeds' own intervals exclude 0."""
+    return over_seeds([_iv(r[size]["last_minus_round0"]) for r in rows])
+
+
+def pooled_better_share(rows: list[dict]) -> dict:
+    """The hyperparameter demo's better-setting share over seeds (points): per round the mean
+    and range over seeds, and on how many seeds the last round's share is above round 0's.
+    (A share per seed has no interval: the seeds' spread is what there is.)"""
+    shares = [r["full"]["hparams"]["better_share"] for r in rows]
+    rounds = sorted(shares[0], key=int)
+    out = {
+        f"round{k}": {"mean": round(statistics.mean(s[k] for s in shares), 2), "min": min(s[k] for s in shares), "max": max(s[k] for s in shares)}
+        for k in rounds
+    }
+    rises = [s[rounds[-1]] - s[rounds[0]] for s in shares]
+    out["last_minus_round0"] = {"mean": round(statistics.mean(rises), 2), "min": round(min(rises), 2), "max": round(max(rises), 2), "n_seeds_up": sum(x > 0 for x in rises), "n_seeds": len(rises)}
     return out
+
+
+def seed_files(results_dir: Path, seeds: list[int] | None) -> list[dict]:
+    """The rows of the committed per-seed files ``microworld_hparams_seedN.json`` in ``results_dir``
+    (``seeds``: only these, each required)."""
+    rows = {}
+    for path in sorted(results_dir.glob("microworld_hparams_seed*.json")):
+        seed = int(path.stem.removeprefix("microworld_hparams_seed"))
+        if seeds is None or seed in seeds:
+            rows[seed] = {**json.loads(path.read_text())["row"], "cpu": json.loads(path.read_text())["provenance"]["cpu"]}
+    if seeds is not None and (missing := sorted(set(seeds) - set(rows))):
+        raise SystemExit(f"no microworld_hparams_seedN.json in {results_dir} for seeds {missing}")
+    return [rows[s] for s in sorted(rows)]
 
 
 def _fmt(iv: list[float] | None) -> str:
@@ -185,30 +207,48 @@ def print_tables(rows: list[dict], sizes: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default 0-4); with --pool-only, to pool (default: every file)")
     ap.add_argument("--sizes", nargs="+", choices=["reduced", "full"], default=["reduced", "full"])
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--runs", type=Path, help="run directories (default runs/seeds, --hparams: runs/seeds-hparams)")
     ap.add_argument("--hparams", action="store_true", help="the hyperparameter world (seal microworld demo --hparams), full size")
+    ap.add_argument("--results-dir", type=Path, help="--hparams: write each seed's microworld_hparams_seedN.json here as it finishes, and pool every seed's file found there (e.g. docs/results)")
+    ap.add_argument("--pool-only", action="store_true", help="--hparams: run nothing, pool the files in --results-dir (--seeds: only these)")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
-    ap.add_argument("--results", type=Path, help="also write the JSON here, e.g. docs/results/microworld_seeds.json (the README's tables)")
+    ap.add_argument("--results", type=Path, help="also write the pooled JSON here, e.g. docs/results/microworld_seeds.json (the README's tables)")
     a = ap.parse_args()
+    if a.pool_only and not (a.hparams and a.results_dir):
+        ap.error("--pool-only pools the per-seed files of --hparams --results-dir")
     sizes = ["full"] if a.hparams else a.sizes
     runs = a.runs or REPO / "runs" / ("seeds-hparams" if a.hparams else "seeds")
-    with ThreadPoolExecutor(a.jobs) as pool:
-        rows = list(pool.map(lambda s: run_seed(s, sizes, runs, a.hparams), a.seeds))
+
+    def one(seed: int) -> dict:
+        row = run_seed(seed, sizes, runs, a.hparams)
+        if a.hparams and a.results_dir:  # a finished seed is kept even if a later one fails
+            write_results(a.results_dir / f"microworld_hparams_seed{seed}.json", {"row": row})
+        return row
+
+    rows: list[dict] = []
+    if not a.pool_only:
+        with ThreadPoolExecutor(a.jobs) as pool:
+            rows = list(pool.map(one, a.seeds or [0, 1, 2, 3, 4]))
+    if a.hparams and a.results_dir:  # every seed's committed file, this session's and earlier ones
+        rows = seed_files(a.results_dir, a.seeds if a.pool_only else None)
     print_tables(rows, sizes)
-    payload: dict = {"rows": rows}
+    payload: dict = {"seeds": [r["seed"] for r in rows], "rows": rows}
     if len(rows) > 1:
-        payload["pooled"] = {size: pooled_rounds(rows, runs, size) for size in sizes}
+        payload["pooled"] = {size: pooled_rounds(rows, size) for size in sizes}
         for size in sizes:
             p = payload["pooled"][size]
-            print(f"{size}: last round - round 0 pooled {p['pooled']['value']:+.1f} [{p['pooled']['lo']:+.1f}, {p['pooled']['hi']:+.1f}], "
+            print(f"{size}: last round - round 0 pooled {_fmt(list(p['pooled'][k] for k in ('value', 'lo', 'hi')))}, "
                   f"per seed {p['per_seed_min']:+.1f} .. {p['per_seed_max']:+.1f}, {p['n_seeds_above_zero']}/{p['n_seeds']} seeds above 0")
     if a.hparams:
         for r in rows:
             h = r["full"]["hparams"]
             print(f"seed {r['seed']}: better-setting share per round {' / '.join(f'{v:.1f}' for v in h['better_share'].values())} ({', '.join(h['better_settings'])})")
+        if len(rows) > 1:
+            payload["pooled_better_share"] = pooled_better_share(rows)
+            print(f"better-setting share over seeds: {payload['pooled_better_share']}")
     name = "microworld_hparams_seeds.json" if a.hparams else "microworld_seeds.json"
     write_results(a.output / name, payload, published=a.results)
 

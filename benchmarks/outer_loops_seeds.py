@@ -8,22 +8,23 @@ inner-loop evaluations:
 * ``seal train recipes/microworld_grpo_cpu.yaml`` (GRPO: 18 steps x 16 people x 5, every
   checkpoint kept),
 * ``benchmarks/outer_loops.py``: every round's / chosen step's policy on the 200 held-out
-  people (``recipes/bench_microworld_cpu.yaml``), GRPO at steps 6, 12 and 18; its
-  ``outer_loops.json`` per seed is also written to ``--results-dir`` as
-  ``outer_loops_seedN.json``.
+  people (``recipes/bench_microworld_cpu.yaml``), GRPO at steps 6, 12 and 18; its report is
+  written to ``--results-dir`` (default ``docs/results``) as ``outer_loops_seedN.json``.
 
-Then the pooled table (``--pool``): per seed and pooled over seeds, held-out accuracy of
-each outer loop's final policy and the paired differences curated - ReST-EM, GRPO - ReST-EM,
-GRPO - curated (and each - round 0), with the number of seeds whose 95 % interval excludes 0
-on either side. The pooled interval is a two-level bootstrap (:func:`pooled`): seeds drawn
-with replacement, then each drawn seed's held-out people drawn with replacement, the statistic
-the mean over the drawn seeds of the per-seed macro difference; so it carries both the
-spread between worlds and the sampling noise of 200 people per world.
+Then the pooled table, from the per-seed files in ``--results-dir`` (so seeds measured in
+different sessions and on different machines pool; the run directories are not needed): per
+seed and pooled over seeds, held-out accuracy of each outer loop's final policy and the paired
+differences curated - ReST-EM, GRPO - ReST-EM, GRPO - curated (and each - round 0), in points,
+with the per-seed mean and range and the number of seeds whose own 95 % interval excludes 0 on
+either side. The pooled estimate is a random-effects meta-analysis over the seeds' own
+intervals (``benchmarks/pooling.py``: DerSimonian-Laird between-seed variance, Hartung-Knapp
+interval on seeds - 1 degrees of freedom), so it carries both the spread between worlds
+(``tau``) and the sampling noise of 200 people per world.
 
 Usage::
 
     python benchmarks/outer_loops_seeds.py [--seeds 0 1 2 3 4] [--runs runs/outer_seeds] [--no-pool]
-    python benchmarks/outer_loops_seeds.py --pool-only [--results docs/results/outer_loops_seeds.json]
+    python benchmarks/outer_loops_seeds.py --pool-only [--seeds ...] [--results docs/results/outer_loops_seeds.json]
 
 Every step resumes: a finished run or bench is reported, not run again. Each step runs in a
 fresh process with one torch thread; the log is ``RUNS/seedN/NAME.log``.
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -42,7 +42,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from pooling import paired, person_scores, pooled, verdicts  # noqa: E402
+from pooling import over_seeds  # noqa: E402
+
+from seal.config import DiagnosticsConfig  # noqa: E402
+from seal.diagnostics import style_collapse  # noqa: E402
+
+MAX_FORMAT_SHARE = DiagnosticsConfig().max_format_share
 from provenance import write_results  # noqa: E402
 
 #: (name, recipe, extra overrides) of the three training runs per seed.
@@ -108,24 +113,21 @@ def run_seed(seed: int, runs: Path, results_dir: Path | None) -> dict:
 # ----------------------------------------------------------------------------- pooling
 
 
-def seed_loops(seed: int, runs: Path) -> dict[str, list[float | None]]:
-    """Outer-loop name -> per-person held-out scores of its final policy (and round 0), one seed."""
-    report = json.loads((runs / f"seed{seed}" / "outer_loops" / "outer_loops.json").read_text())
-    scores = verdicts(Path(report["bench"]))
-    names = {"ReST-EM": "restem", "GRPO": "grpo", "RLOO": "grpo"}
-    out = {"round0": person_scores(scores[report["round0"]["label"]])}
-    for loop in report["loops"]:
-        key = "curated" if loop["name"].startswith("curated") else names[loop["name"]]
-        out[key] = person_scores(scores[loop["policies"][-1]["label"]])
-    return out
+def loop_key(name: str) -> str:
+    """``outer_loops.py``'s loop name -> the short key: ReST-EM, curated ReST-EM (...), GRPO / RLOO."""
+    return "curated" if name.startswith("curated") else ("restem" if name == "ReST-EM" else "grpo")
+
+
+def points(iv: dict | None) -> dict | None:
+    """A fraction interval ``{"value", "lo", "hi"}`` in points, 2 decimals (the README's unit)."""
+    return None if iv is None else {k: round(100 * iv[k], 2) for k in ("value", "lo", "hi")}
 
 
 def per_seed_difference(report: dict, a: str, b: str) -> dict | None:
-    """The bench's own paired interval of ``a - b`` (final policies) in one seed's report."""
+    """The bench's own paired interval of ``a - b`` (final policies; fractions) in one seed's report."""
     labels = {"round0": report["round0"]["label"]}
     for loop in report["loops"]:
-        key = "curated" if loop["name"].startswith("curated") else ("restem" if loop["name"] == "ReST-EM" else "grpo")
-        labels[key] = loop["policies"][-1]["label"]
+        labels[loop_key(loop["name"])] = loop["policies"][-1]["label"]
     for d in report["differences"]:
         if (d["a"], d["b"]) == (labels[a], labels[b]):
             return d["diff"]
@@ -135,76 +137,107 @@ def per_seed_difference(report: dict, a: str, b: str) -> dict | None:
     return None
 
 
-def pool(seeds: list[int], runs: Path) -> dict:
-    """Per seed and pooled: final accuracies, the paired differences and how many seeds exclude 0."""
-    rows, scores = [], {}
-    for seed in seeds:
-        report = json.loads((runs / f"seed{seed}" / "outer_loops" / "outer_loops.json").read_text())
-        scores[seed] = seed_loops(seed, runs)
-        row = {"seed": seed, "accuracy": {"round0": report["round0"]["accuracy"]}, "differences": {}, "training": {}}
-        for loop in report["loops"]:
-            key = "curated" if loop["name"].startswith("curated") else ("restem" if loop["name"] == "ReST-EM" else "grpo")
-            row["accuracy"][key] = loop["policies"][-1]["accuracy"]
-            if key == "grpo":
-                row["grpo_steps"] = {str(p["step"]): p["accuracy"] for p in loop["policies"]}
-            row["training"][key] = [{"mean_reward": t["mean_reward"], "collapse_warning": (t["diagnostics"] or {}).get("collapse_warning"), "format_shares": (t["diagnostics"] or {}).get("format_shares")} for t in loop["training"]]
-        for key, a, b in PAIRS:
-            row["differences"][key] = per_seed_difference(report, a, b)
-        rows.append(row)
-    summary = {}
-    for key, a, b in PAIRS:
-        diffs = [r["differences"][key] for r in rows if r["differences"][key] is not None]
-        summary[key] = {
-            "pooled": pooled([paired(scores[s][a], scores[s][b]) for s in seeds]),
-            "per_seed_mean": statistics.mean(d["value"] for d in diffs),
-            "per_seed_min": min(d["value"] for d in diffs),
-            "per_seed_max": max(d["value"] for d in diffs),
-            "n_seeds_above_zero": sum(d["lo"] > 0 for d in diffs),
-            "n_seeds_below_zero": sum(d["hi"] < 0 for d in diffs),
-            "n_seeds": len(diffs),
+def seed_row(seed: int, report: dict) -> dict:
+    """One seed's line of the pooled table (points): final accuracies, GRPO's steps, the
+    paired differences, the last round's / step's diagnostics and the machine."""
+    row: dict = {"seed": seed, "cpu": report["provenance"]["cpu"], "accuracy": {"round0": points(report["round0"]["accuracy"])}}
+    row["differences"], row["training"] = {}, {}
+    for loop in report["loops"]:
+        key = loop_key(loop["name"])
+        row["accuracy"][key] = points(loop["policies"][-1]["accuracy"])
+        if key == "grpo":
+            row["grpo_steps"] = {str(p["step"]): points(p["accuracy"]) for p in loop["policies"]}
+        last = loop["training"][-1]
+        d = last["diagnostics"] or {}
+        top = max((d.get("format_shares") or {"n/a": 0}).items(), key=lambda kv: kv[1])
+        row["training"][key] = {
+            "mean_reward": round(100 * last["mean_reward"], 2),
+            "distinct_2": d.get("distinct_2"),
+            "top_style": top[0],
+            "top_style_share": round(100 * top[1], 1),
+            "collapse_warning": d.get("collapse_warning"),
+            "collapse_warning_at": [t.get("step", t.get("round")) for t in loop["training"] if (t["diagnostics"] or {}).get("collapse_warning")],
+            # the style part on its own (the warning states only its first reason): one style
+            # above diagnostics.max_format_share's default, not already the first round's / step's
+            "style_collapse_at": [
+                t.get("step", t.get("round"))
+                for t in loop["training"]
+                if style_collapse(t["diagnostics"] or {}, MAX_FORMAT_SHARE, loop["training"][0]["diagnostics"])
+            ],
         }
-    accuracy = {k: pooled([[x for x in scores[s][k] if x is not None] for s in seeds]) for k in ("round0", "restem", "curated", "grpo")}
-    return {"seeds": seeds, "rows": rows, "pooled_accuracy": accuracy, "pooled_differences": summary}
+    for key, a, b in PAIRS:
+        row["differences"][key] = points(per_seed_difference(report, a, b))
+    return row
+
+
+def seed_reports(results_dir: Path, seeds: list[int] | None) -> dict[int, dict]:
+    """Seed -> its committed ``outer_loops_seedN.json`` (written by ``outer_loops.py``); files
+    transcribed from printed tables (no per-policy records) are left out, with a note."""
+    found = {}
+    for path in sorted(results_dir.glob("outer_loops_seed*.json")):
+        seed = int(path.stem.removeprefix("outer_loops_seed"))
+        if seeds is not None and seed not in seeds:
+            continue
+        report = json.loads(path.read_text())
+        if "loops" not in report:
+            print(f"{path}: transcribed (no per-policy records), left out of the pool; rerun its seed", file=sys.stderr)
+            continue
+        found[seed] = report
+    if seeds is not None and (missing := sorted(set(seeds) - set(found))):
+        raise SystemExit(f"no usable outer_loops_seedN.json in {results_dir} for seeds {missing}")
+    return found
+
+
+def pool(reports: dict[int, dict]) -> dict:
+    """Per seed and pooled over seeds (points): final accuracies and the paired differences,
+    each pooled by :func:`pooling.over_seeds` (random effects over the seeds' own intervals)."""
+    rows = [seed_row(seed, reports[seed]) for seed in sorted(reports)]
+    accuracy = {k: over_seeds([r["accuracy"][k] for r in rows]) for k in ("round0", "restem", "curated", "grpo")}
+    differences = {key: over_seeds([r["differences"][key] for r in rows]) for key, _, _ in PAIRS}
+    return {"seeds": sorted(reports), "rows": rows, "pooled_accuracy": accuracy, "pooled_differences": differences}
 
 
 def _pts(iv: dict | None, signed: bool = True) -> str:
     if iv is None:
         return "n/a"
     f = "{:+.1f}" if signed else "{:.1f}"
-    return f"{f.format(100 * iv['value'])} [{f.format(100 * iv['lo'])}, {f.format(100 * iv['hi'])}]"
+    return f"{f.format(iv['value'])} [{f.format(iv['lo'])}, {f.format(iv['hi'])}]"
 
 
 def print_tables(result: dict) -> None:
-    print("\nseed | round 0 | ReST-EM | curated | GRPO (step 18) | GRPO step 6 / 12")
+    print("\nseed | round 0 | ReST-EM | curated | GRPO (step 18) | GRPO step 6 / 12 | GRPO top style | collapse warning at | style collapse at")
     for r in result["rows"]:
-        acc, steps = r["accuracy"], r.get("grpo_steps", {})
+        acc, steps, g = r["accuracy"], r.get("grpo_steps", {}), r["training"].get("grpo", {})
         print(
             f"{r['seed']} | {_pts(acc['round0'], False)} | {_pts(acc.get('restem'), False)} | {_pts(acc.get('curated'), False)} | "
-            f"{_pts(acc.get('grpo'), False)} | {_pts(steps.get('6'), False)} / {_pts(steps.get('12'), False)}"
+            f"{_pts(acc.get('grpo'), False)} | {_pts(steps.get('6'), False)} / {_pts(steps.get('12'), False)} | "
+            f"{g.get('top_style')} {g.get('top_style_share')} % | {g.get('collapse_warning_at')} | {g.get('style_collapse_at')}"
         )
-    print("\ndifference | " + " | ".join(f"seed {r['seed']}" for r in result["rows"]) + " | pooled | seeds > 0 | seeds < 0")
+    print("\npooled accuracy | " + " | ".join(f"{k} {_pts(s['pooled'], False)}" for k, s in result["pooled_accuracy"].items()))
+    print("\ndifference | " + " | ".join(f"seed {r['seed']}" for r in result["rows"]) + " | pooled | tau | seeds > 0 | seeds < 0")
     for key, s in result["pooled_differences"].items():
         cells = " | ".join(_pts(r["differences"][key]) for r in result["rows"])
-        print(f"{key} | {cells} | {_pts(s['pooled'])} | {s['n_seeds_above_zero']}/{s['n_seeds']} | {s['n_seeds_below_zero']}/{s['n_seeds']}")
+        tau = "n/a" if s["pooled"]["tau"] is None else f"{s['pooled']['tau']:.1f}"
+        print(f"{key} | {cells} | {_pts(s['pooled'])} | {tau} | {s['n_seeds_above_zero']}/{s['n_seeds']} | {s['n_seeds_below_zero']}/{s['n_seeds']}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default 0-4) / to pool (default: every file in --results-dir)")
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "outer_seeds")
-    ap.add_argument("--results-dir", type=Path, help="also write each seed's outer_loops_seedN.json here (e.g. docs/results)")
+    ap.add_argument("--results-dir", type=Path, default=REPO / "docs" / "results", help="where each seed's outer_loops_seedN.json is written and pooled from")
     ap.add_argument("--no-pool", action="store_true", help="run the seeds, skip the pooled table")
-    ap.add_argument("--pool-only", action="store_true", help="only pool the seeds already run")
+    ap.add_argument("--pool-only", action="store_true", help="only pool the seeds' files already in --results-dir")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--results", type=Path, help="also write the pooled JSON here, e.g. docs/results/outer_loops_seeds.json")
     a = ap.parse_args()
     if not a.pool_only:
-        for seed in a.seeds:
+        for seed in a.seeds or [0, 1, 2, 3, 4]:
             walls = run_seed(seed, a.runs, a.results_dir)
             print(f"seed {seed}: done ({walls or 'already run'})", flush=True)
     if a.no_pool:
         return
-    result = pool(a.seeds, a.runs)
+    result = pool(seed_reports(a.results_dir, a.seeds))
     print_tables(result)
     write_results(a.output / "outer_loops_seeds.json", result, published=a.results)
 

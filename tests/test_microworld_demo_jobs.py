@@ -101,3 +101,36 @@ def test_side_steps_bench_finished_rounds_and_the_main_bench_reuses_the_last(tmp
     assert untimed(journal, run) == untimed(read_jsonl(one / "bench" / "journal.jsonl"), one)
     results = [untimed(json.loads((d / "bench" / "results.json").read_text()), d) for d in (one, run)]
     assert results[0] == results[1]
+
+
+def test_pretraining_on_two_threads_writes_the_same_weights(tmp_path):
+    """What lets the two-job demo pretrain on both threads: the weights (and the copy checks,
+    sampled from them) equal one thread's, bit for bit. At the real model's width (128) and
+    batch, so the products are big enough for torch to split them across the threads."""
+    import torch
+
+    from seal.microworld.config import PretrainConfig
+    from seal.microworld.pretrain import pretrain
+
+    wide = {**TINY, "hidden_size": 128, "intermediate_size": 384, "num_heads": 4, "batch_size": 16, "memory_epochs": 1}
+    metas, threads_before = [], torch.get_num_threads()
+    for threads in (1, 2):
+        out = pretrain(tmp_path / f"threads{threads}", PretrainConfig(**wide, num_threads=threads), log=lambda _: None)
+        metas.append(json.loads((out / "meta.json").read_text()))
+    assert torch.get_num_threads() == threads_before  # pretraining restores the process's threads
+    assert (tmp_path / "threads1" / "model" / "model.safetensors").read_bytes() == (tmp_path / "threads2" / "model" / "model.safetensors").read_bytes()
+    for key in ("loss_history", "copy_checks", "copy_skill", "memory_qa_accuracy", "steps"):
+        assert untimed(metas[0][key], tmp_path) == untimed(metas[1][key], tmp_path), key
+
+
+def test_the_demo_pretrains_on_two_threads_only_with_two_idle_cores_and_unless_told_otherwise():
+    from seal.config import load_recipe
+    from seal.microworld.demo import pretrain_threads, with_pretrain_threads
+
+    assert [pretrain_threads(2, idle) for idle in (2.0, 1.8, 1.5, 0.2)] == [2, 2, 1, 1]
+    assert pretrain_threads(1, 2.0) == 1
+    recipe = load_recipe("recipes/microworld_cpu.yaml", [])
+    two = with_pretrain_threads(recipe, 2, [])
+    assert two.microworld.num_threads == 2 and two.microworld.entry_dir() == recipe.microworld.entry_dir()  # same cache entry
+    told = load_recipe("recipes/microworld_cpu.yaml", ["microworld.num_threads=1"])
+    assert with_pretrain_threads(told, 2, ["microworld.num_threads=1"]).microworld.num_threads == 1

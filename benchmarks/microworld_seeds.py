@@ -205,6 +205,27 @@ def print_tables(rows: list[dict], sizes: list[str]) -> None:
             print(f"training-reward gain: mean {statistics.mean(gains):.1f}, SD {statistics.stdev(gains):.1f}, range [{min(gains):.1f}, {max(gains):.1f}]")
 
 
+def hparams_markdown(payload: dict) -> str:
+    """The README's hyperparameter table (points): per seed the better-setting share per round
+    and last round - round 0 on held-out accuracy; over seeds the share's mean [min, max] and
+    the pooled difference."""
+    rows = payload["rows"]
+    rounds = sorted(rows[0]["full"]["hparams"]["better_share"], key=int)
+    head = " / ".join(rounds)
+    lines = [f"| seed (CPU family/model) | better settings (by round 0's accuracy) | better-setting share, rounds {head} | round {rounds[-1]} − round 0 |", "|---|---|---|---|"]
+    for r in rows:
+        h, cpu = r["full"]["hparams"], r.get("cpu", {})
+        share = " / ".join(f"{h['better_share'][k]:.1f}" for k in rounds)
+        lines.append(f"| {r['seed']} ({cpu.get('family')}/{cpu.get('model')}) | {', '.join(h['better_settings'])} | {share} | {_fmt(r['full']['last_minus_round0']).replace('-', '−')} |")
+    if "pooled" in payload:
+        b, p = payload["pooled_better_share"], payload["pooled"]["full"]
+        share = " / ".join(f"{b[f'round{k}']['mean']:.1f}" for k in rounds)
+        spread = " / ".join(f"[{b[f'round{k}']['min']:.1f}, {b[f'round{k}']['max']:.1f}]" for k in rounds)
+        pooled = _fmt([p["pooled"][k] for k in ("value", "lo", "hi")]).replace("-", "−")
+        lines.append(f"| mean over {p['n_seeds']} seeds [min, max] | | {share} {spread} | {pooled} (pooled); {p['n_seeds_above_zero']} of {p['n_seeds']} seeds above 0 |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default 0-4); with --pool-only, to pool (default: every file)")
@@ -249,6 +270,8 @@ def main() -> None:
         if len(rows) > 1:
             payload["pooled_better_share"] = pooled_better_share(rows)
             print(f"better-setting share over seeds: {payload['pooled_better_share']}")
+    if a.hparams and rows:
+        print(hparams_markdown(payload))
     name = "microworld_hparams_seeds.json" if a.hparams else "microworld_seeds.json"
     write_results(a.output / name, payload, published=a.results)
 

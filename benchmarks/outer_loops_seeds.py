@@ -201,24 +201,36 @@ def _pts(iv: dict | None, signed: bool = True) -> str:
     if iv is None:
         return "n/a"
     f = "{:+.1f}" if signed else "{:.1f}"
-    return f"{f.format(iv['value'])} [{f.format(iv['lo'])}, {f.format(iv['hi'])}]"
+    return f"{f.format(iv['value'])} [{f.format(iv['lo'])}, {f.format(iv['hi'])}]".replace("-", "−")
 
 
-def print_tables(result: dict) -> None:
-    print("\nseed | round 0 | ReST-EM | curated | GRPO (step 18) | GRPO step 6 / 12 | GRPO top style | collapse warning at | style collapse at")
+NAMES = {"round0": "round 0", "restem": "ReST-EM", "curated": "curated ReST-EM", "grpo": "GRPO"}
+
+
+def markdown(result: dict) -> str:
+    """The README's two tables (points): per seed, then the differences pooled over seeds."""
+    lines = ["| seed (CPU family/model) | round 0 | ReST-EM | curated ReST-EM | GRPO, step 18 | GRPO, step 6 / 12 | GRPO's top style at step 18 | collapse warning at GRPO steps (style part) |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         acc, steps, g = r["accuracy"], r.get("grpo_steps", {}), r["training"].get("grpo", {})
-        print(
-            f"{r['seed']} | {_pts(acc['round0'], False)} | {_pts(acc.get('restem'), False)} | {_pts(acc.get('curated'), False)} | "
-            f"{_pts(acc.get('grpo'), False)} | {_pts(steps.get('6'), False)} / {_pts(steps.get('12'), False)} | "
-            f"{g.get('top_style')} {g.get('top_style_share')} % | {g.get('collapse_warning_at')} | {g.get('style_collapse_at')}"
+        at = ", ".join(map(str, g.get("collapse_warning_at") or [])) or "none"
+        style = ", ".join(map(str, g.get("style_collapse_at") or [])) or "none"
+        lines.append(
+            f"| {r['seed']} ({r['cpu'].get('family')}/{r['cpu'].get('model')}) | {_pts(acc['round0'], False)} | {_pts(acc.get('restem'), False)} | "
+            f"{_pts(acc.get('curated'), False)} | {_pts(acc.get('grpo'), False)} | {_pts(steps.get('6'), False)} / {_pts(steps.get('12'), False)} | "
+            f"{g.get('top_style')} {g.get('top_style_share')} % | {at} ({style}) |"
         )
-    print("\npooled accuracy | " + " | ".join(f"{k} {_pts(s['pooled'], False)}" for k, s in result["pooled_accuracy"].items()))
-    print("\ndifference | " + " | ".join(f"seed {r['seed']}" for r in result["rows"]) + " | pooled | tau | seeds > 0 | seeds < 0")
-    for key, s in result["pooled_differences"].items():
+    pooled = result["pooled_accuracy"]
+    lines.append("| pooled | " + " | ".join(_pts(pooled[k]["pooled"], False) for k in ("round0", "restem", "curated", "grpo")) + " | | | |")
+    lines += ["", "| difference | " + " | ".join(f"seed {r['seed']}" for r in result["rows"]) + " | mean [min, max] | pooled | tau | seeds above 0 / below 0 |"]
+    lines.append("|---" * (len(result["rows"]) + 5) + "|")
+    for key, a, b in PAIRS:
+        s = result["pooled_differences"][key]
         cells = " | ".join(_pts(r["differences"][key]) for r in result["rows"])
         tau = "n/a" if s["pooled"]["tau"] is None else f"{s['pooled']['tau']:.1f}"
-        print(f"{key} | {cells} | {_pts(s['pooled'])} | {tau} | {s['n_seeds_above_zero']}/{s['n_seeds']} | {s['n_seeds_below_zero']}/{s['n_seeds']}")
+        spread = f"{s['per_seed_mean']:+.1f} [{s['per_seed_min']:+.1f}, {s['per_seed_max']:+.1f}]".replace("-", "−")
+        lines.append(f"| {NAMES[a]} − {NAMES[b]} | {cells} | {spread} | {_pts(s['pooled'])} | {tau} | {s['n_seeds_above_zero']} / {s['n_seeds_below_zero']} of {s['n_seeds']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -238,7 +250,7 @@ def main() -> None:
     if a.no_pool:
         return
     result = pool(seed_reports(a.results_dir, a.seeds))
-    print_tables(result)
+    print(markdown(result))
     write_results(a.output / "outer_loops_seeds.json", result, published=a.results)
 
 

@@ -175,7 +175,7 @@ def seed_files(results_dir: Path, seeds: list[int] | None) -> list[dict]:
     """The rows of the committed per-seed files ``microworld_hparams_seedN.json`` in ``results_dir``
     (``seeds``: only these, each required)."""
     rows = {}
-    for path in sorted(results_dir.glob("microworld_hparams_seed*.json")):
+    for path in sorted(results_dir.glob("microworld_hparams_seed[0-9]*.json")):
         seed = int(path.stem.removeprefix("microworld_hparams_seed"))
         if seeds is None or seed in seeds:
             rows[seed] = {**json.loads(path.read_text())["row"], "cpu": json.loads(path.read_text())["provenance"]["cpu"]}

@@ -70,6 +70,7 @@ def test_the_outer_loop_pool_reads_a_committed_seed_file_as_the_bench_reported_i
     report = json.loads((REPO / "docs" / "results" / "outer_loops_seed1.json").read_text())
     (tmp_path / "outer_loops_seed1.json").write_text(json.dumps(report))
     (tmp_path / "outer_loops_seed7.json").write_text(json.dumps({"provenance": {}, "rows": []}))  # transcribed: left out
+    (tmp_path / "outer_loops_seeds.json").write_text("{}")  # the pooled file beside them: not a seed
     result = ols.pool(ols.seed_reports(tmp_path, None))
     assert result["seeds"] == [1]
     row = result["rows"][0]
@@ -95,6 +96,7 @@ def test_the_hparams_pool_reads_every_seed_file_and_counts_the_seeds_whose_share
 
     write_results(tmp_path / "microworld_hparams_seed0.json", {"row": row(0, {"0": 40.0, "1": 70.0, "2": 80.0}, [10.0, 6.0, 14.0])})
     write_results(tmp_path / "microworld_hparams_seed3.json", {"row": row(3, {"0": 50.0, "1": 45.0, "2": 45.0}, [2.0, -2.0, 6.0])})
+    (tmp_path / "microworld_hparams_seeds.json").write_text("{}")  # the pooled file: not a seed
     rows = mws.seed_files(tmp_path, None)
     assert [r["seed"] for r in rows] == [0, 3] and rows[0]["cpu"]  # each row keeps its machine
     shares = mws.pooled_better_share(rows)

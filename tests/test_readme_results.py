@@ -46,6 +46,12 @@ def numbers_in_json(obj) -> set[float]:
     return found
 
 
+def in_points(known: set[float]) -> set[float]:
+    """``known`` and, for each fraction in [-1, 1], the same in points (x 100): the benchmarks
+    write accuracies and shares as fractions, the README's tables show points."""
+    return known | {100 * x for x in known if -1 <= x <= 1}
+
+
 def figure_tables(readme: str) -> list[tuple[str, list[str]]]:
     """(results file, table lines) for every marked table."""
     lines = readme.splitlines()
@@ -82,7 +88,7 @@ def test_every_number_of_the_readmes_figure_tables_is_in_its_results_file():
         data = json.loads((REPO / path).read_text())
         assert all(data["provenance"].get(k) for k in PROVENANCE), f"{path}: provenance needs {PROVENANCE}"
         assert len(rows) >= 3, f"{path}: no table under its marker"
-        assert missing_numbers(rows, numbers_in_json(data)) == [], f"README table from {path}"
+        assert missing_numbers(rows, in_points(numbers_in_json(data))) == [], f"README table from {path}"
 
 
 def not_json(constant: str):
@@ -101,5 +107,7 @@ def test_the_check_catches_a_changed_figure():
     known = numbers_in_json({"rows": [{"accuracy": 30.6, "interval": [27.2, 34.0]}], "label": "round 1 of GPT-4.1"})
     assert missing_numbers(["| round 1 | 30.6 % [27.2, 34.0] | GPT-4.1 |"], known) == []
     assert missing_numbers(["| round 1 | 30.7 % [27.2, 34.0] |"], known) == ["30.7 in '| round 1 | 30.7 % [27.2, 34.0] |'"]
+    fractions = in_points(numbers_in_json({"accuracy": 0.306, "steps": 18}))
+    assert missing_numbers(["| 30.6 | 18 |"], fractions) == [] and missing_numbers(["| 1800 |"], fractions) == ["1800 in '| 1800 |'"]
     assert missing_numbers(["| −27.2 |"], known) != []  # the sign counts
     assert numbers_in_text("lr 5e-4, +1.5 [−2.3, 0.25]") == [(5e-4, 0), (1.5, 1), (-2.3, 1), (0.25, 2)]

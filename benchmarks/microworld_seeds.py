@@ -219,10 +219,9 @@ def hparams_markdown(payload: dict) -> str:
         lines.append(f"| {r['seed']} ({cpu.get('family')}/{cpu.get('model')}) | {', '.join(h['better_settings'])} | {share} | {_fmt(r['full']['last_minus_round0']).replace('-', '−')} |")
     if "pooled" in payload:
         b, p = payload["pooled_better_share"], payload["pooled"]["full"]
-        share = " / ".join(f"{b[f'round{k}']['mean']:.1f}" for k in rounds)
-        spread = " / ".join(f"[{b[f'round{k}']['min']:.1f}, {b[f'round{k}']['max']:.1f}]" for k in rounds)
+        share = " / ".join(f"{b[f'round{k}']['mean']:.1f} [{b[f'round{k}']['min']:.1f}, {b[f'round{k}']['max']:.1f}]" for k in rounds)
         pooled = _fmt([p["pooled"][k] for k in ("value", "lo", "hi")]).replace("-", "−")
-        lines.append(f"| mean over {p['n_seeds']} seeds [min, max] | | {share} {spread} | {pooled} (pooled); {p['n_seeds_above_zero']} of {p['n_seeds']} seeds above 0 |")
+        lines.append(f"| mean over {p['n_seeds']} seeds [min, max] | | {share} | {pooled} (pooled); {p['n_seeds_above_zero']} of {p['n_seeds']} seeds above 0 |")
     return "\n".join(lines) + "\n"
 
 

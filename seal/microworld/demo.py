@@ -339,7 +339,11 @@ def run_demo(
 
     with hold_run_dir(run_dir):  # the demo's directory, claimed and locked for all three steps
         console.rule("1/3 the microworld")
-        ensure_model(with_pretrain_threads(train_config, pretrain_threads(jobs), overrides), console.print)
+        prepared = train_config
+        if not (Path(train_config.microworld.entry_dir()) / "meta.json").is_file():
+            prepared = with_pretrain_threads(train_config, pretrain_threads(jobs), overrides)
+            console.print(f"pretraining on {prepared.microworld.num_threads or 'torch default'} torch thread(s)")
+        ensure_model(prepared, console.print)
         console.print(f"world and base policy: {train_config.microworld.entry_dir()}")
         console.print(copy_skill_summary(train_config.microworld.entry_dir()))
 

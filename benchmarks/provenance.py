@@ -48,7 +48,7 @@ def cpu_info() -> dict:
 
 def stamp(argv: list[str] | None = None) -> dict:
     """The provenance block: ``command`` (this process's argv), ``commit`` (HEAD, ``+dirty``
-    when the tree has uncommitted changes), ``cpu`` (:func:`cpu_info`), ``date`` (UTC, ISO
+    when the tree has uncommitted changes outside the results folders), ``cpu`` (:func:`cpu_info`), ``date`` (UTC, ISO
     8601), ``python`` and ``torch`` versions."""
     try:
         import torch
@@ -57,7 +57,8 @@ def stamp(argv: list[str] | None = None) -> dict:
     except ImportError:
         torch_version = None
     commit = _git("rev-parse", "--short", "HEAD")
-    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+    # dirty: code or recipes changed; results files being written by this very run do not count
+    if commit and _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/results", ":!benchmarks/results"):
         commit += "+dirty"
     return {
         "command": " ".join(["python", *(sys.argv if argv is None else argv)]),

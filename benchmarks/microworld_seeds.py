@@ -178,7 +178,8 @@ def seed_files(results_dir: Path, seeds: list[int] | None) -> list[dict]:
     for path in sorted(results_dir.glob("microworld_hparams_seed[0-9]*.json")):
         seed = int(path.stem.removeprefix("microworld_hparams_seed"))
         if seeds is None or seed in seeds:
-            rows[seed] = {**json.loads(path.read_text())["row"], "cpu": json.loads(path.read_text())["provenance"]["cpu"]}
+            data = json.loads(path.read_text())
+            rows[seed] = {**data["row"], "cpu": data["provenance"]["cpu"]}
     if seeds is not None and (missing := sorted(set(seeds) - set(rows))):
         raise SystemExit(f"no microworld_hparams_seedN.json in {results_dir} for seeds {missing}")
     return [rows[s] for s in sorted(rows)]

@@ -130,7 +130,7 @@ def test_the_demo_pretrains_on_two_threads_only_with_two_idle_cores_and_unless_t
     assert [pretrain_threads(2, idle) for idle in (2.0, 1.8, 1.5, 0.2)] == [2, 2, 1, 1]
     assert pretrain_threads(1, 2.0) == 1
     recipe = load_recipe("recipes/microworld_cpu.yaml", [])
-    two = with_pretrain_threads(recipe, 2, [])
+    two = with_pretrain_threads(recipe, 2)
     assert two.microworld.num_threads == 2 and two.microworld.entry_dir() == recipe.microworld.entry_dir()  # same cache entry
     told = load_recipe("recipes/microworld_cpu.yaml", ["microworld.num_threads=1"])
-    assert with_pretrain_threads(told, 2, ["microworld.num_threads=1"]).microworld.num_threads == 1
+    assert with_pretrain_threads(told, 2).microworld.num_threads == 1

@@ -83,16 +83,21 @@ SIDE_BENCH = "bench-side"
 SIDE_NICE = 10
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (a container's or ``taskset``'s share, not the host's)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def default_jobs() -> int:
     """Processes the demo uses by default: 2 where this process may run on two or more cores, else 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(2, cores or 1)
+    return min(2, usable_cores())
 
 
 def idle_cores(interval: float = 0.5) -> float:
     """Cores idle right now: the idle share of ``/proc/stat``'s CPU time over ``interval``
-    seconds times the cores (Linux); elsewhere the cores minus the 1-minute load average."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    seconds times the machine's cores (Linux; ``/proc/stat`` counts them all); elsewhere the
+    usable cores minus the 1-minute load average."""
 
     def sample() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -103,8 +108,8 @@ def idle_cores(interval: float = 0.5) -> float:
         time.sleep(interval)
         idle1, total1 = sample()
     except (OSError, ValueError, IndexError):
-        return max(0.0, cores - os.getloadavg()[0])
-    return (os.cpu_count() or cores) * (idle1 - idle0) / max(1, total1 - total0)
+        return max(0.0, usable_cores() - os.getloadavg()[0])
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(1, total1 - total0)
 
 
 def pretrain_threads(jobs: int, idle: float | None = None) -> int:
@@ -117,12 +122,11 @@ def pretrain_threads(jobs: int, idle: float | None = None) -> int:
     return jobs if idle >= jobs - 0.3 else 1
 
 
-def with_pretrain_threads(recipe: Recipe, threads: int, overrides: list[str]) -> Recipe:
-    """``recipe`` with ``microworld.num_threads = threads`` unless the recipe or the overrides set
-    it (an unkeyed setting: the world's cache entry, and its weights, are the same)."""
+def with_pretrain_threads(recipe: Recipe, threads: int) -> Recipe:
+    """``recipe`` with ``microworld.num_threads = threads`` unless the recipe or its overrides set
+    it (both mark the field as set; an unkeyed setting: the world's cache entry, and its
+    weights, are the same)."""
     if threads == 1 or recipe.microworld is None or "num_threads" in recipe.microworld.model_fields_set:
-        return recipe
-    if any(o.startswith("microworld.num_threads=") for o in overrides):
         return recipe
     world = recipe.microworld.model_copy(update={"num_threads": threads})
     return recipe.model_copy(update={"microworld": world})
@@ -341,7 +345,7 @@ def run_demo(
         console.rule("1/3 the microworld")
         prepared = train_config
         if not (Path(train_config.microworld.entry_dir()) / "meta.json").is_file():
-            prepared = with_pretrain_threads(train_config, pretrain_threads(jobs), overrides)
+            prepared = with_pretrain_threads(train_config, pretrain_threads(jobs))
             console.print(f"pretraining on {prepared.microworld.num_threads or 'torch default'} torch thread(s)")
         ensure_model(prepared, console.print)
         console.print(f"world and base policy: {train_config.microworld.entry_dir()}")

@@ -29,9 +29,9 @@ train`` on two (``seal.distributed``) updates the policy data-parallel, which ch
 
 Pretraining (step 1) comes before anything the second process could do, so with ``jobs=2`` it
 runs on ``jobs`` torch threads instead (:func:`pretrain_threads`), when ``/proc/stat`` says
-that many cores are idle: the same weights bit for bit (intra-op threads split the matrix
-products, not their sums, on the CPUs measured; ``tests/test_microworld_demo_jobs.py``), 1.4x
-faster on an idle 2-core machine, but 5-7x slower when another process holds the second core
+that many cores are idle: the same weights bit for bit on the CPU measured (AMD EPYC family 25
+model 17; ``tests/test_microworld_demo_jobs.py`` checks it wherever the suite runs), 1.4x
+faster per step on an idle 2-core machine, but 5-7x slower when another process holds the second core
 (the threads wait for each other), hence the check. ``microworld.num_threads`` set in the
 recipe or the overrides wins.
 """

@@ -300,7 +300,42 @@ def load_policy(cfg, name_or_path: str | os.PathLike | None = None, *, for_train
         return load_causal_lm(name, revision, **kwargs), tok
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if resolve_device(cfg.device).type == "cpu":
+        keep_freed_cpu_memory()
     return load_model(name, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code, revision)
+
+
+#: ``mallopt`` parameters of glibc (``malloc.h``).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Environment variable: ``0`` leaves glibc's allocator as it is (see :func:`keep_freed_cpu_memory`).
+KEEP_MEMORY_ENV = "SEAL_KEEP_CPU_MEMORY"
+
+
+def keep_freed_cpu_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc keep freed memory for reuse instead of returning it to the system at once.
+
+    Each step of the inner loop allocates and frees tensors of tens of MB (a bank's ``(S, D)``
+    gradient: 21 MB on the microworld). glibc serves blocks that large with fresh ``mmap``
+    pages, so every step pays a page fault per 4 KB (measured: zeroing the gradient took
+    longer than the step's matrix products). With allocations up to ``mmap_threshold`` bytes
+    served from the heap, and up to ``trim_threshold`` bytes of free heap kept, the pages are
+    reused: 1.3x faster inner loops on the microworld, the same numbers (the allocator never
+    changes a value). The cost: the process keeps up to ``trim_threshold`` of freed memory.
+    PyTorch's CPU tuning guide suggests jemalloc or tcmalloc for the same reason; this needs
+    no preload. Process-wide and idempotent; applied when a model is loaded on the CPU
+    (:func:`load_policy`). ``SEAL_KEEP_CPU_MEMORY=0`` turns it off.
+
+    Returns True when applied (Linux with glibc), False elsewhere or when turned off.
+    """
+    if os.environ.get(KEEP_MEMORY_ENV, "1") == "0":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
 
 
 def peft_lora_config(lora: LoraConfig):

@@ -30,7 +30,7 @@ from seal.inner_loop import (
     train_bank,
 )
 from seal.models import build_tiny_model, load_model, peft_lora_config
-from seal.multi_lora import adapter_bank
+from seal.multi_lora import StackedAdamW, adapter_bank
 
 CORPUS = [
     "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy.",
@@ -647,6 +647,43 @@ def test_each_slot_steps_with_its_own_learning_rate(loaded):
             assert largest == pytest.approx(lr, rel=1e-3)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_stacked_adamw_row_by_row_equals_all_slots_at_once(weight_decay):
+    """The CPU path (active rows one at a time) and the GPU path (every slot at once) give the
+    same parameters and moments bit for bit, over steps with changing active slots, LRs and
+    gradients; an inactive slot is left exactly as it was."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(5, 300, generator=gen)
+    steppers = []
+    for _ in range(2):
+        param = start.clone().requires_grad_(True)
+        steppers.append(StackedAdamW(param, weight_decay=weight_decay))
+    rows_path, all_path = steppers
+    for step in range(6):
+        grad = torch.randn(5, 300, generator=gen) * 10 ** (step % 3 - 1)
+        active = torch.rand(5, generator=gen) > 0.3
+        active[-1] = False  # a null slot never steps
+        lr = torch.rand(5, generator=gen, dtype=torch.float64) * 1e-2
+        before = rows_path.param.detach()[~active].clone()
+        for opt, path in ((rows_path, "_step_rows"), (all_path, "_step_all")):
+            opt.param.grad = grad.clone()
+            _step_with(opt, path, lr, active)
+        assert torch.equal(rows_path.param.detach()[~active], before)
+        for a, b in ((rows_path.param.detach(), all_path.param.detach()), (rows_path.exp_avg, all_path.exp_avg), (rows_path.exp_avg_sq, all_path.exp_avg_sq)):
+            assert torch.equal(a, b)
+        assert torch.equal(rows_path.steps, all_path.steps)
+
+
+def _step_with(opt: StackedAdamW, path: str, lr: torch.Tensor, active: torch.Tensor) -> None:
+    """``opt.step`` forced onto one of its two paths (``_step_rows`` or ``_step_all``)."""
+    other = "_step_all" if path == "_step_rows" else "_step_rows"
+    setattr(opt, other, getattr(opt, path))  # the instance attribute shadows the method
+    try:
+        opt.step(lr, active)
+    finally:
+        delattr(opt, other)
+
+
 def test_grad_accumulation_is_hf_accumulation_and_a_larger_batch(loaded, model_dir):
     """inner.grad_accum_steps=2 with batch 1 is HF Trainer's accumulation (transformers >= 4.46):
     two micro-batches of one text, each loss = its CE token sum / the tokens of both, gradients
@@ -718,3 +755,16 @@ def test_full_fine_tuning_trains_every_weight(loaded, model_dir):
     train_full(b, tok, TEXTS[:5], make_cfg(epochs=2, batch_size=2), seed=4)
     for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert rel_err(pa.detach(), pb.detach()) < 1e-6, n
+
+
+def test_keep_freed_cpu_memory_applies_on_glibc_and_can_be_turned_off(monkeypatch):
+    """glibc (Linux CI) accepts the allocator settings; SEAL_KEEP_CPU_MEMORY=0 leaves them."""
+    import platform
+
+    from seal.models import KEEP_MEMORY_ENV, keep_freed_cpu_memory
+
+    monkeypatch.setenv(KEEP_MEMORY_ENV, "0")
+    assert keep_freed_cpu_memory() is False
+    monkeypatch.delenv(KEEP_MEMORY_ENV)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert keep_freed_cpu_memory() is True

@@ -200,7 +200,7 @@ class LoraBank:
         each target's A and B by one ``split``: its backward writes every piece's gradient
         into one ``(batch, D)`` tensor, where a slice per piece would build a zero-filled
         ``(batch, D)`` gradient per piece and add them all (2 x targets full-size tensors per
-        backward pass; the same values, measured 1.5x slower training on the microworld).
+        backward pass; the same values, measured 1.2x slower training on the microworld).
         """
         if slots is None:
             self._rows = self._row_params = None
@@ -315,9 +315,9 @@ class StackedAdamW:
 
         On the CPU the active slots are updated one row at a time (:meth:`_step_rows`), on
         other devices all slots at once (:meth:`_step_all`): the same operations on every
-        element, so the same values bit for bit (``tests/test_multi_lora.py``); a row stays
+        element, so the same values bit for bit (``tests/test_inner_loop.py``); a row stays
         in the CPU's cache through all of them, where whole-tensor operations stream the
-        ``(S, D)`` tensors through memory a dozen times (measured 4x faster on the
+        ``(S, D)`` tensors through memory a dozen times (measured 3-4x faster on the
         microworld's bank, 65 x 81920).
 
         Args:

@@ -317,11 +317,11 @@ def keep_freed_cpu_memory(mmap_threshold: int = 256 << 20, trim_threshold: int =
 
     Each step of the inner loop allocates and frees tensors of tens of MB (a bank's ``(S, D)``
     gradient: 21 MB on the microworld). glibc serves blocks that large with fresh ``mmap``
-    pages, so every step pays a page fault per 4 KB (measured: zeroing the gradient took
-    longer than the step's matrix products). With allocations up to ``mmap_threshold`` bytes
-    served from the heap, and up to ``trim_threshold`` bytes of free heap kept, the pages are
-    reused: about 1.15x faster inner loops on the microworld, the same numbers (the allocator never
-    changes a value). The cost: the process keeps up to ``trim_threshold`` of freed memory.
+    pages, so every step pays a page fault per 4 KB. With allocations up to ``mmap_threshold``
+    bytes served from the heap, and up to ``trim_threshold`` bytes of free heap kept, the pages
+    are reused: training 64 adapters on the microworld (two runs) had 124 k minor page faults
+    instead of 604 k and took 4.0-4.7 s instead of 4.7-5.5 s (loaded 2-core EPYC), with the
+    same trained weights (the allocator never changes a value). The cost: the process keeps up to ``trim_threshold`` of freed memory.
     PyTorch's CPU tuning guide suggests jemalloc or tcmalloc for the same reason; this needs
     no preload. Process-wide and idempotent; applied when a model is loaded on the CPU
     (:func:`load_policy`). ``SEAL_KEEP_CPU_MEMORY=0`` turns it off.

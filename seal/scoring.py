@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 
@@ -35,6 +35,9 @@ from seal.inner_loop import (
 from seal.prompts import qa_prompt
 from seal.rewards import accuracy, reward
 from seal.self_edits import train_texts
+
+if TYPE_CHECKING:
+    from seal.helper import SharedChunks
 
 T = TypeVar("T")
 
@@ -477,6 +480,9 @@ class Scorer:
         console: where the retry warnings go.
         progress: called with the number of evaluations each chunk finished (and, first, the
             number read back from the journal).
+        share: the chunks are shared with a helper process (``seal.helper``: ``seal microworld
+            demo``'s second process), which computes some of them; None: all computed here
+            (or dealt by :meth:`score`'s ``deal``). Same records either way.
     """
 
     model: Any
@@ -489,6 +495,7 @@ class Scorer:
     retry_in_halves: bool = False
     console: Console | None = None
     progress: Callable[[int], None] | None = None
+    share: SharedChunks | None = None
 
     def score(
         self, evaluations: Sequence[Evaluation], finished: Mapping[Hashable, EvaluationRecord] | None = None, deal: Deal | None = None
@@ -510,7 +517,9 @@ class Scorer:
             records = self.score_chunk(chunk, finished)
             return {e.key.id: record for e, record in zip(chunk, records, strict=True) if e.key.id not in finished}
 
-        if deal is not None:
+        if self.share is not None:
+            done = self.share.score(self, chunks, finished)
+        elif deal is not None:
             done = deal(chunks, by_id)
         else:
             done = {}
@@ -596,17 +605,18 @@ def run_evaluations(
     progress: Callable[[int], None] | None = None,
     task: TextQA | None = None,
     finished: Sequence[dict] = (),
+    share: SharedChunks | None = None,
 ) -> list[dict]:
     """:class:`Scorer` in JSON form (for ``seal.bench.protocols``): each evaluation's
     ``baseline_accuracy`` is set from ``baseline_accuracy(evaluation)`` first; ``finished``
     (journal rows of these evaluations' kind) are read back, not recomputed; the new records go
     to ``on_record`` and every record to the result as :meth:`EvaluationRecord.to_json` dicts
-    (a read-back row as it was journaled)."""
+    (a read-back row as it was journaled). ``share``: :attr:`Scorer.share`."""
     for evaluation in evaluations:
         evaluation.baseline_accuracy = baseline_accuracy(evaluation)
     id_of = type(evaluations[0].key).id_of if evaluations else None
     rows = {id_of(row): row for row in finished} if id_of else {}
     report = (lambda record: on_record(record.to_json())) if on_record else None
-    scorer = Scorer(model, tokenizer, inner, qa, task, judge, report, progress=progress)
+    scorer = Scorer(model, tokenizer, inner, qa, task, judge, report, progress=progress, share=share)
     records = scorer.score(evaluations, {key: EvaluationRecord.from_json(row) for key, row in rows.items()})
     return [rows.get(e.key.id) or record.to_json() for e, record in zip(evaluations, records, strict=True)]

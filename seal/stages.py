@@ -76,6 +76,9 @@ from seal.vllm_backend import VLLMSampler, stop_token_ids
 if TYPE_CHECKING:  # annotations only: seal.models imports transformers already
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from seal.config import ModelConfig
+    from seal.helper import Helper
+
 Unit = TypeVar("Unit", bound=Sequence)
 Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
@@ -101,6 +104,9 @@ class Round:
             metrics, see ``seal.train.TIMING_FIELDS``).
         started: ``time.perf_counter()`` when the round's work began in this launch.
         tracking: the run's experiment trackers (``seal.tracking.Tracking``; None: none).
+        helper: a helper process that takes chunks of the evaluations (``seal.helper``:
+            ``seal microworld demo``'s second process); used by a single process only.
+        loaded_from: the model settings and name or path :attr:`model` was loaded with.
     """
 
     recipe: Recipe
@@ -118,6 +124,8 @@ class Round:
     timing: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     tracking: Any = None
+    helper: Helper | None = None
+    loaded_from: tuple[ModelConfig, str] | None = None
 
     @property
     def dir(self) -> Path:
@@ -171,14 +179,16 @@ class Round:
             # type (not the host's) decides attn_implementation 'auto'.
             attn = resolve_attn_implementation(self.recipe.model.attn_implementation, resolve_device(device))
             update.update(device="cpu", attn_implementation=attn)
-        self.model, self.tokenizer = load_policy(self.recipe.model.model_copy(update=update), name_or_path)
+        cfg = self.recipe.model.model_copy(update=update)
+        self.model, self.tokenizer = load_policy(cfg, name_or_path)
+        self.loaded_from = (cfg, str(name_or_path))
         if self.sharded:
             self.model = shard_model(self.model, target)
             self.console.print(f"{name_or_path}: sharded over {self.dist.world_size} processes (FSDP2, model.shard: fsdp)")
 
     def unload_model(self) -> None:
         """Drop the round's model and free its memory."""
-        self.model = self.tokenizer = None
+        self.model = self.tokenizer = self.loaded_from = None
         free_memory()
 
 
@@ -453,7 +463,16 @@ def evaluations_stage(round_: Round, self_edits: list[list[SelfEdit]], baseline_
         )  # fmt: skip
         return done
 
-    records = scorer(round_).score(round_evaluations(round_, self_edits, baseline_records), finished, deal)
+    evaluations = round_evaluations(round_, self_edits, baseline_records)
+    share = None
+    if round_.helper is not None and not round_.dist.distributed and not round_.sharded:
+        share = round_.helper.share(round_.recipe, *round_.loaded_from)
+    if share is not None:  # the helper process takes chunks too (seal.helper); same records
+        task = round_.bar.add_task(f"round {round_.index}: inner-loop evaluations (with a helper process)", total=len(evaluations))
+        records = replace(scorer(round_), share=share, progress=lambda k: round_.bar.advance(task, k)).score(evaluations, finished)
+        round_.timing["evaluations_computed_by_helper"] = share.helped
+    else:
+        records = scorer(round_).score(evaluations, finished, deal)
     if round_.dist.is_main:
         merge_journal(round_.run, [record.to_json() for record in [*baseline_records, *records]])
     round_.dist.barrier()

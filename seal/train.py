@@ -113,6 +113,7 @@ from seal.data import DataError, Passage, resolve_data_path
 from seal.display import library_output_to, progress_bar
 from seal.distributed import Dist, get_dist
 from seal.grpo import check_processes, run_grpo
+from seal.helper import Helper
 from seal.hub import model_record, push_policy
 from seal.models import check_model_source
 from seal.preflight import check_model, check_recipe, train_lora_keys
@@ -258,12 +259,13 @@ def check_resume(run: RunDir, config: dict) -> None:
 
 def run_round(
     recipe: Recipe, run: RunDir, round_index: int, policy: str, passages: list[Passage], bar: Progress, console: Console, dist: Dist | None = None,
-    tracking: Tracking | None = None,
+    tracking: Tracking | None = None, helper: Helper | None = None,
 ) -> str:
     """One ReST-EM round with ``policy`` as policy and (``inner.learner: policy``) inner-loop
     model; returns the next policy. Each stage resumes what an earlier launch finished.
-    ``tracking``: the run's trackers (``report_to``), given the round's metrics and self-edits."""
-    round_ = Round(recipe, run, round_index, policy, passages, dist or get_dist(), console, bar, tracking=tracking or Tracking([]))
+    ``tracking``: the run's trackers (``report_to``), given the round's metrics and self-edits;
+    ``helper``: a helper process that takes chunks of the evaluations (``seal.helper``)."""
+    round_ = Round(recipe, run, round_index, policy, passages, dist or get_dist(), console, bar, tracking=tracking or Tracking([]), helper=helper)
     reused = finished_round(round_)
     if reused is not None:
         return reused
@@ -321,9 +323,11 @@ def _record_launch(run: RunDir, dist: Dist, resumed: bool) -> None:
     write_json_atomic(path, info)
 
 
-def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Console | None = None) -> Path:
+def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Console | None = None, helper: Helper | None = None) -> Path:
     """Run (or resume) ``recipe.rl.rounds`` ReST-EM rounds into ``run_dir`` (with
     ``rl.algorithm: grpo | rloo``, ``rl.grpo.steps`` TRL steps instead: ``seal.grpo``); returns it.
+    ``helper``: a helper process that takes chunks of the rounds' inner-loop evaluations
+    (``seal.helper``; ``seal microworld demo`` on two cores), in a single-process ReST-EM run.
 
     Works unlaunched (one process) and under ``accelerate launch`` / torchrun (see the module
     docstring); every rank calls it with the same recipe, and the main process's ``run_dir``
@@ -399,7 +403,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
         with library_output_to(run.path / ("log.txt" if dist.is_main else f"log.rank{dist.rank}.txt")):
             tracking = Tracking.start(recipe, run, dist.is_main)
             try:
-                _run(recipe, run, passages, round_passages, resume, console, dist, tracking)
+                _run(recipe, run, passages, round_passages, resume, console, dist, tracking, helper)
             finally:
                 tracking.finish()
     return run.path
@@ -407,7 +411,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Co
 
 def _run(
     recipe: Recipe, run: RunDir, passages: list[Passage] | None, round_passages: list[list[Passage]], resume: bool, console: Console, dist: Dist,
-    tracking: Tracking,
+    tracking: Tracking, helper: Helper | None = None,
 ) -> None:
     """:func:`train`'s rounds (or GRPO / RLOO steps, on ``passages``) once the run directory is open."""
     if resume:
@@ -430,7 +434,7 @@ def _run(
     policy = recipe.model.name_or_path
     with progress_bar(console) as bar:
         for round_index in range(recipe.rl.rounds):
-            policy = run_round(recipe, run, round_index, policy, round_passages[round_index], bar, console, dist, tracking)
+            policy = run_round(recipe, run, round_index, policy, round_passages[round_index], bar, console, dist, tracking, helper)
     if dist.is_main:
         write_json_atomic(run.path / "final.json", {"policy": portable_path(run, policy), "rounds": recipe.rl.rounds})
         _push(recipe, run, policy, console)

@@ -41,7 +41,7 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
     """The reduced-to-nothing demo on the tiny world (cached under ``tmp_path``)."""
     return [f"microworld.{k}={v}" for k, v in TINY.items()] + [
         f"microworld.cache_dir={tmp_path / 'mw'}", "data.n_train_passages=3", "data.n_eval_passages=4", "rl.rounds=2",
-        "self_edit.k=2", "self_edit.max_new_tokens=32", "inner.batch_adapters=8", "rl.reward_threshold=-1", "rl.sft.epochs=1",
+        "self_edit.k=2", "self_edit.max_new_tokens=32", "inner.batch_adapters=2", "rl.reward_threshold=-1", "rl.sft.epochs=1",
     ]  # fmt: skip
 
 

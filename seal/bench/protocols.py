@@ -38,9 +38,10 @@ from statistics import fmean
 from typing import Any
 
 from seal.bench.config import ContinualConfig, ProtocolConfig, SourceSpec, merged_inner
-from seal.config import Recipe, parse_source
+from seal.config import ModelConfig, Recipe, parse_source
 from seal.data import Passage
 from seal.evaluate import evaluations_for
+from seal.helper import Helper
 from seal.inner_loop import (
     AdapterJob,
     AdapterResult,
@@ -100,6 +101,10 @@ class ProtocolContext:
         progress: called with a number of steps done (adapters, repetitions, merge steps).
         done: the journaled records of this (protocol, student, source) (a resume): read
             back, not recomputed.
+        helper: a helper process that takes chunks of the single protocol's evaluations
+            (``seal.helper``: ``seal microworld demo``'s second process); None: none.
+        loaded_from: the model settings and name or path :attr:`model` was loaded with (what
+            the helper loads).
     """
 
     model: Any
@@ -111,6 +116,8 @@ class ProtocolContext:
     on_record: OnRecord | None = None
     progress: Callable[[int], None] | None = None
     done: Sequence[dict] = ()
+    helper: Helper | None = None
+    loaded_from: tuple[ModelConfig, str] | None = None
 
 
 def protocol_recipe(recipe: Recipe, name: str, proto: ProtocolConfig) -> Recipe:
@@ -172,9 +179,10 @@ def run_single(
     evaluations = [replace(e, key=replace(e.key, context=tuple((key or {}).items()))) for e in evaluations_for(source, passages, edits, recipe, seed)]
     if not evaluations:  # source 'none': the un-adapted model answers
         return Outcome([list(base["scores"]) for base in baseline])
+    share = ctx.helper.share(recipe, *ctx.loaded_from) if ctx.helper is not None and ctx.loaded_from is not None else None
     records = run_evaluations(
         model, tokenizer, evaluations, lambda evaluation: baseline[evaluation.key.passage]["accuracy"], recipe.inner, recipe.qa, judge,
-        on_record=on_record, progress=progress, task=make_task(recipe), finished=done,
+        on_record=on_record, progress=progress, task=make_task(recipe), finished=done, share=share,
     )  # fmt: skip
     runs: list[list[list[float | None]]] = [[] for _ in passages]
     for record in records:

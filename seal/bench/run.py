@@ -63,6 +63,7 @@ from seal.config import (
 )
 from seal.display import library_output_to, print_table, progress_bar
 from seal.evaluate import load_eval_passages
+from seal.helper import Helper
 from seal.hparams import journal_choices, round_summary
 from seal.models import load_policy
 from seal.preflight import check_recipe, check_targets, module_names
@@ -165,7 +166,8 @@ def _describe(recipe: Recipe, proto) -> str:
 
 
 def bench(
-    recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False, reuse: str | Path | None = None
+    recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False, reuse: str | Path | None = None,
+    helper: Helper | None = None,
 ) -> Path:
     """:func:`run_bench_in` with ``out_dir`` claimed and locked for the whole bench
     (``seal.rundir.hold_run_dir``: a new or empty directory, or one seal created; with
@@ -176,11 +178,12 @@ def bench(
             missing; RunDirBusyError: another live process holds it. Else as :func:`run_bench_in`.
     """
     with hold_run_dir(out_dir, create=not resume):
-        return run_bench_in(recipe, out_dir, console, resume, reuse)
+        return run_bench_in(recipe, out_dir, console, resume, reuse, helper)
 
 
 def run_bench_in(
-    recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False, reuse: str | Path | None = None
+    recipe: Recipe, out_dir: str | Path, console: Console | None = None, resume: bool = False, reuse: str | Path | None = None,
+    helper: Helper | None = None,
 ) -> Path:
     """Run the recipe's ``bench`` section into ``out_dir``; returns the results directory.
 
@@ -191,6 +194,8 @@ def run_bench_in(
     need no training run there while the rounds train): a new bench first copies in its
     journal and sampled self-edits and reads them back as a resume does, so only the rest is
     computed and the results equal a bench that computed everything.
+    ``helper``: a helper process that takes chunks of the single protocol's evaluations
+    (``seal.helper``; ``seal microworld demo``'s second process, once the rounds are over).
 
     Raises:
         RecipeError: no bench section, a protocol asks for more passages than the data
@@ -275,7 +280,10 @@ def run_bench_in(
         own_rows = [source for source in sources if source.learner is None]
         for student in students:
             model, tok = load_policy(recipe.model, student.name_or_path)
-            found, base = _learn(model, tok, student.name, own_rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines)
+            found, base = _learn(
+                model, tok, student.name, own_rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines,
+                helper, (recipe.model, student.name_or_path),
+            )  # fmt: skip
             for (name, source_name), outcome in found.items():
                 outcomes[(name, student.name, source_name)] = outcome
             for name, _ in protocols:
@@ -284,7 +292,10 @@ def run_bench_in(
             gc.collect()
         for learner, rows in _by_learner(sources).items():
             model, tok = load_policy(recipe.model, learner)
-            found, base = _learn(model, tok, learner_key(learner), rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines)
+            found, base = _learn(
+                model, tok, learner_key(learner), rows, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines,
+                helper, (recipe.model, learner),
+            )  # fmt: skip
             for (name, source_name), outcome in found.items():
                 outcome.baseline = [list(row["scores"]) for row in base[: sizes[name]]]
                 for student in students:  # one row, learned once, shown in every student's table
@@ -354,11 +365,16 @@ def _by_learner(sources: list[Source]) -> dict[str, list[Source]]:
     return out
 
 
-def _learn(model, tok, who: str, sources, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines):
+def _learn(
+    model, tok, who: str, sources, protocols, recipes, sizes, passages, recipe, seed, judge, run, bar, journaled, journaled_baselines, helper=None,
+    loaded_from=None,
+):
     """``who`` (a student, or a paired learner) learns every source's data under every protocol.
 
     Returns ``({(protocol, source label): Outcome}, its baselines)``; journal records carry
     ``student = who``, and ``journaled`` / ``journaled_baselines`` (a resume) are read back.
+    ``helper`` and ``loaded_from`` (the model settings and path ``model`` was loaded from):
+    see :class:`seal.bench.protocols.ProtocolContext`.
     """
     task = bar.add_task(f"{who}: baseline", total=1)
     base = _baselines(model, tok, passages, recipe, judge, who, journaled_baselines[who], run)
@@ -375,7 +391,7 @@ def _learn(model, tok, who: str, sources, protocols, recipes, sizes, passages, r
                 model, tok, own[source.name], seed, judge,
                 key={"kind": name, "student": who, "source_label": source.name},
                 on_record=lambda record: append_jsonl(run.journal, record),
-                progress=lambda k, task=task: bar.advance(task, k), done=journaled[(name, who, source.name)],
+                progress=lambda k, task=task: bar.advance(task, k), done=journaled[(name, who, source.name)], helper=helper, loaded_from=loaded_from,
             )  # fmt: skip
             found[(name, source.name)] = PROTOCOL_RUNNERS[name](ctx, source.spec.source, passages[:n], cut[source.name], base[:n])
         bar.update(task, completed=max(total, 1))

@@ -20,12 +20,15 @@ the rounds. A second process (:func:`side_bench`) benches, while the rounds trai
 sources that need no round (the base model, the passage, the base policy, the oracle) into
 ``<run_dir>/bench-side/own``, then each round's policy as soon as the training has written it
 (``bench-side/round-<k>``, each step copying in the step before: ``seal.bench.run.bench``'s
-``reuse``). It runs niced (:data:`SIDE_NICE`), on cycles the rounds leave; when the rounds end,
-step 3 stops it if it is still running, copies its last step in the same way and computes only
-what is left (on an idle second core: the last round's policy). Every evaluation's seed derives from its identity and each source is
-computed whole by one process, so the journals and results equal the one-process demo's
-(``jobs=1``); only the timings differ. The rounds themselves stay on one process: ``seal
-train`` on two (``seal.distributed``) updates the policy data-parallel, which changes its numbers.
+``reuse``). It runs niced (:data:`SIDE_NICE`), on cycles the rounds leave. Whenever it waits
+(for a round's policy, or with its steps done) it is a helper (``seal.helper``): it takes
+chunks of the inner-loop evaluations the main process offers, the rounds' and step 3's. When
+the rounds end, step 3 stops it if it is still in a step, copies its last step in the same way
+and computes only what is left (on an idle second core: the last round's policy, its chunks
+shared with the helper). Every evaluation's seed derives from its identity and the chunks are
+the same whoever computes them, so the journals and results equal the one-process demo's
+(``jobs=1``); only the timings differ. The policy updates stay on one process: ``seal train``
+on two (``seal.distributed``) updates the policy data-parallel, which changes its numbers.
 
 Pretraining (step 1) comes before anything the second process could do, so with ``jobs=2`` it
 runs on ``jobs`` torch threads instead (:func:`pretrain_threads`), when ``/proc/stat`` says
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +56,7 @@ from rich.table import Table
 from seal.bench.run import bench as run_bench
 from seal.config import Recipe, RecipeError, diff_recipes, load_recipe
 from seal.display import percent, print_table
+from seal.helper import Helper, serve_while
 from seal.hparams import journal_choices
 from seal.prepare import ensure_model
 from seal.rundir import hold_run_dir, read_jsonl
@@ -75,6 +80,12 @@ def seed_overrides(seed: int, cache_dir: str | Path | None = None) -> list[str]:
 
 #: Where the second process of a two-job demo benches the training-independent sources.
 SIDE_BENCH = "bench-side"
+
+#: Under :data:`SIDE_BENCH`: the exchange directory of ``seal.helper`` (chunks of evaluations
+#: the main process offers the second one), and the file saying that the second process has
+#: finished its own steps and only helps.
+EXCHANGE = "exchange"
+HELPING = "helping"
 
 
 #: Niceness of the second process: it takes a core the rounds leave idle, and next to little
@@ -352,22 +363,26 @@ def run_demo(
         console.print(copy_skill_summary(train_config.microworld.entry_dir()))
 
         console.rule(f"2/3 ReST-EM: {train_config.rl.rounds} rounds")
-        out, side_dir, side = run_dir / "bench", run_dir / SIDE_BENCH, None
+        out, side_dir, side, helper = run_dir / "bench", run_dir / SIDE_BENCH, None, None
         if jobs > 1 and not (out / "config.yaml").is_file():
             side = start_side_bench(bench_recipe, overrides, run_dir, train_config.rl.rounds)
-            console.print(f"benching in a second process while the rounds train (pid {side.pid}, log {side_dir / 'bench.log'})")
+            helper = Helper(side_dir / EXCHANGE, alive=lambda: side.poll() is None)
+            console.print(f"benching in a second process while the rounds train, and taking chunks of their evaluations (pid {side.pid}, log {side_dir / 'bench.log'})")
         try:
             resume = (run_dir / "run.json").is_file()
-            run_train(train_config, run_dir, resume=resume, console=console)
+            run_train(train_config, run_dir, resume=resume, console=console, helper=helper)
             print_table(console, diagnostics_table(read_jsonl(run_dir / "metrics.jsonl")))
 
             console.rule("3/3 held-out no-passage QA, every round's policy")
-            if side is not None and side.poll() is None:
+            if side is not None and side.poll() is None and not (side_dir / HELPING).is_file():
                 # it runs niced, on spare cycles: on busy cores it is behind, and what it journaled
                 # is reused while this process, at full priority, computes the rest
                 side.terminate()
                 side.wait()
+                helper = None
                 console.print("the second process had not finished: stopped; its journaled evaluations are reused")
+            elif side is not None and side.poll() is None:
+                console.print("the second process takes chunks of the last policy's evaluations")
             elif side is not None and side.returncode != 0:
                 console.print(f"[yellow]the second process's bench failed (exit {side.returncode}, see {side_dir / 'bench.log'}); the rest is computed here")
             reuse = last_side_step(side_dir, train_config.rl.rounds)  # also one of an earlier launch
@@ -375,7 +390,7 @@ def run_demo(
                 console.print(f"bench already finished: {out / 'report.md'}")
             else:
                 # an interrupted bench continues from its journal (seal bench --resume)
-                run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file(), reuse=reuse)
+                run_bench(bench_config, out, console=console, resume=(out / "config.yaml").is_file(), reuse=reuse, helper=helper)
                 console.print(f"plot of accuracy per round: {out / 'plots' / 'rounds.png'}")
         finally:
             if side is not None and side.poll() is None:  # this process stopped early: so does its helper
@@ -389,9 +404,12 @@ def run_demo(
 
 def start_side_bench(bench_recipe: str | Path, overrides: list[str], run_dir: Path, rounds: int) -> subprocess.Popen:
     """Start :func:`side_bench` in a second process (``python -m seal.microworld.demo``), its
-    output in ``<run_dir>/bench-side/bench.log``."""
+    output in ``<run_dir>/bench-side/bench.log`` (the exchange directory and ``helping``
+    marker of an earlier launch removed first)."""
     side_dir = run_dir / SIDE_BENCH
     side_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(side_dir / EXCHANGE, ignore_errors=True)
+    (side_dir / HELPING).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "seal.microworld.demo", str(bench_recipe), str(run_dir), str(rounds), *overrides]
     with open(side_dir / "bench.log", "a", encoding="utf-8") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -411,31 +429,42 @@ def last_side_step(side_dir: Path, rounds: int) -> Path | None:
     return max(reversed(started), key=size.get) if started else None
 
 
-def side_bench(bench_recipe: str | Path, run_dir: str | Path, rounds: int, overrides: list[str], poll_s: float = 2.0) -> None:
-    """The second process of a two-job demo: bench what needs no finished training.
+def side_bench(bench_recipe: str | Path, run_dir: str | Path, rounds: int, overrides: list[str]) -> None:
+    """The second process of a two-job demo: bench what needs no finished training, and help.
 
     Step ``own``: the bench recipe's own sources (no ``bench.train_run``). Step ``round-<k>``
     (k = 1 .. ``rounds - 1``): once the training has finished round ``k - 1`` (its row in
     ``metrics.jsonl``), the bench with ``bench.train_run = run_dir`` of the rounds finished so
-    far, reusing the step before. It stops early once the training has finished every round
-    (step 3 then computes the rest while this core would otherwise wait). An interrupted step
-    is resumed, a finished one kept.
+    far, reusing the step before. An interrupted step is resumed, a finished one kept.
+    While a step waits for its round, this process takes chunks of the round's evaluations
+    (``seal.helper.serve``). Once the steps are done (or the training has finished every
+    round: step 3 then benches the rest), it writes ``bench-side/helping`` and returns; the
+    second process then takes chunks of whatever the main process offers (the rounds'
+    evaluations, then step 3's) until the main process stops it or exits.
     """
     run_dir = Path(run_dir)
-    steps = side_steps(run_dir / SIDE_BENCH, rounds)
+    side_dir = run_dir / SIDE_BENCH
+    parent, models = os.getppid(), {}  # the learner loaded once for every offer
+
+    def finished_rounds() -> int:
+        return len(read_jsonl(run_dir / "metrics.jsonl"))
+
     prev = None
-    for k, step in enumerate(steps):
+    for k, step in enumerate(side_steps(side_dir, rounds)):
         if k > 0:
-            while len(read_jsonl(run_dir / "metrics.jsonl")) < k:
-                time.sleep(poll_s)  # the round's policy is not written yet
-            if len(read_jsonl(run_dir / "metrics.jsonl")) >= rounds:
-                return  # the training is over: step 3 does the rest
+            # the round's policy is not written yet: help the round's evaluations meanwhile
+            serve_while(side_dir / EXCHANGE, lambda k=k: finished_rounds() < k and os.getppid() == parent, models)
+            if os.getppid() != parent:
+                return  # the main process is gone
+            if finished_rounds() >= rounds:
+                break  # the training is over: step 3 benches the rest, this process helps
         extra = [f"bench.train_run={run_dir}"] if k > 0 else []
         recipe = load_recipe(bench_recipe, overrides + extra)
         if not (step / "report.md").is_file():
             resume = (step / "config.yaml").is_file()
             run_bench(recipe, step, resume=resume, reuse=None if resume else prev)
         prev = step
+    (side_dir / HELPING).touch()
 
 
 if __name__ == "__main__":  # the second process of start_side_bench
@@ -449,4 +478,6 @@ if __name__ == "__main__":  # the second process of start_side_bench
     if _loaded.model.num_threads:  # as seal.cli does: a thread of its own, not all cores
         torch.set_num_threads(_loaded.model.num_threads)
     os.nice(SIDE_NICE)  # spare cycles only: the rounds are the critical path
+    _parent = os.getppid()
     side_bench(_recipe, _run_dir, int(_rounds), _overrides)
+    serve_while(Path(_run_dir) / SIDE_BENCH / EXCHANGE, lambda: os.getppid() == _parent)  # help until stopped

@@ -260,7 +260,7 @@ def microworld_demo(
     train_recipe: Path = typer.Option(None, "--train-recipe", help="Default recipes/microworld_cpu.yaml (--hparams: recipes/microworld_hparams_cpu.yaml)."),
     bench_recipe: Path = typer.Option(None, "--bench-recipe", help="Default recipes/bench_microworld_cpu.yaml (--hparams: recipes/bench_microworld_hparams_cpu.yaml)."),
     hparams: bool = typer.Option(False, "--hparams", help="The hyperparameter world: self-edits choose their inner loop's lr and epochs; prints the share of each choice per round."),
-    jobs: int = typer.Option(None, "--jobs", min=1, help="Processes: 1 = all in this one; 2 (default with 2+ cores) = a second process benches, while the rounds train, the sources that need no round and each finished round's policy. Same results."),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="Processes: 1 = all in this one; 2 (default with 2+ cores) = a second process benches, while the rounds train, the sources that need no round and each finished round's policy, and takes chunks of the inner-loop evaluations whenever it waits. Same results."),
 ) -> None:
     """Pretrain (or reuse) the microworld, run ReST-EM, then benchmark every round's policy on held-out people."""
     from seal.microworld.demo import HPARAMS_RECIPES, HPARAMS_RUN_DIR, default_jobs, run_demo

@@ -339,7 +339,8 @@ def run_demo(
     ``microworld.seed=1`` change the whole demo consistently. A finished bench is kept and
     reported again; one without ``report.md`` (interrupted) resumes from its journal.
     ``jobs``: 1 runs everything in this process; 2 or more also benches the training-independent
-    sources in a second process while the rounds train (see the module docstring; same results).
+    sources in a second process while the rounds train, which takes chunks of the rounds' and
+    the last bench's evaluations whenever it waits (see the module docstring; same results).
 
     Raises:
         RecipeError: bad recipes or overrides, or the two recipes name different worlds.

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from provenance import REPO, write_results
 
+from seal.microworld.demo import idle_cores
+
 #: The README's set-up ends where the demo starts in its first command.
 DEMO = "seal microworld demo"
 
@@ -40,19 +42,6 @@ def readme_setup() -> str:
     if not block.endswith(f"&& {DEMO}"):
         raise SystemExit(f"README.md's first command does not end with '&& {DEMO}': {block}")
     return block[: -len(f"&& {DEMO}")].strip()
-
-
-def idle_cores(interval: float = 1.0) -> float:
-    """Cores idle over ``interval`` seconds (``/proc/stat``), as seal.microworld.demo measures it."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return fields[3] + fields[4], sum(fields)
-
-    idle0, total0 = sample()
-    time.sleep(interval)
-    idle1, total1 = sample()
-    return round((os.cpu_count() or 1) * (idle1 - idle0) / max(1, total1 - total0), 2)
 
 
 def timed(cmd: str, cwd: Path, log: Path) -> dict:
@@ -105,7 +94,7 @@ def run_once(commit: str, work: Path, setup: str) -> dict:
     clone = work / f"{sha}-{time.strftime('%H%M%S')}"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", sha], cwd=clone, check=True)
-    start = {"load_average": [round(x, 2) for x in os.getloadavg()], "idle_cores": idle_cores()}
+    start = {"load_average": [round(x, 2) for x in os.getloadavg()], "idle_cores": round(idle_cores(1.0), 2)}
     print(f"{sha}: set-up in {clone} (load {start['load_average']}, idle cores {start['idle_cores']})", flush=True)
     install = timed(setup, clone, clone / "setup.log")
     demo = timed(f". .venv/bin/activate && {DEMO}", clone, clone / "demo.log")
